@@ -1,0 +1,64 @@
+"""Vessel's exception tree.
+
+Every error a user can see names the thing at fault (a module id, a manifest field, a
+file) and, where there is one, the setting to change.
+"""
+
+from __future__ import annotations
+
+
+class VesselError(Exception):
+    """Base class of every error Vessel raises on purpose."""
+
+
+class ManifestError(VesselError):
+    """A module's manifest.json is missing, malformed, or asks for what the host cannot give.
+
+    Raised at discovery and install. The module is refused; fix the manifest (the message
+    names the field) and install again.
+    """
+
+
+class TamperError(VesselError):
+    """The bytes of an installed module no longer match the hash written at install.
+
+    The module is refused. Reinstall it from a trusted source.
+    """
+
+
+class ComponentError(VesselError):
+    """The module.wasm is not a WebAssembly component, or does not implement the
+    ``vessel:host/vessel-module`` world this host speaks."""
+
+
+class CapabilityDenied(VesselError):
+    """A module used a host function its manifest does not grant.
+
+    The message always starts with ``capability denied:`` and is returned to the guest as
+    the error of the host call; the module keeps running.
+    """
+
+
+class StorageError(VesselError):
+    """A module's storage operation failed (quota exceeded, key too long, database error)."""
+
+
+class QuotaExceeded(StorageError):
+    """A ``storage-set`` would take the module's namespace past its quota."""
+
+
+class UnknownModule(VesselError):
+    """A call or admin request named a module id that is not installed."""
+
+
+class ModuleUnavailable(VesselError):
+    """The module is installed but not running (stopped, restarting, failed or disabled)."""
+
+
+class CallError(VesselError):
+    """A call to a module failed. ``code`` is one of the stable protocol error codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

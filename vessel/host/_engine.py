@@ -1,0 +1,167 @@
+"""One engine configuration for every place that compiles or loads a component.
+
+A precompiled artifact only loads into an engine with the same wasmtime version and
+settings, so the artifact key is derived from both, and the artifact itself is covered by
+the module's tamper hash (see ``load_component``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import msgspec
+import wasmtime
+from wasmtime import component as wc
+
+from .._errors import ComponentError, TamperError
+
+#: The WIT interfaces this host speaks (wit/vessel-host.wit).
+GUEST_INTERFACE = "vessel:host/guest@1.0.0"
+HOST_INTERFACE = "vessel:host/host@1.0.0"
+TYPES_INTERFACE = "vessel:host/types@1.0.0"
+
+#: Exports a component must have to be a Vessel module. ``on-websocket-closed`` is an
+#: extension of 1.0.0 and optional, so components built against the original contract load.
+REQUIRED_EXPORTS = frozenset(
+    {"on-load", "on-unload", "on-event", "on-command", "on-timer", "on-websocket-message"}
+)
+OPTIONAL_EXPORTS = frozenset({"on-websocket-closed"})
+
+#: How often the epoch advances; invocation deadlines are counted in these ticks.
+EPOCH_TICK_SECONDS = 0.01
+
+_WASMTIME_VERSION = importlib.metadata.version("wasmtime")
+
+
+def make_engine() -> wasmtime.Engine:
+    """The engine every module process uses: epoch interruption on, so each guest
+    invocation can be given a deadline."""
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    return wasmtime.Engine(config)
+
+
+def artifact_key() -> str:
+    """Names a precompiled artifact by everything that must match for it to load."""
+    return f"wasmtime-{_WASMTIME_VERSION}-{platform.machine()}-epoch"
+
+
+class ArtifactRecord(msgspec.Struct, forbid_unknown_fields=True):
+    """Written beside a precompiled artifact: what it was compiled from and its own hash."""
+
+    key: str
+    source_hash: str
+    sha256: str
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def artifact_paths(module_dir: Path) -> tuple[Path, Path]:
+    """(artifact, record) paths for this host's artifact key inside ``module_dir``."""
+    base = module_dir / "compiled" / artifact_key()
+    return base.with_suffix(".cwasm"), base.with_suffix(".json")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_world(engine: wasmtime.Engine, component: wc.Component, *, module_id: str) -> None:
+    """Refuse a component that does not export the guest interface this host calls."""
+    exports = component.type.exports(engine)
+    guest = exports.get(GUEST_INTERFACE)
+    if guest is None:
+        found = ", ".join(sorted(exports)) or "nothing"
+        raise ComponentError(
+            f"module {module_id!r}: component does not match the vessel-module world: "
+            f"it does not export {GUEST_INTERFACE} (it exports {found})"
+        )
+    names = set(guest.ty.exports(engine))  # type: ignore[union-attr]
+    missing = sorted(REQUIRED_EXPORTS - names)
+    if missing:
+        raise ComponentError(
+            f"module {module_id!r}: component does not match the vessel-module world: "
+            f"{GUEST_INTERFACE} lacks {', '.join(missing)}"
+        )
+
+
+def compile_component(
+    engine: wasmtime.Engine, wasm_path: Path, *, module_id: str
+) -> wc.Component:
+    """Compile ``wasm_path``, translating wasmtime's errors into one that names the module."""
+    try:
+        component = wc.Component.from_file(engine, str(wasm_path))
+    except wasmtime.WasmtimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ComponentError(
+            f"module {module_id!r}: module.wasm is not a valid WebAssembly component: {first}"
+        ) from None
+    check_world(engine, component, module_id=module_id)
+    return component
+
+
+def precompile(
+    engine: wasmtime.Engine, module_dir: Path, *, source_hash: str, module_id: str
+) -> wc.Component:
+    """Compile module.wasm and store the artifact (with its record) for later starts."""
+    component = compile_component(engine, module_dir / "module.wasm", module_id=module_id)
+    artifact, record = artifact_paths(module_dir)
+    data = bytes(component.serialize())
+    _write_atomic(artifact, data)
+    rec = ArtifactRecord(
+        key=artifact_key(), source_hash=source_hash, sha256=hashlib.sha256(data).hexdigest()
+    )
+    _write_atomic(record, msgspec.json.encode(rec))
+    return component
+
+
+def load_component(
+    engine: wasmtime.Engine, module_dir: Path, *, source_hash: str, module_id: str
+) -> wc.Component:
+    """Load the module's component without recompiling when a valid artifact exists.
+
+    Deserializing native code is only safe for bytes we produced, so the artifact is used
+    only when its record names this module's current hash and the artifact's own sha256
+    matches; otherwise the component is compiled from module.wasm and the artifact rewritten.
+    """
+    artifact, record = artifact_paths(module_dir)
+    try:
+        rec = msgspec.json.decode(record.read_bytes(), type=ArtifactRecord)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        rec = None
+    if rec is not None and rec.key == artifact_key() and rec.source_hash == source_hash:
+        try:
+            actual = _sha256_file(artifact)
+        except OSError:
+            actual = ""
+        if actual == rec.sha256:
+            component = wc.Component.deserialize_file(engine, str(artifact))
+            check_world(engine, component, module_id=module_id)
+            return component
+        if actual:
+            raise TamperError(
+                f"module {module_id!r}: precompiled artifact {artifact.name} does not match "
+                "its recorded hash; delete the 'compiled' folder or reinstall the module"
+            )
+    return precompile(engine, module_dir, source_hash=source_hash, module_id=module_id)

@@ -62,3 +62,10 @@ class CallError(VesselError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class InvalidEvent(VesselError):
+    """An event was refused at the bus: its ``data`` is not JSON text or its name is empty.
+
+    Nothing was published. The emitter (a module's ``emit``, a client) gets this message.
+    """

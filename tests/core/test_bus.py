@@ -1,0 +1,302 @@
+"""The event bus: glob routing, bounded queues, retained state and replay."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vessel._bus import EventBus, Subscription
+from vessel._errors import InvalidEvent
+from vessel._events import Event
+
+
+def ev(key: str, data: str = "null", ts: int = 1) -> Event:
+    module, _, name = key.partition(".")
+    return Event(module=module, name=name, data=data, timestamp=ts)
+
+
+def drain(sub: Subscription) -> list[str]:
+    """Every queued event as 'key=data'."""
+    out: list[str] = []
+    while True:
+        try:
+            e = sub.receive_nowait()
+        except trio.WouldBlock:
+            return out
+        out.append(f"{e.key}={e.data}")
+
+
+async def test_publish_reaches_matching_subscriptions_only() -> None:
+    """Each event goes to the subscriptions whose glob matches `module.name`, once each,
+    and publish reports how many it was queued to."""
+    bus = EventBus()
+    windows = bus.subscribe("system.window.*", name="windows")
+    everything = bus.subscribe("*", name="all")
+    both = bus.subscribe("system.*", "*.focus", name="both")
+    assert bus.publish(ev("system.window.focus", "1")) == 3
+    assert bus.publish(ev("ha.state", "2")) == 1
+    assert drain(windows) == ["system.window.focus=1"]
+    assert drain(everything) == ["system.window.focus=1", "ha.state=2"]
+    assert drain(both) == ["system.window.focus=1"]
+
+
+async def test_receive_waits_for_the_next_event() -> None:
+    """A subscriber blocked in receive() wakes when a matching event is published."""
+    bus = EventBus()
+    sub = bus.subscribe("a.*", name="s")
+    got: list[Event] = []
+
+    async def consumer() -> None:
+        got.append(await sub.receive())
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consumer)
+            await trio.testing.wait_all_tasks_blocked()
+            bus.publish(ev("b.x"))
+            bus.publish(ev("a.x", "7"))
+    assert [e.data for e in got] == ["7"]
+
+
+async def test_slow_subscriber_drops_its_own_events_only() -> None:
+    """A full queue drops for that subscriber alone: publish never blocks, the others
+    get everything, the drops are counted and on_overflow fires once."""
+    bus = EventBus()
+    overflowed: list[Subscription] = []
+    slow = bus.subscribe("*", name="slow", queue_size=2, on_overflow=overflowed.append)
+    fast = bus.subscribe("*", name="fast")
+    for i in range(5):
+        bus.publish(ev("a.x", str(i)))
+    assert drain(fast) == [f"a.x={i}" for i in range(5)]
+    assert drain(slow) == ["a.x=0", "a.x=1"]
+    assert slow.dropped == 3
+    assert overflowed == [slow]
+    stats = bus.statistics()
+    assert (stats.published, stats.delivered, stats.dropped) == (5, 7, 3)
+    bus.publish(ev("a.x", "5"))
+    assert drain(slow) == ["a.x=5"]
+
+
+async def test_failing_overflow_callback_does_not_break_publish(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A subscriber's broken callback is logged; other subscribers still get the event."""
+
+    def boom(sub: Subscription) -> None:
+        raise RuntimeError("boom")
+
+    bus = EventBus()
+    bus.subscribe("*", name="bad", queue_size=1, on_overflow=boom)
+    other = bus.subscribe("*", name="other")
+    with caplog.at_level(logging.ERROR, logger="vessel.bus"):
+        bus.publish(ev("a.x", "1"))
+        bus.publish(ev("a.x", "2"))
+    assert drain(other) == ["a.x=1", "a.x=2"]
+    assert "on_overflow callback" in caplog.text
+
+
+async def test_late_subscriber_gets_retained_state_first() -> None:
+    """Retained events are the last value per key: a new subscriber is sent the current
+    value of each matching key, then live events, in order."""
+    bus = EventBus()
+    bus.publish(ev("ha.light", "1"), retain=True)
+    bus.publish(ev("ha.light", "2"), retain=True)
+    bus.publish(ev("ha.door", '"open"'), retain=True)
+    bus.publish(ev("ha.noise", "0"))
+    bus.publish(ev("other.k", "9"), retain=True)
+    sub = bus.subscribe("ha.*", name="late")
+    bus.publish(ev("ha.light", "3"))
+    assert drain(sub) == ["ha.light=2", 'ha.door="open"', "ha.light=3"]
+    assert [e.data for e in bus.retained()] == ["2", '"open"', "9"]
+    assert [e.key for e in bus.retained("ha.*")] == ["ha.light", "ha.door"]
+
+
+async def test_retained_order_follows_last_update() -> None:
+    """Replay sends the oldest state first, so updating a key moves it to the end."""
+    bus = EventBus()
+    bus.publish(ev("a.x", "1"), retain=True)
+    bus.publish(ev("a.y", "1"), retain=True)
+    bus.publish(ev("a.x", "2"), retain=True)
+    assert drain(bus.subscribe("a.*", name="s")) == ["a.y=1", "a.x=2"]
+
+
+async def test_adding_a_pattern_replays_only_what_was_not_sent() -> None:
+    """A retained event already queued to a subscription is not queued again when it
+    adds an overlapping pattern; one it has not seen is."""
+    bus = EventBus()
+    sub = bus.subscribe("a.x", name="s")
+    bus.publish(ev("a.x", "1"), retain=True)
+    bus.publish(ev("a.y", "1"), retain=True)
+    assert drain(sub) == ["a.x=1"]
+    sub.add("a.*")
+    assert drain(sub) == ["a.y=1"]
+    sub.add("*")
+    assert drain(sub) == []
+    bus.publish(ev("a.x", "2"), retain=True)
+    sub.add("a.?")
+    assert drain(sub) == ["a.x=2"]
+
+
+async def test_replay_false_sends_only_live_events() -> None:
+    """replay=False skips the retained state."""
+    bus = EventBus()
+    bus.publish(ev("a.x", "1"), retain=True)
+    sub = bus.subscribe("a.*", name="s", replay=False)
+    assert drain(sub) == []
+    sub.add("*", replay=False)
+    assert drain(sub) == []
+    bus.publish(ev("a.x", "2"))
+    assert drain(sub) == ["a.x=2"]
+
+
+async def test_retained_event_dropped_on_overflow_is_replayed_later() -> None:
+    """A retained event a subscriber missed (queue full) counts as not sent."""
+    bus = EventBus()
+    sub = bus.subscribe("*", name="s", queue_size=1)
+    bus.publish(ev("a.fill", "0"))
+    bus.publish(ev("a.x", "1"), retain=True)
+    assert sub.dropped == 1
+    assert drain(sub) == ["a.fill=0"]
+    sub.add("a.x")
+    assert drain(sub) == ["a.x=1"]
+
+
+async def test_forget_retained_drops_one_modules_state() -> None:
+    """When a module is removed its retained state is not replayed any more."""
+    bus = EventBus()
+    bus.publish(ev("a.x", "1"), retain=True)
+    bus.publish(ev("b.x", "1"), retain=True)
+    assert bus.forget_retained("a") == 1
+    assert [e.key for e in bus.retained()] == ["b.x"]
+    assert drain(bus.subscribe("*", name="s")) == ["b.x=1"]
+
+
+async def test_retained_state_is_bounded() -> None:
+    """Past max_retained keys the least recently updated one is forgotten."""
+    bus = EventBus(max_retained=2)
+    for key in ["a.1", "a.2", "a.1", "a.3"]:
+        bus.publish(ev(key), retain=True)
+    assert [e.key for e in bus.retained()] == ["a.1", "a.3"]
+
+
+async def test_remove_and_add_patterns_change_routing() -> None:
+    """Routing follows pattern changes immediately (the routing cache is invalidated)."""
+    bus = EventBus()
+    sub = bus.subscribe("a.*", name="s")
+    bus.publish(ev("a.x", "1"))
+    bus.publish(ev("b.x", "1"))
+    assert sub.remove("a.*") is True
+    assert sub.remove("a.*") is False
+    bus.publish(ev("a.x", "2"))
+    sub.add("b.*")
+    bus.publish(ev("b.x", "2"))
+    assert drain(sub) == ["a.x=1", "b.x=2"]
+    assert sub.patterns == frozenset({"b.*"})
+    assert sub.matches("b.y")
+    assert not sub.matches("a.y")
+
+
+async def test_close_ends_iteration_and_stops_delivery() -> None:
+    """close() wakes a consumer iterating the subscription (its loop ends) and the bus
+    stops routing to it; closing twice is harmless."""
+    bus = EventBus()
+    sub = bus.subscribe("*", name="s")
+    seen: list[str] = []
+
+    async def consumer() -> None:
+        async for e in sub:
+            seen.append(e.data)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consumer)
+            bus.publish(ev("a.x", "1"))
+            await trio.testing.wait_all_tasks_blocked()
+            sub.close()
+    assert seen == ["1"]
+    sub.close()
+    assert sub.closed
+    assert bus.publish(ev("a.x", "2")) == 0
+    assert bus.statistics().subscriptions == 0
+    with pytest.raises(trio.ClosedResourceError):
+        await sub.receive()
+    with pytest.raises(trio.ClosedResourceError):
+        sub.add("b.*")
+
+
+async def test_subscription_is_a_context_manager() -> None:
+    """Leaving the `with` block unsubscribes."""
+    bus = EventBus()
+    with bus.subscribe("*", name="s") as sub:
+        assert bus.statistics().subscriptions == 1
+    assert sub.closed
+    assert bus.statistics().subscriptions == 0
+
+
+async def test_invalid_event_data_is_refused() -> None:
+    """Event data must be JSON text: it is spliced unchanged into client messages."""
+    bus = EventBus()
+    sub = bus.subscribe("*", name="s")
+    with pytest.raises(InvalidEvent, match=r"event 'a\.x': data is not valid JSON"):
+        bus.publish(ev("a.x", "{not json"))
+    with pytest.raises(InvalidEvent, match="empty name"):
+        bus.publish(Event(module="a", name=""))
+    assert drain(sub) == []
+    assert bus.statistics().published == 0
+
+
+async def test_unstamped_events_get_a_timestamp() -> None:
+    """An event published with timestamp 0 is stamped with the current time."""
+    bus = EventBus()
+    sub = bus.subscribe("*", name="s")
+    bus.publish(ev("a.x", ts=0))
+    bus.publish(ev("a.y", ts=42))
+    first, second = sub.receive_nowait(), sub.receive_nowait()
+    assert first.timestamp > 1_600_000_000_000
+    assert second.timestamp == 42
+
+
+def test_bad_arguments_are_refused() -> None:
+    """An empty pattern or a zero-size queue is a programming error, named."""
+    bus = EventBus()
+    with pytest.raises(ValueError, match="must not be empty"):
+        bus.subscribe("", name="s")
+    with pytest.raises(ValueError, match="queue_size must be at least 1"):
+        bus.subscribe("*", name="s", queue_size=0)
+
+
+def test_repr_shows_state() -> None:
+    """Logs show a subscription's name, patterns, queue and drops."""
+    bus = EventBus()
+    sub = bus.subscribe("a.*", name="client 1", queue_size=1)
+    bus.publish(ev("a.x"))
+    bus.publish(ev("a.y"))
+    assert repr(sub) == "<Subscription 'client 1' patterns=['a.*'] queued=1 dropped=1>"
+    assert repr(bus) == "<EventBus subscriptions=1 retained=0 published=2>"
+
+
+_keys = st.builds(
+    "{}.{}".format,
+    st.text(alphabet="ab", min_size=1, max_size=2),
+    st.text(alphabet="ab.", min_size=1, max_size=3),
+)
+_globs = st.text(alphabet="ab.*?[]!", min_size=1, max_size=5)
+
+
+@settings(deadline=None)
+@given(patterns=st.lists(_globs, min_size=1, max_size=3), keys=st.lists(_keys, max_size=6))
+def test_routing_agrees_with_fnmatchcase(patterns: list[str], keys: list[str]) -> None:
+    """Whatever the globs, an event is delivered exactly when fnmatchcase says a pattern
+    matches its key (the compiled-pattern and routing caches change nothing)."""
+    bus = EventBus()
+    sub = bus.subscribe(*patterns, name="s")
+    for key in keys:
+        expected = any(fnmatch.fnmatchcase(key, p) for p in patterns)
+        assert sub.matches(key) is expected
+        assert bus.publish(ev(key)) == int(expected)

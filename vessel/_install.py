@@ -1,0 +1,201 @@
+"""Installing and removing module folders, crash-safely.
+
+A module is assembled in ``<modules>/.staging-<random>/`` (manifest.json, module.wasm,
+manifest.hash, the precompiled artifact; every file fsynced) and then renamed to
+``<modules>/<id>`` in one step. Replacing moves the old folder aside to
+``.trash-<id>-<random>`` first; removing renames to ``.removing-<id>-<random>`` before
+deleting. So a crash leaves the old module or the new one under the id, never a
+half-written folder: ``cleanup_staging`` at the next start deletes leftovers, and puts a
+``.trash-`` folder back when a crash came between its two renames.
+
+Compiling a component is CPU-bound (seconds for a Python guest): these functions are
+synchronous; callers on the trio thread use ``trio.to_thread.run_sync``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import threading
+from pathlib import Path
+
+from ._errors import ManifestError, UnknownModule
+from ._manifest import (
+    MANIFEST_FILE,
+    WASM_FILE,
+    ModuleSource,
+    compute_hash,
+    is_valid_module_id,
+    parse_manifest,
+    write_hash_file,
+)
+from ._paths import modules_dir
+from .host._engine import make_engine, precompile
+
+_log = logging.getLogger("vessel.install")
+
+STAGING_PREFIX = ".staging-"
+TRASH_PREFIX = ".trash-"
+REMOVING_PREFIX = ".removing-"
+
+# Serialises the rename step of concurrent installs in this process (each runs in its own
+# worker thread), so two replacements of one id cannot interleave their renames.
+_swap_lock = threading.Lock()
+
+
+def _token() -> str:
+    return secrets.token_hex(6)  # hex: never contains the "-" that separates the id
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    with path.open("xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the directory's entries (a rename, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _already_installed(module_id: str) -> ManifestError:
+    return ManifestError(
+        f"module {module_id!r} is already installed; remove it first or install with replace"
+    )
+
+
+def _swap_in(staging: Path, target: Path, *, replace: bool) -> None:
+    modules = target.parent
+    if not target.exists():
+        # rename() refuses a non-empty target, so a racing install cannot be clobbered.
+        os.rename(staging, target)
+        _fsync_dir(modules)
+        return
+    if not replace:
+        raise _already_installed(target.name)
+    trash = modules / f"{TRASH_PREFIX}{target.name}-{_token()}"
+    os.rename(target, trash)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(trash, target)
+        raise
+    _fsync_dir(modules)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _install(
+    data_dir: Path, manifest_bytes: bytes, wasm_bytes: bytes, *, replace: bool, source: str
+) -> ModuleSource:
+    manifest = parse_manifest(manifest_bytes, source=source)
+    module_id = manifest.id
+    modules = modules_dir(data_dir)
+    modules.mkdir(parents=True, exist_ok=True)
+    target = modules / module_id
+    if target.exists() and not replace:
+        raise _already_installed(module_id)  # early, before seconds of compiling
+    staging = modules / f"{STAGING_PREFIX}{_token()}"
+    staging.mkdir()
+    try:
+        _write_durable(staging / MANIFEST_FILE, manifest_bytes)
+        _write_durable(staging / WASM_FILE, wasm_bytes)
+        digest = compute_hash(manifest_bytes, wasm_bytes)
+        write_hash_file(staging, digest)
+        # Compiles module.wasm (ComponentError if it is not a component of our world) and
+        # stores the artifact and its record under compiled/, both fsynced.
+        precompile(make_engine(), staging, source_hash=digest, module_id=module_id)
+        for folder in (staging / "compiled", staging):
+            _fsync_dir(folder)
+        with _swap_lock:
+            _swap_in(staging, target, replace=replace)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _log.info("installed module %r version %s (%s)", module_id, manifest.version, digest)
+    return ModuleSource(id=module_id, dir=target, manifest=manifest, hash=digest)
+
+
+def install_module(
+    data_dir: Path, manifest_bytes: bytes, wasm_bytes: bytes, *, replace: bool = False
+) -> ModuleSource:
+    """Validate, precompile and install a module under ``<data_dir>/modules/<id>``.
+
+    Raises ManifestError (bad manifest, or already installed without ``replace``) or
+    ComponentError (not a component, or not the vessel-module world); nothing is left
+    behind then. Blocking and CPU-bound.
+    """
+    return _install(data_dir, manifest_bytes, wasm_bytes, replace=replace, source="manifest.json")
+
+
+def install_from_dir(data_dir: Path, src_dir: Path, *, replace: bool = False) -> ModuleSource:
+    """Install from a module's source folder: its manifest.json and its module.wasm (at
+    the top, or in build/ where the build puts it)."""
+    manifest_path = src_dir / MANIFEST_FILE
+    try:
+        manifest_bytes = manifest_path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError(f"{src_dir} has no {MANIFEST_FILE}") from None
+    for wasm_path in (src_dir / WASM_FILE, src_dir / "build" / WASM_FILE):
+        if wasm_path.is_file():
+            break
+    else:
+        raise ManifestError(
+            f"{src_dir} has no {WASM_FILE} (looked in {WASM_FILE} and build/{WASM_FILE}); "
+            "build the module first"
+        )
+    return _install(
+        data_dir,
+        manifest_bytes,
+        wasm_path.read_bytes(),
+        replace=replace,
+        source=str(manifest_path),
+    )
+
+
+def remove_module(data_dir: Path, module_id: str) -> None:
+    """Uninstall: rename the folder aside, then delete it. Raises UnknownModule."""
+    modules = modules_dir(data_dir)
+    # The id check comes first: it is what keeps "../x" from naming a path outside.
+    if not is_valid_module_id(module_id) or not (modules / module_id).is_dir():
+        raise UnknownModule(f"no module {module_id!r} is installed")
+    aside = modules / f"{REMOVING_PREFIX}{module_id}-{_token()}"
+    with _swap_lock:
+        os.rename(modules / module_id, aside)
+        _fsync_dir(modules)
+    shutil.rmtree(aside, ignore_errors=True)
+    _log.info("removed module %r", module_id)
+
+
+def cleanup_staging(modules_dir: Path) -> None:
+    """Finish what a crash interrupted; call at startup, before discovery and before any
+    install can run.
+
+    ``.staging-*`` and ``.removing-*`` folders are deleted. A ``.trash-<id>-*`` folder is
+    the old copy of a module being replaced: it is moved back if ``<id>`` is missing (the
+    crash fell between the two renames), otherwise deleted.
+    """
+    try:
+        entries = sorted(modules_dir.iterdir())
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        name = entry.name
+        if name.startswith(TRASH_PREFIX):
+            module_id = name[len(TRASH_PREFIX) :].rpartition("-")[0]
+            target = modules_dir / module_id
+            if is_valid_module_id(module_id) and not target.exists():
+                os.rename(entry, target)
+                _fsync_dir(modules_dir)
+                _log.warning("restored module %r after an interrupted replace", module_id)
+                continue
+        elif not name.startswith((STAGING_PREFIX, REMOVING_PREFIX)):
+            continue
+        _log.info("deleting %s left by an interrupted install", entry)
+        shutil.rmtree(entry, ignore_errors=True)

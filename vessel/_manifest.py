@@ -1,0 +1,328 @@
+"""What a module is: its manifest.json, parsed by a strict schema, and its tamper hash.
+
+Every Struct forbids unknown fields, so a typo (``permisions``) is an error that names the
+field instead of a permission silently left at its default. Structural rules (the id's
+shape, the form of ``call`` entries) live in ``__post_init__`` so they hold for manifests
+built in code too; policy about untrusted input (the reserved id, ``api_version``) lives
+in ``parse_manifest``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from ._errors import ManifestError, TamperError
+
+#: The newest manifest ``api_version`` this host understands.
+HOST_API_VERSION = 1
+
+#: The built-in module's id; no installed module may take it.
+RESERVED_IDS = frozenset({"vessel"})
+
+MANIFEST_FILE = "manifest.json"
+WASM_FILE = "module.wasm"
+HASH_FILE = "manifest.hash"
+
+_log = logging.getLogger("vessel.manifest")
+
+# Ids become folder names and URL path segments, so only a safe alphabet is allowed; this
+# alone rules out traversal ("../x"), separators and hidden folders.
+_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+# module id "." dotted name "@" integer version
+_CALL_RE = re.compile(
+    r"([a-z0-9][a-z0-9-]{0,62})\.([A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*)@([0-9]{1,10})"
+)
+_HASH_RE = re.compile(r"[0-9a-f]{64}")
+_MAX_PATTERN = 256
+_U32_MAX = 2**32 - 1
+
+
+def is_valid_module_id(module_id: str) -> bool:
+    """True when ``module_id`` is a well-formed id (reserved ids included)."""
+    return _ID_RE.fullmatch(module_id) is not None
+
+
+class NetworkPermissions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Outbound network access, all through capability-checked host functions."""
+
+    http: bool = False
+    websocket: bool = False
+    tcp: bool = False
+
+
+class Permissions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a module may do. Everything not granted here is denied."""
+
+    subscribe: list[str] = []
+    call: list[str] = []
+    network: NetworkPermissions = msgspec.field(default_factory=NetworkPermissions)
+    storage: bool = False
+    timers: bool = False
+
+    def __post_init__(self) -> None:
+        for i, pattern in enumerate(self.subscribe):
+            if not pattern or len(pattern) > _MAX_PATTERN:
+                raise ValueError(
+                    f"`subscribe[{i}]` must be a glob of 1 to {_MAX_PATTERN} characters "
+                    f'such as "system.window.*"'
+                )
+        for i, entry in enumerate(self.call):
+            match = _CALL_RE.fullmatch(entry)
+            if match is None or int(match[3]) > _U32_MAX:
+                raise ValueError(
+                    f"`call[{i}]` {entry!r} is not `module.name@version` "
+                    '(for example "discord.voice.set_mute@1")'
+                )
+
+
+class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Resource limits the host enforces on the module; the defaults suit most modules."""
+
+    memory_mb: Annotated[int, Meta(ge=16, le=4096)] = 128
+    invocation_timeout_ms: Annotated[int, Meta(ge=10, le=600_000)] = 5000
+    storage_quota_kb: Annotated[int, Meta(ge=1, le=1_048_576)] = 1024
+    max_timers: Annotated[int, Meta(ge=0, le=4096)] = 64
+    max_websockets: Annotated[int, Meta(ge=0, le=256)] = 8
+    max_event_rate: Annotated[int, Meta(ge=1, le=100_000)] = 200
+
+
+class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A module's manifest.json."""
+
+    id: str
+    name: Annotated[str, Meta(min_length=1, max_length=128)]
+    version: Annotated[str, Meta(min_length=1, max_length=64)]
+    api_version: Annotated[int, Meta(ge=1)]
+    description: str = ""
+    author: str = ""
+    permissions: Permissions = msgspec.field(default_factory=Permissions)
+    limits: Limits = msgspec.field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        # Runs on decode and on construction in code; msgspec reports the ValueError as a
+        # ValidationError at this struct's path.
+        if not is_valid_module_id(self.id):
+            raise ValueError(
+                f"`id` {self.id!r} is not a valid module id: use 1 to 63 lowercase letters, "
+                "digits and '-', starting with a letter or digit"
+            )
+
+
+class _Peek(msgspec.Struct):
+    """The two fields read before strict parsing, so a manifest from a newer host is told
+    to upgrade Vessel rather than about fields this host does not know yet."""
+
+    id: object = None
+    api_version: object = None
+
+
+_decoder = msgspec.json.Decoder(Manifest)
+_peek_decoder = msgspec.json.Decoder(_Peek)
+
+_AT_RE = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.DOTALL)
+_TYPE_NAMES = {
+    "str": "a string",
+    "int": "an integer",
+    "bool": "true or false",
+    "object": "an object",
+    "array": "an array",
+    "float": "a number",
+    "null": "null",
+}
+
+
+def _translate(exc: msgspec.ValidationError) -> str:
+    """Rewrite msgspec's wording into one that puts the field first."""
+    parts = _AT_RE.match(str(exc))
+    assert parts is not None  # the pattern matches any string
+    msg, path = parts["msg"], parts["path"] or "$"
+    where = "" if path == "$" else f" in `{path}`"
+    if m := re.fullmatch(r"Object contains unknown field `(.+)`", msg):
+        return f"unknown field `{m[1]}`{where}"
+    if m := re.fullmatch(r"Object missing required field `(.+)`", msg):
+        return f"missing required field `{m[1]}`{where}"
+    if m := re.fullmatch(r"Expected `(\w+)` (of length )?([<>]=?) (\d+)", msg):
+        what = f"{_TYPE_NAMES.get(m[1], m[1])} of length " if m[2] else ""
+        return f"`{path}` must be {what}{m[3]} {m[4]}"
+    if m := re.fullmatch(r"Expected `(\w+)`, got `(\w+)`", msg):
+        return f"`{path}` must be {_TYPE_NAMES.get(m[1], m[1])}, got {_TYPE_NAMES.get(m[2], m[2])}"
+    if m := re.fullmatch(r"`([^`]+)` (.*)", msg, re.DOTALL):
+        # Raised by a __post_init__: the field is relative to the struct at `path`.
+        return f"`{path}.{m[1]}` {m[2]}"
+    return f"{msg}{where}"
+
+
+def _refuse_newer_api(data: bytes, source: str) -> None:
+    try:
+        peek = _peek_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return  # the strict parse that follows reports what is wrong
+    wanted = peek.api_version
+    if isinstance(wanted, int) and wanted > HOST_API_VERSION:
+        valid_id = isinstance(peek.id, str) and is_valid_module_id(peek.id)
+        who = f"module {peek.id!r}" if valid_id else source
+        raise ManifestError(
+            f"{who} requires api_version {wanted} but this host supports "
+            f"{HOST_API_VERSION}; upgrade Vessel"
+        )
+
+
+def parse_manifest(data: bytes, *, source: str) -> Manifest:
+    """Parse and validate manifest.json bytes. ``source`` names them in errors
+    (``"manifest.json of 'x'"``).
+
+    Raises ManifestError naming the source and the field at fault.
+    """
+    _refuse_newer_api(data, source)
+    try:
+        manifest = _decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise ManifestError(f"{source}: {_translate(exc)}") from None
+    except msgspec.DecodeError as exc:
+        raise ManifestError(f"{source}: not valid JSON: {exc}") from None
+    if manifest.id in RESERVED_IDS:
+        raise ManifestError(
+            f"{source}: `$.id` {manifest.id!r} is reserved for the built-in module; choose "
+            "another id"
+        )
+    return manifest
+
+
+def compute_hash(manifest_bytes: bytes, wasm_bytes: bytes) -> str:
+    """The tamper hash: sha256 hex over the manifest bytes, then the wasm bytes."""
+    digest = hashlib.sha256(manifest_bytes)
+    digest.update(wasm_bytes)
+    return digest.hexdigest()
+
+
+def _hash_files(manifest_path: Path, wasm_path: Path) -> str:
+    digest = hashlib.sha256(manifest_path.read_bytes())
+    # Components are tens of MB: stream rather than hold a second copy in memory.
+    with wasm_path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_module_dir(module_dir: Path) -> str:
+    """``compute_hash`` of the manifest.json and module.wasm in ``module_dir``."""
+    return _hash_files(module_dir / MANIFEST_FILE, module_dir / WASM_FILE)
+
+
+def write_hash_file(module_dir: Path, digest: str) -> None:
+    """Write manifest.hash durably: temp file, fsync, rename."""
+    fd, tmp = tempfile.mkstemp(dir=module_dir, prefix=f".{HASH_FILE}.")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(digest + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, module_dir / HASH_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class ModuleSource:
+    """An installed module folder whose manifest parsed and whose bytes match its hash."""
+
+    id: str
+    dir: Path
+    manifest: Manifest
+    hash: str
+
+
+def _read(path: Path, folder: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError(f"module folder {folder!r} has no {path.name}") from None
+    except OSError as exc:
+        raise ManifestError(f"module folder {folder!r}: cannot read {path.name}: {exc}") from None
+
+
+def load_module_dir(module_dir: Path) -> ModuleSource:
+    """Load one installed module folder.
+
+    Verifies manifest.hash when present (TamperError on mismatch). A folder without one
+    was dropped in by hand: its hash is computed and written now (trust on first use).
+    """
+    folder = module_dir.name
+    manifest_path, wasm_path, hash_path = (
+        module_dir / MANIFEST_FILE,
+        module_dir / WASM_FILE,
+        module_dir / HASH_FILE,
+    )
+    manifest_bytes = _read(manifest_path, folder)
+    if not wasm_path.is_file():
+        raise ManifestError(f"module folder {folder!r} has no {WASM_FILE}")
+    # Check the hash before parsing so an edited manifest reports tampering, not a typo.
+    digest = _hash_files(manifest_path, wasm_path)
+    try:
+        expected: str | None = hash_path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        expected = None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TamperError(
+            f"module {folder!r}: cannot read {HASH_FILE}: {exc}; reinstall it"
+        ) from None
+    if expected is not None and expected != digest:
+        shown = expected if _HASH_RE.fullmatch(expected) else "an unreadable value"
+        raise TamperError(
+            f"module {folder!r} was modified after install: hash mismatch (expected "
+            f"{shown}, found {digest}); reinstall it"
+        )
+    manifest = parse_manifest(manifest_bytes, source=f"{MANIFEST_FILE} of {folder!r}")
+    if manifest.id != folder:
+        raise ManifestError(
+            f"module folder {folder!r} holds a manifest with id {manifest.id!r}; the folder "
+            "name must equal the id: rename the folder or fix `$.id`"
+        )
+    if expected is None:
+        write_hash_file(module_dir, digest)
+        _log.info("module %r had no %s: trusting it on first use (%s)", folder, HASH_FILE, digest)
+    return ModuleSource(id=manifest.id, dir=module_dir, manifest=manifest, hash=digest)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A module folder discovery could not load, and why."""
+
+    dir: Path
+    module_id: str
+    reason: str
+
+
+def discover_modules(modules_dir: Path) -> tuple[list[ModuleSource], list[Refusal]]:
+    """Load every module folder under ``modules_dir`` (sorted by name).
+
+    Folders starting with "." (install staging, trash) and plain files are skipped. A
+    broken module becomes a Refusal and does not stop the others.
+    """
+    try:
+        entries = sorted(modules_dir.iterdir())
+    except FileNotFoundError:
+        return [], []
+    sources: list[ModuleSource] = []
+    refusals: list[Refusal] = []
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        try:
+            sources.append(load_module_dir(entry))
+        except (ManifestError, TamperError) as exc:
+            refusals.append(Refusal(entry, entry.name, str(exc)))
+        except OSError as exc:
+            refusals.append(Refusal(entry, entry.name, f"module {entry.name!r}: {exc}"))
+    return sources, refusals

@@ -1,0 +1,402 @@
+"""Fixtures and guards shared by the whole suite.
+
+Guest components
+    ``built_guests`` (session) builds the guest sources in ``GUEST_SOURCES`` once into
+    ``<repo>/.cache/guests/<name>/module.wasm``; the build is cached by a key over the
+    sources, so a rerun with nothing changed does not rebuild. It maps name -> wasm path.
+    ``guest_artifact(name)`` (session) is the path of its precompiled artifact.
+
+    ``make_module_dir`` (function) installs a guest into a data dir the way the daemon
+    expects it, ``<data_dir>/modules/<id>/``: manifest.json (the guest's, with overrides),
+    a real copy of module.wasm (tests may tamper with it), manifest.hash, and the
+    precompiled artifact in ``compiled/`` with a record naming that hash, so the module
+    starts without the ~6 s compile. The artifact is compiled once per wasm and shared
+    between tests as a hardlink: to tamper with it, write a new file in its place rather
+    than modifying it in place (an in-place change is detected and the cache recompiled).
+
+Guards (autouse)
+    Every test fails if a process it started (a descendant of the test process, orphans
+    included: the test process is a child subreaper) is still alive at teardown after a
+    5 s grace; the leftovers are killed by pid. Every test runs under a watchdog: after
+    ``VESSEL_TEST_WATCHDOG`` seconds (default 120; ``@pytest.mark.watchdog(s)`` per test,
+    0 disables) it prints every thread's stack and interrupts the run, and if the run
+    still has not ended 30 s later the process exits.
+
+    The watchdog is a backstop that ends the run, not a timeout: tests must still bound
+    each of their own waits with ``trio.fail_after``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import faulthandler
+import hashlib
+import json
+import os
+import select
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import wasmtime
+
+from vessel._toolchain import build_module
+from vessel.host import _engine
+
+REPO = Path(__file__).resolve().parents[1]
+GUEST_CACHE = REPO / ".cache" / "guests"
+
+#: Guest sources the suite builds, by name.
+GUEST_SOURCES: Mapping[str, Path] = {
+    "example": REPO / "modules" / "example",
+    "testkit": REPO / "tests" / "guests" / "testkit",
+}
+
+WATCHDOG_DEFAULT = 120.0
+WATCHDOG_GRACE = 30.0
+LEAK_GRACE = 5.0
+
+MakeModuleDir = Callable[..., Path]
+
+
+# -- guest components ------------------------------------------------------------------
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _compute_hash(manifest_bytes: bytes, wasm_path: Path) -> str:
+    """The module's tamper hash: sha256 over the manifest bytes, then the wasm bytes."""
+    try:
+        from vessel._manifest import compute_hash
+    except ImportError:
+        digest = hashlib.sha256(manifest_bytes)
+        digest.update(wasm_path.read_bytes())
+        return digest.hexdigest()
+    return compute_hash(manifest_bytes, wasm_path.read_bytes())
+
+
+@dataclass
+class _Artifact:
+    path: Path
+    sha256: str
+    stat: tuple[int, int, int]  # (inode, size, mtime_ns): detects an in-place change
+
+
+def _stat_key(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class GuestCache:
+    """The session's built guests and their precompiled artifacts (compiled on first use)."""
+
+    def __init__(self, wasm: Mapping[str, Path]) -> None:
+        self.wasm = dict(wasm)
+        self._engine: wasmtime.Engine | None = None
+        self._artifacts: dict[str, _Artifact] = {}
+
+    def _compile(self, name: str) -> _Artifact:
+        cache_dir = self.wasm[name].parent
+        source_hash = _sha256_file(self.wasm[name])
+        artifact, record = _engine.artifact_paths(cache_dir)
+        try:
+            rec = msgspec.json.decode(record.read_bytes(), type=_engine.ArtifactRecord)
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            rec = None
+        current = (
+            rec is not None
+            and rec.key == _engine.artifact_key()
+            and rec.source_hash == source_hash
+            and artifact.is_file()
+            and _sha256_file(artifact) == rec.sha256
+        )
+        if not current:
+            if self._engine is None:
+                self._engine = _engine.make_engine()
+            # Unlink first: the old artifact may still be hardlinked into a test's folder.
+            artifact.unlink(missing_ok=True)
+            _engine.precompile(self._engine, cache_dir, source_hash=source_hash, module_id=name)
+            rec = msgspec.json.decode(record.read_bytes(), type=_engine.ArtifactRecord)
+        assert rec is not None
+        return _Artifact(artifact, rec.sha256, _stat_key(artifact))
+
+    def artifact(self, name: str) -> _Artifact:
+        """The guest's precompiled artifact, recompiled if a test changed it in place."""
+        known = self._artifacts.get(name)
+        if known is None or not known.path.is_file() or _stat_key(known.path) != known.stat:
+            known = self._artifacts[name] = self._compile(name)
+        return known
+
+
+@pytest.fixture(scope="session")
+def _guest_cache() -> GuestCache:
+    wasm: dict[str, Path] = {}
+    for name, src in GUEST_SOURCES.items():
+        result = build_module(src, out=GUEST_CACHE / name / "module.wasm")
+        wasm[name] = result.wasm
+    return GuestCache(wasm)
+
+
+@pytest.fixture(scope="session")
+def built_guests(_guest_cache: GuestCache) -> Mapping[str, Path]:
+    """Guest name -> its built module.wasm (shared by the session: copy before changing)."""
+    return dict(_guest_cache.wasm)
+
+
+@pytest.fixture(scope="session")
+def guest_artifact(_guest_cache: GuestCache) -> Callable[[str], Path]:
+    """``guest_artifact(name) -> Path``: the precompiled artifact of guest ``name``, for an
+    engine from ``vessel.host._engine.make_engine()`` (compiled once per session; do not
+    modify it)."""
+    return lambda name: _guest_cache.artifact(name).path
+
+
+@pytest.fixture
+def make_module_dir(_guest_cache: GuestCache) -> MakeModuleDir:
+    """``make_module_dir(data_dir, name, *, module_id=None, permissions=None, limits=None,
+    manifest=None) -> Path`` installs guest ``name`` as ``<data_dir>/modules/<id>/``.
+
+    ``permissions`` and ``limits`` replace those sections of the guest's manifest;
+    ``manifest`` sets any other top-level fields (``{"api_version": 2}``).
+    """
+
+    def make(
+        data_dir: Path,
+        name: str,
+        *,
+        module_id: str | None = None,
+        permissions: Mapping[str, Any] | None = None,
+        limits: Mapping[str, Any] | None = None,
+        manifest: Mapping[str, Any] | None = None,
+    ) -> Path:
+        doc = json.loads((GUEST_SOURCES[name] / "manifest.json").read_bytes())
+        if module_id is not None:
+            doc["id"] = module_id
+        if permissions is not None:
+            doc["permissions"] = dict(permissions)
+        if limits is not None:
+            doc["limits"] = dict(limits)
+        doc.update(manifest or {})
+        module_dir = Path(data_dir) / "modules" / str(doc["id"])
+        module_dir.mkdir(parents=True, exist_ok=True)
+        manifest_bytes = (json.dumps(doc, indent=2) + "\n").encode()
+        (module_dir / "manifest.json").write_bytes(manifest_bytes)
+        wasm = module_dir / "module.wasm"
+        shutil.copyfile(_guest_cache.wasm[name], wasm)
+        digest = _compute_hash(manifest_bytes, wasm)
+        (module_dir / "manifest.hash").write_text(digest + "\n")
+
+        cached = _guest_cache.artifact(name)
+        artifact, record = _engine.artifact_paths(module_dir)
+        artifact.parent.mkdir(exist_ok=True)
+        artifact.unlink(missing_ok=True)
+        try:
+            os.link(cached.path, artifact)
+        except OSError:  # another file system: fall back to a copy
+            shutil.copyfile(cached.path, artifact)
+        rec = _engine.ArtifactRecord(
+            key=_engine.artifact_key(), source_hash=digest, sha256=cached.sha256
+        )
+        record.write_bytes(msgspec.json.encode(rec))
+        return module_dir
+
+    return make
+
+
+# -- leaked processes ------------------------------------------------------------------
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    """Orphaned grandchildren are re-parented to us instead of init, so the leak guard
+    sees a module process whose daemon died."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+Proc = tuple[int, int]  # (pid, start time): a pid alone can be reused
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, start time) of ``pid`` or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def _descendants() -> dict[Proc, str]:
+    """Every live process below this one: (pid, start time) -> state."""
+    parent_of: dict[int, int] = {}
+    info: dict[int, tuple[str, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        stat = _proc_stat(int(entry))
+        if stat is not None:
+            parent_of[int(entry)] = stat[1]
+            info[int(entry)] = (stat[0], stat[2])
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent_of.items():
+        children.setdefault(ppid, []).append(pid)
+    found: dict[Proc, str] = {}
+    stack = list(children.get(os.getpid(), []))
+    while stack:
+        pid = stack.pop()
+        state, start = info[pid]
+        found[(pid, start)] = state
+        stack.extend(children.get(pid, []))
+    return found
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+def _still_running(before: set[Proc]) -> dict[Proc, str]:
+    """Processes started since ``before`` that have not exited; zombies are reaped."""
+    alive: dict[Proc, str] = {}
+    for proc, state in _descendants().items():
+        if proc in before:
+            continue
+        if state in ("Z", "X"):
+            _reap(proc[0])
+        else:
+            alive[proc] = state
+    return alive
+
+
+def _kill(proc: Proc) -> None:
+    pid, start = proc
+    stat = _proc_stat(pid)
+    if stat is None or stat[2] != start:
+        return  # already gone, or the pid now names another process
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        stat = _proc_stat(pid)
+        if stat is None or stat[2] != start or stat[0] in ("Z", "X"):
+            break
+        select.select([], [], [], 0.01)
+    _reap(pid)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_processes() -> Iterator[None]:
+    """Fail the test if a process it started outlives it (after a short grace)."""
+    before = set(_descendants())
+    yield
+    deadline = time.monotonic() + LEAK_GRACE
+    alive = _still_running(before)
+    while alive and time.monotonic() < deadline:
+        select.select([], [], [], 0.05)
+        alive = _still_running(before)
+    if not alive:
+        return
+    described = [f"pid {pid}: {_cmdline(pid)}" for pid, _ in alive]
+    for proc in alive:
+        _kill(proc)
+    pytest.fail(
+        f"test left {len(alive)} process(es) running {LEAK_GRACE:g} s after it ended "
+        "(killed now):\n  " + "\n  ".join(described),
+        pytrace=False,
+    )
+
+
+# -- watchdog --------------------------------------------------------------------------
+
+_real_stderr: int | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _real_stderr
+    config.addinivalue_line(
+        "markers",
+        "watchdog(seconds): interrupt the run if this test takes longer (0 disables)",
+    )
+    _become_subreaper()
+    # Output capture is suspended while plugins configure: fd 2 is the real stderr here,
+    # and the watchdog must reach it from inside a captured test.
+    try:
+        _real_stderr = os.dup(2)
+    except OSError as exc:
+        if exc.errno != errno.EBADF:
+            raise
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _real_stderr
+    if _real_stderr is not None:
+        os.close(_real_stderr)
+        _real_stderr = None
+
+
+def _watchdog_seconds(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("watchdog")
+    if marker is not None:
+        return float(marker.args[0])
+    return float(os.environ.get("VESSEL_TEST_WATCHDOG", WATCHDOG_DEFAULT))
+
+
+def _bark(nodeid: str, seconds: float, fd: int) -> None:
+    os.write(
+        fd,
+        f"\n\nwatchdog: {nodeid} still running after {seconds:g} s; stacks of all "
+        "threads follow, then the test is interrupted (SIGINT)\n".encode(),
+    )
+    faulthandler.dump_traceback(file=fd, all_threads=True)
+    # A real signal (not interrupt_main) so a blocking system call returns EINTR.
+    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+
+@pytest.fixture(autouse=True)
+def _watchdog(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Interrupt a hung test, then end the process if that does not work."""
+    seconds = _watchdog_seconds(request.node)
+    fd = _real_stderr
+    if seconds <= 0 or fd is None:
+        yield
+        return
+    timer = threading.Timer(seconds, _bark, args=(request.node.nodeid, seconds, fd))
+    timer.daemon = True
+    timer.start()
+    faulthandler.dump_traceback_later(seconds + WATCHDOG_GRACE, exit=True, file=fd)
+    try:
+        yield
+    finally:
+        timer.cancel()
+        faulthandler.cancel_dump_traceback_later()

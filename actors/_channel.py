@@ -1,0 +1,452 @@
+"""Request/reply, notifications and heartbeats over a pair of trio byte streams.
+
+A :class:`Channel` is symmetric: both ends can send requests and both answer them. Inside
+:meth:`Channel.run` three kinds of task cooperate:
+
+* the *reader* decodes frames and dispatches them; it answers Pings itself, so a busy
+  handler never delays a heartbeat, and it completes the caller's pending request on a
+  Reply;
+* the *writer* owns the send stream and coalesces every queued frame into one write;
+* one task per incoming Request (a slow handler never blocks the others) and one task for
+  notifications (so they are handled in the order they were sent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import itertools
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import trio
+
+from ._errors import (
+    ActorError,
+    ChannelBroken,
+    ChannelClosed,
+    FrameTooLarge,
+    ProtocolError,
+    RemoteError,
+)
+from ._framing import MAX_FRAME_SIZE, FrameDecoder
+from ._wire import (
+    ErrorReply,
+    Message,
+    Notify,
+    Ping,
+    Pong,
+    Reply,
+    Request,
+    decode_message,
+    encode_body,
+    encode_message,
+)
+
+__all__ = ["Channel", "ChannelStatistics", "NotifyHandler", "RequestHandler"]
+
+logger = logging.getLogger("actors")
+
+RequestHandler = Callable[[str, msgspec.Raw], Awaitable[Any]]
+NotifyHandler = Callable[[str, msgspec.Raw], Awaitable[None]]
+
+# Pipes hold 64 KiB by default; reading more per call buys nothing.
+_READ_SIZE = 65536
+# Coalescing pays off for many small frames; past this size a write is already efficient
+# and a bigger batch would only delay the first frame in it.
+_MAX_BATCH_BYTES = 256 * 1024
+# An error message travels inside one frame; keep a runaway str(exc) from breaking it.
+_MAX_ERROR_MESSAGE = 16 * 1024
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    CLOSED = "closed"
+    BROKEN = "broken"
+
+
+@dataclass(frozen=True)
+class ChannelStatistics:
+    """A snapshot of a channel's counters (see :meth:`Channel.statistics`)."""
+
+    pending_requests: int
+    frames_sent: int
+    frames_received: int
+    bytes_sent: int
+    bytes_received: int
+
+
+class _Call:
+    """One outstanding request or ping, completed by the reader or by a channel failure."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.value: msgspec.Raw | None = None
+        self.error: ActorError | None = None
+
+    def finish(self, value: msgspec.Raw | None = None, error: ActorError | None = None) -> None:
+        if not self.done.is_set():
+            self.value = value
+            self.error = error
+            self.done.set()
+
+
+class Channel:
+    """A bidirectional request/reply + notification channel over two trio streams.
+
+    The channel owns both streams: they are closed when :meth:`run` ends or on
+    :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        send_stream: trio.abc.SendStream,
+        receive_stream: trio.abc.ReceiveStream,
+        *,
+        name: str,
+        on_request: RequestHandler,
+        on_notify: NotifyHandler | None = None,
+        max_frame_size: int = MAX_FRAME_SIZE,
+        send_queue_size: int = 1024,
+    ) -> None:
+        self.name = name
+        self._send_stream = send_stream
+        self._receive_stream = receive_stream
+        self._on_request = on_request
+        self._on_notify = on_notify
+        self._max_frame_size = max_frame_size
+        self._outbox_send, self._outbox_receive = trio.open_memory_channel[bytes | bytearray](
+            send_queue_size
+        )
+        self._notify_send, self._notify_receive = trio.open_memory_channel[Notify](send_queue_size)
+        self._state = _State.NEW
+        self._failure: tuple[type[ActorError], str] | None = None
+        self._run_called = False
+        self._protocol_error: ProtocolError | None = None
+        self._run_scope: trio.CancelScope | None = None
+        self._run_finished = trio.Event()
+        self._request_ids = itertools.count(1)
+        self._ping_seqs = itertools.count(1)
+        self._pending: dict[int, _Call] = {}
+        self._pings: dict[int, _Call] = {}
+        self._frames_sent = 0
+        self._frames_received = 0
+        self._bytes_sent = 0
+        self._bytes_received = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Channel {self.name!r} {self._state.value}, pending={len(self._pending)}, "
+            f"sent={self._frames_sent}, received={self._frames_received}>"
+        )
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def closed(self) -> bool:
+        """True once the channel was closed by us or broken by the peer."""
+        return self._failure is not None
+
+    @property
+    def broken(self) -> bool:
+        """True if the channel ended because of the peer (or :meth:`abort`), not us."""
+        return self._state is _State.BROKEN
+
+    @property
+    def protocol_error(self) -> ProtocolError | None:
+        """What the peer sent that broke the protocol, once :meth:`run` hit it."""
+        return self._protocol_error
+
+    def statistics(self) -> ChannelStatistics:
+        """Return an immutable snapshot of the channel's counters."""
+        return ChannelStatistics(
+            pending_requests=len(self._pending),
+            frames_sent=self._frames_sent,
+            frames_received=self._frames_received,
+            bytes_sent=self._bytes_sent,
+            bytes_received=self._bytes_received,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the channel until the peer closes it or :meth:`aclose` is called.
+
+        Calls ``task_status.started()`` once frames can flow. Returns normally on end of
+        stream, on a broken stream and after :meth:`aclose`; raises :class:`ProtocolError`
+        if the peer sent something undecodable. Either way every pending request has
+        failed (:class:`ChannelBroken` or :class:`ChannelClosed`) and both streams are
+        closed when it returns. Can be called once.
+        """
+        if self._run_called:
+            raise RuntimeError(f"{self!r}: run() can only be called once")
+        self._run_called = True
+        protocol_error: ProtocolError | None = None
+        try:
+            if self._failure is None:
+                self._state = _State.RUNNING
+                async with trio.open_nursery() as nursery:
+                    self._run_scope = nursery.cancel_scope
+                    nursery.start_soon(self._writer)
+                    nursery.start_soon(self._notification_loop)
+                    task_status.started()
+                    try:
+                        await self._reader(nursery)
+                    except ProtocolError as exc:
+                        protocol_error = self._protocol_error = exc
+                        self._fail(ChannelBroken, f"channel {self.name!r}: {exc}")
+                    nursery.cancel_scope.cancel()
+            else:
+                # Closed or aborted before it ran (a child that died at once): there is
+                # nothing to serve, but the caller still gets its started() and cleanup.
+                task_status.started()
+        finally:
+            # Reached on cancellation from outside too: nobody will ever answer now.
+            self._fail(ChannelClosed, f"channel {self.name!r} was closed")
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self._send_stream)
+                await trio.aclose_forcefully(self._receive_stream)
+            self._run_finished.set()
+        if protocol_error is not None:
+            raise protocol_error
+
+    async def request(
+        self,
+        method: str,
+        body: Any,
+        *,
+        timeout: float | None = None,
+    ) -> msgspec.Raw:
+        """Call ``method`` on the peer and return the raw msgpack reply body.
+
+        Raises :class:`RemoteError` if the peer's handler raised, :class:`ChannelBroken`
+        if the peer goes away first, :class:`ChannelClosed` after :meth:`aclose`,
+        :class:`FrameTooLarge` if ``body`` does not fit in one frame, and
+        :class:`trio.TooSlowError` after ``timeout`` seconds (a reply arriving later is
+        dropped). Waiting in a full send queue counts against ``timeout``.
+        """
+        self._raise_if_closed()
+        request_id = next(self._request_ids)
+        frame = encode_message(Request(request_id, method, encode_body(body)), self._max_frame_size)
+        call = _Call()
+        self._pending[request_id] = call
+        try:
+            with trio.fail_after(math.inf if timeout is None else timeout):
+                await self._enqueue(frame)
+                await call.done.wait()
+        finally:
+            del self._pending[request_id]
+        if call.error is not None:
+            raise call.error
+        assert call.value is not None
+        return call.value
+
+    async def notify(self, method: str, body: Any) -> None:
+        """Send a one-way message, waiting for room in the send queue if it is full."""
+        self._raise_if_closed()
+        await self._enqueue(self._notify_frame(method, body))
+
+    def notify_nowait(self, method: str, body: Any) -> None:
+        """Send a one-way message without blocking, for synchronous callbacks.
+
+        Raises :class:`trio.WouldBlock` when the send queue is full.
+        """
+        self._raise_if_closed()
+        frame = self._notify_frame(method, body)
+        try:
+            self._outbox_send.send_nowait(frame)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._raise_if_closed()
+            raise
+
+    async def ping(self, *, timeout: float) -> float:
+        """Return the round-trip time in seconds of a Ping answered by the peer's reader.
+
+        Raises :class:`trio.TooSlowError` if no Pong arrives within ``timeout``.
+        """
+        self._raise_if_closed()
+        seq = next(self._ping_seqs)
+        call = _Call()
+        self._pings[seq] = call
+        started = trio.current_time()
+        try:
+            with trio.fail_after(timeout):
+                await self._enqueue(encode_message(Ping(seq)))
+                await call.done.wait()
+        finally:
+            del self._pings[seq]
+        if call.error is not None:
+            raise call.error
+        return trio.current_time() - started
+
+    def abort(self, reason: str) -> None:
+        """Declare the peer gone: fail pending calls with :class:`ChannelBroken` now.
+
+        For owners that learn about the peer's death from elsewhere (a child process was
+        reaped) before the stream reports it. :meth:`run` returns promptly afterwards.
+        """
+        self._fail(ChannelBroken, reason)
+
+    async def aclose(self) -> None:
+        """Close the channel from this side; pending calls fail with :class:`ChannelClosed`.
+
+        Queued frames that were not written yet are dropped. When it returns, both
+        streams are closed. Idempotent.
+        """
+        was_running = self._run_scope is not None
+        self._fail(ChannelClosed, f"channel {self.name!r} was closed")
+        if was_running:
+            # Called from a handler inside run(), this wait is cancelled with the handler,
+            # which is what closing the channel from within should do.
+            await self._run_finished.wait()
+        else:
+            await trio.aclose_forcefully(self._send_stream)
+            await trio.aclose_forcefully(self._receive_stream)
+
+    # ------------------------------------------------------------------ internals
+
+    def _notify_frame(self, method: str, body: Any) -> bytearray:
+        return encode_message(Notify(method, encode_body(body)), self._max_frame_size)
+
+    def _raise_if_closed(self) -> None:
+        if self._failure is not None:
+            error_type, message = self._failure
+            raise error_type(message)
+
+    async def _enqueue(self, frame: bytes | bytearray) -> None:
+        try:
+            await self._outbox_send.send(frame)
+        except trio.ClosedResourceError:
+            # _fail() closed the queue under us; report why, not the queue detail.
+            self._raise_if_closed()
+            raise
+
+    def _fail(self, error_type: type[ActorError], message: str) -> None:
+        """Enter the terminal state; the first cause wins, later ones are ignored."""
+        if self._failure is not None:
+            return
+        self._failure = (error_type, message)
+        self._state = _State.CLOSED if error_type is ChannelClosed else _State.BROKEN
+        for call in (*self._pending.values(), *self._pings.values()):
+            call.finish(error=error_type(message))
+        self._outbox_send.close()
+        self._notify_send.close()
+        if self._run_scope is not None:
+            self._run_scope.cancel()
+
+    async def _reader(self, nursery: trio.Nursery) -> None:
+        decoder = FrameDecoder(self._max_frame_size)
+        while True:
+            try:
+                data = await self._receive_stream.receive_some(_READ_SIZE)
+            except trio.ClosedResourceError:
+                return
+            except (trio.BrokenResourceError, OSError) as exc:
+                self._fail(ChannelBroken, f"channel {self.name!r}: receive failed: {exc!r}")
+                return
+            if not data:
+                self._fail(ChannelBroken, f"channel {self.name!r}: the peer closed the channel")
+                return
+            self._bytes_received += len(data)
+            try:
+                frames = decoder.feed(data)
+            except FrameTooLarge as exc:
+                raise ProtocolError(str(exc)) from exc
+            for frame in frames:
+                self._frames_received += 1
+                await self._dispatch(decode_message(frame), nursery)
+
+    async def _dispatch(self, message: Message, nursery: trio.Nursery) -> None:
+        match message:
+            case Request():
+                nursery.start_soon(self._handle_request, message)
+            case Reply(id=request_id, body=body):
+                # A reply whose caller already gave up (timeout) finds no entry: dropped.
+                if (call := self._pending.get(request_id)) is not None:
+                    call.finish(value=body)
+            case ErrorReply(id=request_id, type=type_name, message=text, actor=actor):
+                if (call := self._pending.get(request_id)) is not None:
+                    call.finish(error=RemoteError(type_name, text, actor))
+            case Notify():
+                # Bounded: a flood of notifications pushes back on the peer instead of
+                # growing memory. The handler task drains this queue in order. If the
+                # channel fails meanwhile the queue is closed: drop the message.
+                with contextlib.suppress(trio.ClosedResourceError):
+                    await self._notify_send.send(message)
+            case Ping(seq=seq):
+                await self._send_internal(encode_message(Pong(seq)))
+            case Pong(seq=seq):
+                if (call := self._pings.get(seq)) is not None:
+                    call.finish()
+
+    async def _handle_request(self, request: Request) -> None:
+        try:
+            result = await self._on_request(request.method, request.body)
+            frame = encode_message(Reply(request.id, encode_body(result)), self._max_frame_size)
+        except Exception as exc:  # Cancelled is a BaseException: it is never caught here.
+            logger.debug("%s: handler for %r raised", self.name, request.method, exc_info=True)
+            frame = self._error_frame(request.id, exc)
+        await self._send_internal(frame)
+
+    def _error_frame(self, request_id: int, exc: Exception) -> bytearray:
+        try:
+            message = str(exc)[:_MAX_ERROR_MESSAGE]
+        except Exception:
+            message = "(the exception's message could not be rendered)"
+        try:
+            reply = ErrorReply(request_id, type(exc).__name__, message, self.name)
+            return encode_message(reply, self._max_frame_size)
+        except FrameTooLarge:
+            # The caller must get an answer, even if only the error's type fits.
+            return encode_message(ErrorReply(request_id, type(exc).__name__, "", self.name))
+
+    async def _send_internal(self, frame: bytes | bytearray) -> None:
+        """Queue a frame the channel produces itself (a Pong, a Reply)."""
+        # If the channel already failed, the peer is gone and so is the need to answer.
+        with contextlib.suppress(trio.ClosedResourceError):
+            await self._outbox_send.send(frame)
+
+    async def _notification_loop(self) -> None:
+        async for message in self._notify_receive:
+            if self._on_notify is None:
+                continue
+            try:
+                await self._on_notify(message.method, message.body)
+            except Exception:
+                # A notification has nobody to report to; one bad message must not stop
+                # the ones behind it.
+                logger.exception(
+                    "%s: notification handler for %r raised", self.name, message.method
+                )
+
+    async def _writer(self) -> None:
+        outbox = self._outbox_receive
+        while True:
+            try:
+                frame = await outbox.receive()
+            except trio.EndOfChannel:
+                return  # _fail() closed the queue: the channel is done.
+            batch = [frame]
+            size = len(frame)
+            while size < _MAX_BATCH_BYTES:
+                try:
+                    frame = outbox.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                batch.append(frame)
+                size += len(frame)
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            try:
+                await self._send_stream.send_all(data)
+            except trio.ClosedResourceError:
+                return
+            except (trio.BrokenResourceError, OSError) as exc:
+                self._fail(ChannelBroken, f"channel {self.name!r}: send failed: {exc!r}")
+                return
+            self._frames_sent += len(batch)
+            self._bytes_sent += size

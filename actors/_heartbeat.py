@@ -1,0 +1,25 @@
+"""Liveness checking on top of :meth:`Channel.ping`."""
+
+from __future__ import annotations
+
+import trio
+
+from ._channel import Channel
+
+__all__ = ["wait_heartbeat_lost"]
+
+
+async def wait_heartbeat_lost(channel: Channel, *, interval: float, ping_timeout: float) -> None:
+    """Ping ``channel`` every ``interval`` seconds; return when a ping goes unanswered.
+
+    Returns once a Pong has not arrived ``ping_timeout`` seconds after its Ping was queued:
+    the peer's event loop is stuck (a blocking call, a deadlock) or the peer is wedged in
+    a way that keeps its end of the stream open. Raises :class:`ChannelClosed` or
+    :class:`ChannelBroken` if the channel ends first — that is not a heartbeat problem.
+    """
+    while True:
+        await trio.sleep(interval)
+        try:
+            await channel.ping(timeout=ping_timeout)
+        except trio.TooSlowError:
+            return

@@ -1,0 +1,59 @@
+"""Helpers shared by the actors tests: helper-process commands and /proc inspection.
+
+Also imported by ``_intermediate_parent.py``, which runs as a script from this folder.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+CHILD_APP = HERE / "_child_app.py"
+INTERMEDIATE_PARENT = HERE / "_intermediate_parent.py"
+
+
+def child_env() -> dict[str, str]:
+    """Environment for helper scripts: they import ``actors`` from this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def child_argv(*args: str) -> list[str]:
+    """Command line running the test child app (see ``_child_app.py``)."""
+    return [sys.executable, str(CHILD_APP), *args]
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state from /proc/<pid>/stat, or None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # The command name (field 2) may contain spaces and parentheses.
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def is_running(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie (a zombie has already exited)."""
+    state = process_state(pid)
+    return state is not None and state not in ("Z", "X")
+
+
+def children_of(parent: int) -> set[int]:
+    """PIDs whose parent is ``parent``, zombies included, read from /proc."""
+    found: set[int] = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            found.add(int(entry.name))
+    return found

@@ -1,0 +1,480 @@
+"""Channel: request/reply, notifications, errors, timeouts, pings, closing, coalescing."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+from actors import (
+    Channel,
+    ChannelBroken,
+    ChannelClosed,
+    FrameTooLarge,
+    ProtocolError,
+    RemoteError,
+    wait_heartbeat_lost,
+)
+
+
+class Point(msgspec.Struct):
+    x: int
+    y: int
+
+
+def decode(raw: msgspec.Raw) -> Any:
+    return msgspec.msgpack.decode(raw)
+
+
+async def no_requests(method: str, body: msgspec.Raw) -> None:
+    raise AssertionError(f"unexpected request {method}")
+
+
+@asynccontextmanager
+async def channel_pair(
+    on_request: Any = no_requests,
+    on_notify: Any = None,
+    **kwargs: Any,
+) -> AsyncIterator[tuple[Channel, Channel]]:
+    """A client channel and a server channel (running ``on_request``) over memory streams."""
+    left, right = trio.testing.memory_stream_pair()
+    client = Channel(left.send_stream, left.receive_stream, name="client", on_request=no_requests)
+    server = Channel(
+        right.send_stream,
+        right.receive_stream,
+        name="server",
+        on_request=on_request,
+        on_notify=on_notify,
+        **kwargs,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        await nursery.start(server.run)
+        yield client, server
+        nursery.cancel_scope.cancel()
+
+
+async def test_request_reply_with_typed_bodies() -> None:
+    """A request body arrives as Raw the handler decodes into its own type; the return
+    value comes back as Raw the caller decodes into its own type."""
+
+    async def on_request(method: str, body: msgspec.Raw) -> Point:
+        point = msgspec.msgpack.decode(body, type=Point)
+        return Point(point.y, point.x)
+
+    with trio.fail_after(5):
+        async with channel_pair(on_request) as (client, _):
+            raw = await client.request("swap", Point(1, 2))
+            assert msgspec.msgpack.decode(raw, type=Point) == Point(2, 1)
+            assert client.statistics().pending_requests == 0
+
+
+async def test_both_ends_can_call_each_other() -> None:
+    """The channel is symmetric: the side that serves requests can also make them."""
+    left, right = trio.testing.memory_stream_pair()
+
+    async def answer(method: str, body: msgspec.Raw) -> str:
+        return f"{method} from {decode(body)}"
+
+    a = Channel(left.send_stream, left.receive_stream, name="a", on_request=answer)
+    b = Channel(right.send_stream, right.receive_stream, name="b", on_request=answer)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            assert decode(await a.request("hi", "a")) == "hi from a"
+            assert decode(await b.request("hi", "b")) == "hi from b"
+            nursery.cancel_scope.cancel()
+
+
+async def test_notifications_are_handled_in_order() -> None:
+    """Notifications reach on_notify one at a time, in the order they were sent."""
+    seen: list[int] = []
+    all_seen = trio.Event()
+
+    async def on_notify(method: str, body: msgspec.Raw) -> None:
+        await trio.lowlevel.checkpoint()  # Give a later notification a chance to overtake.
+        seen.append(decode(body))
+        if len(seen) == 50:
+            all_seen.set()
+
+    with trio.fail_after(5):
+        async with channel_pair(on_notify=on_notify) as (client, _):
+            for i in range(25):
+                await client.notify("n", i)
+            for i in range(25, 50):
+                client.notify_nowait("n", i)
+            await all_seen.wait()
+    assert seen == list(range(50))
+
+
+async def test_handler_error_becomes_remote_error() -> None:
+    """An exception in the peer's handler is raised by request() as RemoteError carrying
+    the type name, the message and the peer's name; the channel stays usable."""
+
+    async def on_request(method: str, body: msgspec.Raw) -> str:
+        if method == "fail":
+            raise ValueError("bad input")
+        return "fine"
+
+    with trio.fail_after(5):
+        async with channel_pair(on_request) as (client, _):
+            with pytest.raises(RemoteError) as info:
+                await client.request("fail", None)
+            assert (info.value.type_name, info.value.message, info.value.actor) == (
+                "ValueError",
+                "bad input",
+                "server",
+            )
+            assert str(info.value) == "ValueError in server: bad input"
+            assert decode(await client.request("ok", None)) == "fine"
+
+
+async def test_unencodable_result_is_reported_not_fatal() -> None:
+    """A handler returning something msgpack cannot encode fails that call only."""
+
+    async def on_request(method: str, body: msgspec.Raw) -> object:
+        return object()
+
+    with trio.fail_after(5):
+        async with channel_pair(on_request) as (client, _):
+            with pytest.raises(RemoteError) as info:
+                await client.request("x", None)
+            assert info.value.type_name == "TypeError"
+
+
+async def test_timeout_then_late_reply_is_dropped(autojump_clock: trio.testing.MockClock) -> None:
+    """request(timeout=) raises TooSlowError at the deadline; the reply that arrives later
+    is dropped silently and the next request gets its own reply."""
+    release = trio.Event()
+    replied = trio.Event()
+
+    async def on_request(method: str, body: msgspec.Raw) -> str:
+        if method == "slow":
+            await release.wait()
+            replied.set()
+        return method
+
+    with trio.fail_after(60):
+        async with channel_pair(on_request) as (client, _):
+            start = trio.current_time()
+            with pytest.raises(trio.TooSlowError):
+                await client.request("slow", None, timeout=2.5)
+            assert trio.current_time() - start == 2.5
+            assert client.statistics().pending_requests == 0
+            release.set()
+            await replied.wait()
+            assert decode(await client.request("fast", None)) == "fast"
+
+
+async def test_slow_handler_does_not_block_others() -> None:
+    """Each request runs in its own task: a fast request is answered while a slow one is
+    still being handled, and the slow one still gets its own answer."""
+    fast_done = trio.Event()
+
+    async def on_request(method: str, body: msgspec.Raw) -> str:
+        if method == "slow":
+            await fast_done.wait()
+        return method
+
+    results: dict[str, str] = {}
+
+    async def call(client: Channel, method: str) -> None:
+        results[method] = decode(await client.request(method, None))
+        if method == "fast":
+            fast_done.set()
+
+    with trio.fail_after(5):
+        async with channel_pair(on_request) as (client, _), trio.open_nursery() as nursery:
+            nursery.start_soon(call, client, "slow")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(call, client, "fast")
+    assert results == {"slow": "slow", "fast": "fast"}
+
+
+async def test_ping_answered_while_handler_busy() -> None:
+    """Pings are answered by the reader, so a handler that never returns cannot delay
+    the heartbeat."""
+    stuck = trio.Event()
+
+    async def on_request(method: str, body: msgspec.Raw) -> None:
+        stuck.set()
+        await trio.sleep_forever()
+
+    with trio.fail_after(5):
+        async with channel_pair(on_request) as (client, _), trio.open_nursery() as nursery:
+            nursery.start_soon(client.request, "hang", None)
+            await stuck.wait()
+            assert await client.ping(timeout=1) >= 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_peer_eof_fails_pending_with_channel_broken() -> None:
+    """When the peer closes its end, run() returns and in-flight requests fail with
+    ChannelBroken instead of hanging; later calls fail the same way."""
+    left, right = trio.testing.memory_stream_pair()
+    client = Channel(left.send_stream, left.receive_stream, name="client", on_request=no_requests)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+
+            async def close_peer_once_request_arrives() -> None:
+                await right.receive_some()
+                await right.aclose()
+
+            nursery.start_soon(close_peer_once_request_arrives)
+            with pytest.raises(ChannelBroken):
+                await client.request("x", None)
+        with pytest.raises(ChannelBroken):
+            await client.notify("y", None)
+    assert client.closed
+    assert client.broken
+
+
+async def test_aclose_fails_pending_with_channel_closed() -> None:
+    """aclose() fails in-flight requests with ChannelClosed ("you closed it"); the peer
+    sees end-of-stream and cancels the handler still running for them."""
+    handler_cancelled = trio.Event()
+    handler_started = trio.Event()
+
+    async def on_request(method: str, body: msgspec.Raw) -> None:
+        handler_started.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            handler_cancelled.set()
+
+    async def request_expecting_closed(client: Channel) -> None:
+        with pytest.raises(ChannelClosed):
+            await client.request("hang", None)
+
+    with trio.fail_after(5):
+        async with channel_pair(on_request) as (client, server), trio.open_nursery() as nursery:
+            nursery.start_soon(request_expecting_closed, client)
+            await handler_started.wait()
+            await client.aclose()
+            await handler_cancelled.wait()
+            assert server.broken
+        assert client.closed
+        assert not client.broken
+        with pytest.raises(ChannelClosed):
+            await client.request("again", None)
+
+
+async def test_run_after_abort_returns_at_once() -> None:
+    """A channel aborted before run() (its peer died first) still runs cleanly: run()
+    reports started, returns, and later calls fail with ChannelBroken."""
+    left, _ = trio.testing.memory_stream_pair()
+    channel = Channel(left.send_stream, left.receive_stream, name="c", on_request=no_requests)
+    channel.abort("peer died")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(channel.run)
+        with pytest.raises(ChannelBroken, match="peer died"):
+            await channel.request("x", None)
+
+
+async def test_close_right_after_queueing_a_frame() -> None:
+    """Closing while the writer holds a freshly queued frame ends run() cleanly (the
+    writer must treat the closed queue as the end, not crash)."""
+    left, _ = trio.testing.memory_stream_pair()
+    channel = Channel(left.send_stream, left.receive_stream, name="c", on_request=no_requests)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(channel.run)
+            await trio.testing.wait_all_tasks_blocked()
+            channel.notify_nowait("last words", None)
+            await channel.aclose()
+
+
+async def test_abort_while_reader_waits_on_a_slow_notification_handler() -> None:
+    """With the notification queue full the reader waits (backpressure); failing the
+    channel then still ends run() cleanly."""
+    handler_stuck = trio.Event()
+
+    async def on_notify(method: str, body: msgspec.Raw) -> None:
+        handler_stuck.set()
+        await trio.sleep_forever()
+
+    with trio.fail_after(5):
+        async with channel_pair(on_notify=on_notify, send_queue_size=1) as (client, server):
+            for i in range(5):
+                await client.notify("n", i)
+            await handler_stuck.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            server.abort("test")
+            await trio.testing.wait_all_tasks_blocked()
+            assert server.broken
+
+
+async def test_undecodable_frame_raises_protocol_error() -> None:
+    """A peer that sends garbage is broken: pending requests fail with ChannelBroken and
+    run() raises ProtocolError."""
+    left, right = trio.testing.memory_stream_pair()
+    client = Channel(left.send_stream, left.receive_stream, name="client", on_request=no_requests)
+
+    async def send_garbage_once_request_arrives() -> None:
+        await right.receive_some()
+        await right.send_all(struct.pack(">I", 1) + b"\xc1")
+
+    async def pending_request() -> None:
+        with pytest.raises(ChannelBroken):
+            await client.request("x", None)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_garbage_once_request_arrives)
+            nursery.start_soon(pending_request)
+            with pytest.raises(ProtocolError):
+                await client.run()
+
+
+async def test_oversized_frame_from_peer_is_a_protocol_error() -> None:
+    """A peer announcing a frame over max_frame_size is cut off before we buffer it."""
+    left, right = trio.testing.memory_stream_pair()
+    client = Channel(
+        left.send_stream,
+        left.receive_stream,
+        name="client",
+        on_request=no_requests,
+        max_frame_size=100,
+    )
+    with trio.fail_after(5):
+        await right.send_all(struct.pack(">I", 101))
+        with pytest.raises(ProtocolError, match="101"):
+            await client.run()
+
+
+async def test_oversized_body_fails_early_and_channel_survives() -> None:
+    """A body too big for one frame raises FrameTooLarge before anything is sent."""
+
+    async def on_request(method: str, body: msgspec.Raw) -> str:
+        return "ok"
+
+    left, right = trio.testing.memory_stream_pair()
+    client = Channel(
+        left.send_stream,
+        left.receive_stream,
+        name="client",
+        on_request=no_requests,
+        max_frame_size=1000,
+    )
+    server = Channel(right.send_stream, right.receive_stream, name="server", on_request=on_request)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            await nursery.start(server.run)
+            with pytest.raises(FrameTooLarge):
+                await client.request("big", b"x" * 2000)
+            assert decode(await client.request("small", b"x")) == "ok"
+            nursery.cancel_scope.cancel()
+
+
+async def test_notify_nowait_raises_would_block_when_queue_full() -> None:
+    """notify_nowait never blocks: with the send queue full it raises trio.WouldBlock."""
+    left, _ = trio.testing.memory_stream_pair()
+    channel = Channel(
+        left.send_stream,
+        left.receive_stream,
+        name="c",
+        on_request=no_requests,
+        send_queue_size=2,
+    )
+    channel.notify_nowait("a", 1)
+    channel.notify_nowait("b", 2)
+    with pytest.raises(trio.WouldBlock):
+        channel.notify_nowait("c", 3)
+    await channel.aclose()
+
+
+class RecordingSendStream(trio.abc.SendStream):
+    """A send stream that records each send_all call (a fake transport, not our code)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.writes.append(bytes(data))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_writer_coalesces_queued_frames_into_one_write() -> None:
+    """Every frame waiting in the queue goes out in a single write (the throughput win),
+    and statistics count frames and bytes."""
+    sink = RecordingSendStream()
+    _, right = trio.testing.memory_stream_pair()
+    channel = Channel(sink, right.receive_stream, name="c", on_request=no_requests)
+    for i in range(100):
+        channel.notify_nowait("n", i)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(channel.run)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert len(sink.writes) == 1
+    stats = channel.statistics()
+    assert stats.frames_sent == 100
+    assert stats.bytes_sent == len(sink.writes[0])
+
+
+async def test_channel_over_a_real_socketpair() -> None:
+    """The channel works over real kernel sockets, with many calls in flight at once."""
+    a, b = trio.socket.socketpair()
+
+    async def on_request(method: str, body: msgspec.Raw) -> Any:
+        return decode(body)
+
+    client = Channel(trio.SocketStream(a), trio.SocketStream(a), name="c", on_request=no_requests)
+    server = Channel(trio.SocketStream(b), trio.SocketStream(b), name="s", on_request=on_request)
+    results: list[int] = []
+
+    async def call(i: int) -> None:
+        results.append(decode(await client.request("echo", i)))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            await nursery.start(server.run)
+            async with trio.open_nursery() as calls:
+                for i in range(500):
+                    calls.start_soon(call, i)
+            nursery.cancel_scope.cancel()
+    assert sorted(results) == list(range(500))
+    assert server.statistics().frames_received == 500
+
+
+async def test_heartbeat_lost_exactly_after_interval_plus_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A peer that stops reading is declared lost when a ping has gone unanswered for the
+    timeout: at interval + timeout on the clock, not earlier."""
+    left, _silent_peer = trio.testing.memory_stream_pair()
+    channel = Channel(left.send_stream, left.receive_stream, name="c", on_request=no_requests)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(channel.run)
+            start = trio.current_time()
+            await wait_heartbeat_lost(channel, interval=1.0, ping_timeout=5.0)
+            assert trio.current_time() - start == 6.0
+            nursery.cancel_scope.cancel()
+
+
+async def test_heartbeat_holds_while_peer_answers(autojump_clock: trio.testing.MockClock) -> None:
+    """A responsive peer is never declared lost."""
+    with trio.fail_after(1000):
+        async with channel_pair() as (client, _):
+            with trio.move_on_after(100) as scope:
+                await wait_heartbeat_lost(client, interval=1.0, ping_timeout=0.5)
+            assert scope.cancelled_caught

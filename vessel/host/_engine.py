@@ -69,8 +69,9 @@ def _sha256_file(path: Path) -> str:
 
 def artifact_paths(module_dir: Path) -> tuple[Path, Path]:
     """(artifact, record) paths for this host's artifact key inside ``module_dir``."""
-    base = module_dir / "compiled" / artifact_key()
-    return base.with_suffix(".cwasm"), base.with_suffix(".json")
+    # Not with_suffix: the key contains dots ("wasmtime-50.0.1-...").
+    folder, key = module_dir / "compiled", artifact_key()
+    return folder / f"{key}.cwasm", folder / f"{key}.json"
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -106,9 +107,7 @@ def check_world(engine: wasmtime.Engine, component: wc.Component, *, module_id: 
         )
 
 
-def compile_component(
-    engine: wasmtime.Engine, wasm_path: Path, *, module_id: str
-) -> wc.Component:
+def compile_component(engine: wasmtime.Engine, wasm_path: Path, *, module_id: str) -> wc.Component:
     """Compile ``wasm_path``, translating wasmtime's errors into one that names the module."""
     try:
         component = wc.Component.from_file(engine, str(wasm_path))

@@ -1,0 +1,257 @@
+"""A module runs in its own process, talks to the bus, and survives its own failures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from vessel._manager import ModuleState
+from vessel._storage import Storage
+
+from .harness import call, call_error, data, lifecycle, next_event, running_daemon, wait_until
+
+ALL_BUS = {"subscribe": ["*"], "storage": True, "timers": True}
+
+
+async def test_module_runs_in_its_own_process_and_emits(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """on-load runs in a child process (its pid is not ours); an emitted event reaches a bus
+    subscriber stamped with the module's own id; guest stdout lands in the module log."""
+    make_module_dir(tmp_path, "testkit", module_id="alpha", permissions=ALL_BUS)
+    async with running_daemon(tmp_path) as daemon:
+        assert daemon.manager.state("alpha") is ModuleState.RUNNING
+        pid = daemon.manager.get("alpha").pid
+        assert pid is not None
+        assert pid != os.getpid()
+        assert Path(f"/proc/{pid}").exists()
+        sub = daemon.bus.subscribe("alpha.*", name="test")
+        await call(daemon, "alpha", "emit", {"name": "hello", "data": {"x": 1}})
+        event = await next_event(sub, lambda e: e.name == "hello")
+        assert event.module == "alpha"
+        assert data(event) == {"x": 1}
+        logs = [line.message for line in daemon.manager.logs("alpha")]
+        assert "testkit loaded" in logs
+        assert "testkit stdout line" in logs
+
+
+async def test_glob_filtering_delivers_only_matching_events(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """A subscription for `alpha.door.*` gets door events and nothing else."""
+    make_module_dir(tmp_path, "testkit", module_id="alpha", permissions=ALL_BUS)
+    async with running_daemon(tmp_path) as daemon:
+        sub = daemon.bus.subscribe("alpha.door.*", name="test")
+        for name in ("light.on", "door.open", "window.open", "door.closed"):
+            await call(daemon, "alpha", "emit", {"name": name, "data": name})
+        await call(daemon, "alpha", "emit", {"name": "door.last", "data": None})
+        got = [(await next_event(sub, lambda e: True)).name for _ in range(3)]
+        # door.last is a barrier: nothing unmatched was queued before it.
+        assert got == ["door.open", "door.closed", "door.last"]
+
+
+async def test_module_receives_subscribed_events(tmp_path: Path, make_module_dir: Any) -> None:
+    """A module that subscribes gets matching events in on-event, and only those."""
+    make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={"subscribe": ["beta.*"]})
+    make_module_dir(tmp_path, "testkit", module_id="beta", permissions={})
+    async with running_daemon(tmp_path) as daemon:
+        await call(daemon, "alpha", "subscribe", {"pattern": "beta.*"})
+        await call(daemon, "beta", "emit", {"name": "ping", "data": 1})
+        await call(daemon, "beta", "emit", {"name": "pong", "data": 2})
+
+        async def received() -> list[Any]:
+            return (await call(daemon, "alpha", "events"))["events"]
+
+        with trio.fail_after(15):
+            while len(events := await received()) < 2:
+                await trio.sleep(0.02)
+        assert [(m, n) for m, n, _ in events] == [("beta", "ping"), ("beta", "pong")]
+
+
+async def test_trap_fails_one_call_and_the_next_succeeds(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """A trap in on-command is an error for that call only; the instance is replaced and
+    the next call is served by the same process."""
+    make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
+    async with running_daemon(tmp_path) as daemon:
+        pid = daemon.manager.get("alpha").pid
+        error = await call_error(daemon, "alpha", "trap")
+        assert error.code == "module_error"
+        assert "trapped" in error.message
+        assert await call(daemon, "alpha", "echo", {"a": 1}) == {"a": 1}
+        assert daemon.manager.get("alpha").pid == pid
+
+
+async def test_guest_error_is_module_error_not_trap(tmp_path: Path, make_module_dir: Any) -> None:
+    """An Err returned by the guest is passed to the caller verbatim."""
+    make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
+    async with running_daemon(tmp_path) as daemon:
+        error = await call_error(daemon, "alpha", "fail")
+        assert (error.code, error.message) == ("module_error", "deliberate failure")
+        unknown = await call_error(daemon, "alpha", "no-such-command")
+        assert unknown.code == "unknown_command"
+
+
+async def test_infinite_loop_hits_deadline_while_neighbour_answers(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """An infinite loop fails within its deadline; another module keeps answering meanwhile."""
+    make_module_dir(
+        tmp_path,
+        "testkit",
+        module_id="spinner",
+        permissions={},
+        limits={"invocation_timeout_ms": 1500},
+    )
+    make_module_dir(tmp_path, "testkit", module_id="healthy", permissions={})
+    async with running_daemon(tmp_path) as daemon:
+        answered = 0
+        result: list[Any] = []
+
+        async def spin() -> None:
+            result.append(await call_error(daemon, "spinner", "loop"))
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(spin)
+                while not result:
+                    assert await call(daemon, "healthy", "echo", {"n": answered}) == {"n": answered}
+                    answered += 1
+        assert "deadline exceeded" in result[0].message
+        assert answered > 3
+        assert await call(daemon, "spinner", "echo", {}) == {}
+
+
+async def test_allocation_loop_is_stopped_by_memory_limit(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """Allocating without bound hits limits.memory_mb: that call fails, the module lives."""
+    make_module_dir(tmp_path, "testkit", module_id="hog", permissions={}, limits={"memory_mb": 64})
+    async with running_daemon(tmp_path) as daemon:
+        pid = daemon.manager.get("hog").pid
+        error = await call_error(daemon, "hog", "alloc")
+        assert error.code == "module_error"
+        assert "trapped" in error.message
+        assert await call(daemon, "hog", "echo", {"ok": True}) == {"ok": True}
+        assert daemon.manager.get("hog").pid == pid
+
+
+async def test_kill_9_restarts_with_backoff_and_lifecycle_events(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """SIGKILL of a module process: crashed → restarting (with a delay) → restarted with a
+    new pid, and it serves calls again."""
+    make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
+    async with running_daemon(tmp_path) as daemon:
+        sub = daemon.bus.subscribe("vessel.module.*", name="test")
+        old = daemon.manager.get("alpha").pid
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        crashed = await next_event(sub, lifecycle("crashed", "alpha"))
+        assert data(crashed)["pid"] == old
+        restarting = await next_event(sub, lifecycle("restarting", "alpha"))
+        assert data(restarting)["delay"] > 0
+        restarted = await next_event(sub, lifecycle("restarted", "alpha"))
+        assert restarted.timestamp >= crashed.timestamp
+        new = data(restarted)["pid"]
+        assert new not in (None, old)
+        assert await call(daemon, "alpha", "echo", {"back": 1}) == {"back": 1}
+
+
+async def test_crash_loop_ends_in_failed_and_neighbours_are_untouched(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """A module whose on-load always traps is restarted up to the intensity, then marked
+    failed; the healthy module beside it keeps its process and answers."""
+    make_module_dir(tmp_path, "testkit", module_id="broken", permissions={"storage": True})
+    make_module_dir(tmp_path, "testkit", module_id="healthy", permissions={})
+    with Storage.open(tmp_path / "vessel.db") as storage:
+        storage.set("broken", "on_load", "trap", quota_bytes=1 << 20)
+    async with running_daemon(tmp_path) as daemon:
+        sub = daemon.bus.subscribe("vessel.module.*", name="test", replay=False)
+        healthy_pid = daemon.manager.get("healthy").pid
+        failed = await next_event(sub, lifecycle("failed", "broken"), timeout=30)
+        assert "on-load" in data(failed)["reason"] or "trapped" in data(failed)["reason"]
+        assert daemon.manager.state("broken") is ModuleState.FAILED
+        error = await call_error(daemon, "broken", "echo")
+        assert error.code == "module_unavailable"
+        assert daemon.manager.get("healthy").pid == healthy_pid
+        assert await call(daemon, "healthy", "echo", {"x": 1}) == {"x": 1}
+
+
+async def test_storage_survives_module_and_daemon_restart(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """A value stored by a module is there after its process is restarted and after the
+    whole daemon is restarted."""
+    make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={"storage": True})
+    async with running_daemon(tmp_path) as daemon:
+        await call(daemon, "alpha", "storage_set", {"key": "greeting", "value": "hi"})
+        await daemon.manager.restart("alpha")
+        await wait_until(lambda: daemon.manager.state("alpha") is ModuleState.RUNNING)
+        assert await call(daemon, "alpha", "storage_get", {"key": "greeting"}) == {"value": "hi"}
+    async with running_daemon(tmp_path) as daemon:
+        assert await call(daemon, "alpha", "storage_get", {"key": "greeting"}) == {"value": "hi"}
+        await call(daemon, "alpha", "storage_delete", {"key": "greeting"})
+        assert await call(daemon, "alpha", "storage_get", {"key": "greeting"}) == {"value": None}
+
+
+async def test_disabled_state_persists_across_daemon_restart(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """A disabled module stays disabled (no process) after the daemon restarts."""
+    make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
+    async with running_daemon(tmp_path) as daemon:
+        await daemon.manager.disable("alpha")
+        assert daemon.manager.state("alpha") is ModuleState.DISABLED
+    async with running_daemon(tmp_path) as daemon:
+        assert daemon.manager.state("alpha") is ModuleState.DISABLED
+        assert (await call_error(daemon, "alpha", "echo")).code == "module_unavailable"
+        await daemon.manager.enable("alpha")
+        await wait_until(lambda: daemon.manager.state("alpha") is ModuleState.RUNNING)
+        assert await call(daemon, "alpha", "echo", {"on": 1}) == {"on": 1}
+
+
+async def test_compiled_once_then_started_from_the_artifact(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """A module folder without a precompiled artifact is compiled on its first start and
+    the artifact written; the next start loads it without compiling."""
+    module_dir = make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
+    shutil.rmtree(module_dir / "compiled")
+    async with running_daemon(tmp_path) as daemon:
+        first = daemon.manager.get("alpha").last_start
+        assert first is not None
+        assert first.compiled is True
+        assert list((module_dir / "compiled").glob("*.cwasm"))
+        await daemon.manager.restart("alpha")
+        await wait_until(lambda: daemon.manager.state("alpha") is ModuleState.RUNNING)
+        second = daemon.manager.get("alpha").last_start
+        assert second is not None
+        assert second.compiled is False
+        assert second.load_seconds < first.load_seconds
+
+
+async def test_storage_quota_is_enforced(tmp_path: Path, make_module_dir: Any) -> None:
+    """A write past limits.storage_quota_kb is refused with a message naming the quota;
+    what was stored before stays, and deleting frees room again."""
+    make_module_dir(
+        tmp_path,
+        "testkit",
+        module_id="alpha",
+        permissions={"storage": True},
+        limits={"storage_quota_kb": 4},
+    )
+    async with running_daemon(tmp_path) as daemon:
+        await call(daemon, "alpha", "storage_set", {"key": "a", "value": "x" * 3000})
+        error = await call_error(daemon, "alpha", "storage_set", {"key": "b", "value": "y" * 3000})
+        assert "quota" in error.message
+        assert await call(daemon, "alpha", "storage_get", {"key": "b"}) == {"value": None}
+        await call(daemon, "alpha", "storage_delete", {"key": "a"})
+        await call(daemon, "alpha", "storage_set", {"key": "b", "value": "y" * 3000})

@@ -1,0 +1,174 @@
+"""Broken modules are refused with their reason; no module process outlives the daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from vessel._manager import ModuleState
+
+from .harness import call, running_daemon
+
+
+def _refusal(daemon: Any, module_id: str) -> str:
+    reasons = [r.reason for r in daemon.manager.refused if r.module_id == module_id]
+    assert reasons, f"{module_id} was not refused; refused: {daemon.manager.refused}"
+    return reasons[0]
+
+
+async def test_tampered_wasm_is_refused_while_good_module_runs(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """A module.wasm changed after install no longer matches manifest.hash: refused with
+    'hash mismatch'; the good module beside it runs."""
+    bad = make_module_dir(tmp_path, "testkit", module_id="tampered", permissions={})
+    make_module_dir(tmp_path, "testkit", module_id="good", permissions={})
+    with (bad / "module.wasm").open("r+b") as f:
+        f.seek(-10, os.SEEK_END)
+        f.write(b"\x00" * 10)
+    async with running_daemon(tmp_path) as daemon:
+        assert "hash mismatch" in _refusal(daemon, "tampered")
+        assert "tampered" not in daemon.manager.ids()
+        assert daemon.manager.state("good") is ModuleState.RUNNING
+        assert await call(daemon, "good", "echo", {"ok": 1}) == {"ok": 1}
+
+
+async def test_newer_api_version_is_refused(tmp_path: Path, make_module_dir: Any) -> None:
+    """api_version 2 is refused with a message naming both versions."""
+    bad = make_module_dir(tmp_path, "testkit", module_id="future", permissions={})
+    make_module_dir(tmp_path, "testkit", module_id="good", permissions={})
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["api_version"] = 2
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    (bad / "manifest.hash").unlink()  # re-hashed on discovery: the refusal is the version
+    async with running_daemon(tmp_path) as daemon:
+        reason = _refusal(daemon, "future")
+        assert "api_version 2" in reason
+        assert "supports 1" in reason
+        assert daemon.manager.state("good") is ModuleState.RUNNING
+
+
+async def test_manifest_with_unknown_field_is_refused(tmp_path: Path, make_module_dir: Any) -> None:
+    """A misspelt manifest field is an error that names the field."""
+    bad = make_module_dir(tmp_path, "testkit", module_id="typo", permissions={})
+    make_module_dir(tmp_path, "testkit", module_id="good", permissions={})
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["permisions"] = manifest.pop("permissions")
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    (bad / "manifest.hash").unlink()
+    async with running_daemon(tmp_path) as daemon:
+        assert "permisions" in _refusal(daemon, "typo")
+        assert await call(daemon, "good", "echo", {}) == {}
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def _serve_until_modules_run(data_dir: Path, count: int) -> tuple[trio.Process, set[int]]:
+    """Start the real `vessel serve` and wait until `count` module processes run."""
+    process = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "vessel.cli.serve",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--no-bundled",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    seen = b""
+    with trio.fail_after(60):
+        while seen.count(b"vessel running") == 0:
+            chunk = await process.stderr.receive_some()
+            if not chunk:
+                raise AssertionError(f"daemon exited early:\n{seen.decode()}")
+            seen += chunk
+    children = {p for p in _descendants(process.pid) if "vessel.host" in _cmdline(p)}
+    assert len(children) == count, seen.decode()
+    return process, children
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+async def _assert_all_gone(pids: set[int]) -> None:
+    # Nothing signals us when an unrelated process ends: poll /proc, bounded.
+    with trio.fail_after(15):
+        while alive := {p for p in pids if _alive(p)}:
+            await trio.sleep(0.05)
+    assert not alive
+
+
+async def test_no_child_left_after_sigterm(tmp_path: Path, make_module_dir: Any) -> None:
+    """SIGTERM on `vessel serve`: it shuts down cleanly (exit 0) and reaps every module
+    process."""
+    make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
+    make_module_dir(tmp_path, "testkit", module_id="beta", permissions={})
+    process, children = await _serve_until_modules_run(tmp_path, 2)
+    process.send_signal(signal.SIGTERM)
+    with trio.fail_after(30):
+        assert await process.wait() == 0
+    await _assert_all_gone(children)
+
+
+async def test_no_child_left_after_sigint(tmp_path: Path, make_module_dir: Any) -> None:
+    """SIGINT (Ctrl-C) stops the daemon the same orderly way."""
+    make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
+    process, children = await _serve_until_modules_run(tmp_path, 1)
+    process.send_signal(signal.SIGINT)
+    with trio.fail_after(30):
+        assert await process.wait() == 0
+    await _assert_all_gone(children)
+
+
+async def test_no_child_left_after_daemon_sigkill(tmp_path: Path, make_module_dir: Any) -> None:
+    """Even when the daemon is SIGKILLed (no cleanup runs), its module processes notice
+    the broken pipe and exit by themselves."""
+    make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
+    make_module_dir(tmp_path, "testkit", module_id="beta", permissions={})
+    process, children = await _serve_until_modules_run(tmp_path, 2)
+    process.kill()
+    with trio.fail_after(10):
+        await process.wait()
+    await _assert_all_gone(children)

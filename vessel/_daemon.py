@@ -1,0 +1,111 @@
+"""The daemon: storage, event bus, supervisor and module manager in one trio run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from actors import Supervisor
+
+from ._bus import EventBus
+from ._errors import VesselError
+from ._install import install_from_dir
+from ._manager import ModuleManager, SupervisionPolicy
+from ._paths import database_path, modules_dir, repo_root
+from ._storage import Storage
+
+log = logging.getLogger("vessel.daemon")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    data_dir: Path
+    #: Install the example modules shipped with Vessel when the data dir is new.
+    install_bundled: bool = True
+    bundled_dir: Path = field(default_factory=lambda: repo_root() / "modules")
+    policy: SupervisionPolicy = field(default_factory=SupervisionPolicy)
+
+
+@dataclass
+class Daemon:
+    config: DaemonConfig
+    storage: Storage
+    bus: EventBus
+    supervisor: Supervisor
+    manager: ModuleManager
+    token: str
+
+
+def ensure_token(data_dir: Path) -> str:
+    """The admin token, created (mode 0600) on first start."""
+    path = data_dir / "token"
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    if token:
+        return token
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    log.info("created admin token in %s", path)
+    return token
+
+
+def _install_bundled(config: DaemonConfig) -> None:
+    """A fresh data dir gets the bundled example modules, so there is something live."""
+    for src in sorted(config.bundled_dir.iterdir()) if config.bundled_dir.is_dir() else []:
+        if not (src / "manifest.json").is_file():
+            continue
+        if not ((src / "build" / "module.wasm").is_file() or (src / "module.wasm").is_file()):
+            log.warning("bundled module %s is not built; run scripts/build-modules", src.name)
+            continue
+        try:
+            install_from_dir(config.data_dir, src)
+            log.info("installed bundled module %s", src.name)
+        except VesselError as exc:
+            log.error("bundled module %s not installed: %s", src.name, exc)
+
+
+@asynccontextmanager
+async def open_daemon(config: DaemonConfig) -> AsyncIterator[Daemon]:
+    """Start every enabled module; on exit stop them all (in reverse start order)."""
+    data_dir = config.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fresh = not modules_dir(data_dir).exists()
+    token = ensure_token(data_dir)
+    if fresh and config.install_bundled:
+        modules_dir(data_dir).mkdir(parents=True)
+        await trio.to_thread.run_sync(_install_bundled, config)
+    storage = Storage.open(database_path(data_dir))
+    try:
+        bus = EventBus()
+        manager: ModuleManager | None = None
+
+        def on_event(event: object) -> None:
+            if manager is not None:
+                manager.on_supervisor_event(event)  # type: ignore[arg-type]
+
+        supervisor = Supervisor("modules", on_event=on_event)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            manager = ModuleManager(
+                data_dir=data_dir,
+                storage=storage,
+                bus=bus,
+                supervisor=supervisor,
+                policy=config.policy,
+            )
+            await manager.start_all()
+            yield Daemon(config, storage, bus, supervisor, manager, token)
+            nursery.cancel_scope.cancel()
+    finally:
+        storage.close()

@@ -1,0 +1,129 @@
+"""The messages between the daemon and a module process (bodies of ``actors`` requests).
+
+The daemon drives the guest (``guest.*``); the module process asks the daemon for what
+only the daemon may do (``bus.*``, ``module.call``, ``storage.*``) and streams its log.
+Everything crossing into the daemon is re-checked there: the child is not trusted.
+
+Schema evolution: new fields get defaults; an existing field never changes type.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+
+from ._events import Event
+from ._manifest import Manifest
+
+# daemon -> module process (requests)
+GUEST_START = "guest.start"
+GUEST_COMMAND = "guest.command"
+GUEST_STATS = "guest.stats"
+# daemon -> module process (notifications)
+GUEST_EVENT = "guest.event"
+# module process -> daemon (requests)
+BUS_SUBSCRIBE = "bus.subscribe"
+BUS_RESET = "bus.reset"
+BUS_EMIT = "bus.emit"
+MODULE_CALL = "module.call"
+STORAGE_GET = "storage.get"
+STORAGE_SET = "storage.set"
+STORAGE_DELETE = "storage.delete"
+# module process -> daemon (notifications)
+LOG = "log"
+INSTANCE_REPLACED = "instance.replaced"
+
+
+class StartParams(msgspec.Struct, forbid_unknown_fields=True):
+    """Everything the module process needs to load its component and run on-load."""
+
+    module_dir: str
+    source_hash: str
+    manifest: Manifest
+
+
+class StartResult(msgspec.Struct):
+    pid: int
+    load_seconds: float
+    compiled: bool
+
+
+class CommandRequest(msgspec.Struct, forbid_unknown_fields=True):
+    action: str
+    params: str
+    #: Module ids this call passed through (for cycle detection), outermost first.
+    chain: list[str] = []
+
+
+class CommandResult(msgspec.Struct):
+    ok: bool
+    value: str
+    #: Set when the guest trapped or missed its deadline (the instance was replaced).
+    trapped: bool = False
+
+
+class GuestStats(msgspec.Struct):
+    pid: int
+    memory_rss_anon: int
+    invocations: int
+    traps: int
+    instance_replacements: int
+    timers: int
+    websockets: int
+    queued: int
+    dropped_events: int
+
+
+class Subscribe(msgspec.Struct, forbid_unknown_fields=True):
+    pattern: str
+
+
+class Emit(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    data: str
+    version: int = 1
+    retained: bool = False
+
+
+class Call(msgspec.Struct, forbid_unknown_fields=True):
+    module: str
+    name: str
+    version: int
+    params: str
+    chain: list[str] = []
+
+
+class StorageKey(msgspec.Struct, forbid_unknown_fields=True):
+    key: str
+
+
+class StorageSet(msgspec.Struct, forbid_unknown_fields=True):
+    key: str
+    value: str
+
+
+class Log(msgspec.Struct, forbid_unknown_fields=True):
+    level: str
+    message: str
+    #: "host" for the log host function, "stdout"/"stderr" for captured guest output.
+    source: str = "host"
+
+
+class InstanceReplaced(msgspec.Struct, forbid_unknown_fields=True):
+    reason: str
+
+
+T = TypeVar("T")
+
+
+def decode(raw: msgspec.Raw | bytes, type: type[T]) -> T:
+    """Decode a request body into its Struct (the layer below keeps bodies raw)."""
+    return msgspec.msgpack.decode(raw, type=type)
+
+
+def to_builtins(obj: Any) -> Any:
+    return msgspec.to_builtins(obj)
+
+
+__all__ = ["Event"]

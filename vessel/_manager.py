@@ -1,0 +1,389 @@
+"""The module manager: which modules exist, which run, and how calls reach them.
+
+It discovers installed modules, keeps their enabled/disabled state in the database, runs
+each enabled WASM module as a supervised child (one OS process each), turns supervisor
+events into lifecycle events on the bus (``vessel.module.started`` ...), and routes calls
+to native and WASM modules alike, refusing call cycles before they can deadlock.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from actors import ChildSpec, Restart, Supervisor, SupervisorEvent
+
+from ._bus import EventBus
+from ._errors import CallError, ManifestError, StorageError, UnknownModule
+from ._events import Event, now_ms
+from ._install import cleanup_staging, install_module, remove_module
+from ._ipc import GuestStats
+from ._manifest import ModuleSource, Refusal, discover_modules, load_module_dir
+from ._native import BuiltinModule, NativeModule
+from ._paths import modules_dir
+from ._storage import Storage
+from ._wasm_module import LogLine, WasmModule
+
+log = logging.getLogger("vessel.manager")
+
+#: Extra time the daemon gives a module beyond its own invocation deadline.
+CALL_GRACE = 2.0
+#: Log lines a follower may fall behind by before lines are dropped for it.
+FOLLOW_QUEUE = 1000
+
+
+class ModuleState(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    CRASHED = "crashed"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    DISABLED = "disabled"
+
+
+@dataclass
+class _Entry:
+    module: WasmModule
+    state: ModuleState
+    restarts: int = 0
+    last_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class SupervisionPolicy:
+    """Restart policy of every WASM module (OTP words: intensity per period, backoff)."""
+
+    max_restarts: int = 5
+    period: float = 60.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+
+class ModuleManager:
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        storage: Storage,
+        bus: EventBus,
+        supervisor: Supervisor,
+        policy: SupervisionPolicy | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self._storage = storage
+        self._bus = bus
+        self._supervisor = supervisor
+        self._policy = policy or SupervisionPolicy()
+        self._entries: dict[str, _Entry] = {}
+        self._native: dict[str, NativeModule] = {}
+        self._followers: dict[str, set[trio.MemorySendChannel[LogLine]]] = {}
+        self.refused: list[Refusal] = []
+        self.add_native(BuiltinModule(self.list_modules))
+
+    def add_native(self, module: NativeModule) -> None:
+        self._native[module.id] = module
+
+    # -- discovery and lifecycle ---------------------------------------------------------
+
+    async def start_all(self) -> None:
+        """Discover every installed module and start the enabled ones.
+
+        A broken module is reported (log line, ``vessel.module.refused`` event) and skipped;
+        the others start regardless.
+        """
+        directory = modules_dir(self.data_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        cleanup_staging(directory)
+        sources, refused = await trio.to_thread.run_sync(discover_modules, directory)
+        for refusal in refused:
+            self._refuse(refusal)
+        for source in sources:
+            self._add(source)
+        for source in sources:
+            if self._storage.module_enabled(source.id):
+                await self._start(source.id)
+            else:
+                self._entries[source.id].state = ModuleState.DISABLED
+
+    def _refuse(self, refusal: Refusal) -> None:
+        self.refused = [r for r in self.refused if r.module_id != refusal.module_id]
+        self.refused.append(refusal)
+        log.error("module %s refused: %s", refusal.module_id, refusal.reason)
+        self._lifecycle("refused", refusal.module_id, reason=refusal.reason)
+
+    def _add(self, source: ModuleSource) -> _Entry:
+        entry = _Entry(module=self._new_module(source), state=ModuleState.STOPPED)
+        self._entries[source.id] = entry
+        return entry
+
+    def _new_module(self, source: ModuleSource) -> WasmModule:
+        return WasmModule(
+            source, bus=self._bus, storage=self._storage, router=self.call, on_log=self._fan_out
+        )
+
+    def _spec(self, module: WasmModule) -> ChildSpec:
+        p = self._policy
+        return ChildSpec(
+            id=module.id,
+            run=module.run,
+            restart=Restart.PERMANENT,
+            max_restarts=p.max_restarts,
+            period=p.period,
+            backoff_initial=p.backoff_initial,
+            backoff_max=p.backoff_max,
+        )
+
+    async def _start(self, module_id: str) -> None:
+        entry = self._entry(module_id)
+        entry.state = ModuleState.STARTING
+        await self._supervisor.start_child(self._spec(entry.module))
+
+    def _entry(self, module_id: str) -> _Entry:
+        try:
+            return self._entries[module_id]
+        except KeyError:
+            raise UnknownModule(f"no module {module_id!r} is installed") from None
+
+    def _is_supervised(self, module_id: str) -> bool:
+        return any(c.id == module_id for c in self._supervisor.which_children())
+
+    async def stop(self, module_id: str) -> None:
+        self._entry(module_id)
+        if self._is_supervised(module_id):
+            await self._supervisor.remove_child(module_id)
+
+    async def restart(self, module_id: str) -> None:
+        """Stop the module's process and start a new one (clears a ``failed`` state)."""
+        entry = self._entry(module_id)
+        if entry.state is ModuleState.DISABLED:
+            raise CallError("module_unavailable", f"module {module_id!r} is disabled")
+        # Re-read the folder: a restart is how an operator picks up a fixed module.
+        source = await trio.to_thread.run_sync(load_module_dir, entry.module.source.dir)
+        await self.stop(module_id)
+        entry.module = self._new_module(source)
+        entry.restarts = 0
+        await self._start(module_id)
+
+    async def enable(self, module_id: str) -> None:
+        entry = self._entry(module_id)
+        self._storage.set_module_enabled(module_id, True)
+        if entry.state is ModuleState.DISABLED:
+            await self._start(module_id)
+
+    async def disable(self, module_id: str) -> None:
+        entry = self._entry(module_id)
+        self._storage.set_module_enabled(module_id, False)
+        await self.stop(module_id)
+        entry.state = ModuleState.DISABLED
+        self._lifecycle("disabled", module_id)
+
+    async def install(self, manifest: bytes, wasm: bytes, *, replace: bool = False) -> str:
+        """Install (or replace) a module and start it; returns its id."""
+        source = await trio.to_thread.run_sync(
+            lambda: install_module(self.data_dir, manifest, wasm, replace=replace)
+        )
+        if source.id in self._entries:
+            await self.stop(source.id)
+        self.refused = [r for r in self.refused if r.module_id != source.id]
+        self._add(source)
+        self._storage.set_module_enabled(source.id, True)
+        self._lifecycle("installed", source.id, version=source.manifest.version)
+        await self._start(source.id)
+        return source.id
+
+    async def remove(self, module_id: str, *, keep_storage: bool = False) -> None:
+        self._entry(module_id)
+        await self.stop(module_id)
+        del self._entries[module_id]
+        await trio.to_thread.run_sync(remove_module, self.data_dir, module_id)
+        self._storage.forget_module(module_id)
+        if not keep_storage:
+            self._storage.drop_namespace(module_id)
+        self._bus.forget_retained(module_id)
+        self._lifecycle("removed", module_id)
+
+    # -- supervision -> state and lifecycle events ----------------------------------------
+
+    def on_supervisor_event(self, event: SupervisorEvent) -> None:
+        entry = self._entries.get(event.child_id)
+        if entry is None:
+            return
+        module = entry.module
+        if event.reason is not None:
+            entry.last_reason = event.reason
+        kind = event.kind
+        if kind == "started":
+            entry.state = ModuleState.RUNNING
+            name = "restarted" if entry.restarts else "started"
+            log.info("module %s %s (pid %s)", module.id, name, module.pid)
+            self._lifecycle(name, module.id, pid=module.pid, restarts=entry.restarts)
+        elif kind in ("crashed", "exited"):
+            entry.state = ModuleState.CRASHED
+            log.warning("module %s crashed (pid %s): %s", module.id, module.pid, event.reason)
+            self._lifecycle("crashed", module.id, pid=module.pid, reason=event.reason)
+        elif kind == "restarting":
+            entry.state = ModuleState.RESTARTING
+            entry.restarts += 1
+            self._lifecycle("restarting", module.id, delay=event.delay, restarts=entry.restarts)
+        elif kind == "failed":
+            entry.state = ModuleState.FAILED
+            log.error("module %s failed: %s; not restarting", module.id, event.reason)
+            self._lifecycle("failed", module.id, reason=event.reason, restarts=entry.restarts)
+        elif kind == "stopped":
+            if entry.state is not ModuleState.DISABLED:
+                entry.state = ModuleState.STOPPED
+            self._lifecycle("stopped", module.id, pid=module.pid)
+
+    def _lifecycle(self, name: str, module_id: str, **fields: Any) -> None:
+        data = {"module": module_id, **fields}
+        self._bus.publish(
+            Event(
+                module="vessel",
+                name=f"module.{name}",
+                data=msgspec.json.encode(data).decode(),
+                timestamp=now_ms(),
+            )
+        )
+
+    # -- calls -----------------------------------------------------------------------
+
+    async def call(
+        self,
+        module_id: str,
+        name: str,
+        version: int,
+        params: str,
+        chain: list[str] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> str:
+        """Route a call to a module; raises CallError with a stable code."""
+        chain = chain or []
+        if module_id in chain:
+            path = " → ".join([*chain, module_id])
+            raise CallError("module_error", f"call cycle detected: {path}")
+        native = self._native.get(module_id)
+        if native is not None:
+            return await native.command(name, params, chain)
+        entry = self._entries.get(module_id)
+        if entry is None:
+            raise CallError("unknown_module", f"no module {module_id!r} is installed")
+        if entry.state is not ModuleState.RUNNING:
+            raise CallError("module_unavailable", f"module {module_id!r} is {entry.state.value}")
+        limit = entry.module.manifest.limits.invocation_timeout_ms / 1000 + CALL_GRACE
+        return await entry.module.command(
+            name, params, chain, timeout=min(timeout, limit) if timeout else limit
+        )
+
+    # -- logs ------------------------------------------------------------------------
+
+    def _fan_out(self, module_id: str, line: LogLine) -> None:
+        for send in self._followers.get(module_id, ()):
+            # A follower that cannot keep up misses lines; the module never waits.
+            with suppress(trio.WouldBlock, trio.BrokenResourceError):
+                send.send_nowait(line)
+
+    @contextmanager
+    def follow_logs(self, module_id: str) -> Iterator[trio.MemoryReceiveChannel[LogLine]]:
+        """Live log lines of a module (after the ones ``logs`` already returns)."""
+        self._entry(module_id)
+        send, receive = trio.open_memory_channel[LogLine](FOLLOW_QUEUE)
+        followers = self._followers.setdefault(module_id, set())
+        followers.add(send)
+        try:
+            yield receive
+        finally:
+            followers.discard(send)
+            send.close()
+
+    # -- configuration (the user's side of a module's storage) -------------------------
+
+    def config_keys(self, module_id: str) -> list[str]:
+        self._entry(module_id)
+        return self._storage.keys(module_id)
+
+    def config_get(self, module_id: str, key: str) -> str | None:
+        self._entry(module_id)
+        return self._storage.get(module_id, key)
+
+    def config_set(self, module_id: str, key: str, value: str) -> None:
+        """Store a setting the module reads with storage-get; the module is told through a
+        ``vessel.module.config_changed`` event (the key, never the value)."""
+        entry = self._entry(module_id)
+        quota = entry.module.manifest.limits.storage_quota_kb * 1024
+        self._storage.set(module_id, key, value, quota_bytes=quota)
+        self._lifecycle("config_changed", module_id, key=key)
+
+    def config_delete(self, module_id: str, key: str) -> bool:
+        self._entry(module_id)
+        deleted = self._storage.delete(module_id, key)
+        if deleted:
+            self._lifecycle("config_changed", module_id, key=key)
+        return deleted
+
+    # -- introspection ---------------------------------------------------------------
+
+    def get(self, module_id: str) -> WasmModule:
+        return self._entry(module_id).module
+
+    def state(self, module_id: str) -> ModuleState:
+        return self._entry(module_id).state
+
+    def ids(self) -> list[str]:
+        return sorted(self._entries)
+
+    def logs(self, module_id: str) -> list[LogLine]:
+        return list(self._entry(module_id).module.logs)
+
+    def describe(self, module_id: str) -> dict[str, Any]:
+        entry = self._entry(module_id)
+        module = entry.module
+        m = module.manifest
+        running = entry.state is ModuleState.RUNNING and module.started_at is not None
+        return {
+            "id": module.id,
+            "name": m.name,
+            "version": m.version,
+            "api_version": m.api_version,
+            "description": m.description,
+            "kind": "wasm",
+            "state": entry.state.value,
+            "pid": module.pid if running else None,
+            "restarts": entry.restarts,
+            "uptime": (trio.current_time() - module.started_at)
+            if running and module.started_at is not None
+            else None,
+            "last_reason": entry.last_reason,
+        }
+
+    def list_modules(self) -> list[dict[str, Any]]:
+        return [self.describe(module_id) for module_id in self.ids()]
+
+    async def stats(self, module_id: str) -> GuestStats | None:
+        """Live figures from the module process (None when it is not running)."""
+        entry = self._entry(module_id)
+        if entry.state is not ModuleState.RUNNING:
+            return None
+        return await entry.module.stats()
+
+    def enabled(self, module_id: str) -> bool:
+        self._entry(module_id)
+        return self._storage.module_enabled(module_id)
+
+
+__all__ = [
+    "ManifestError",
+    "ModuleManager",
+    "ModuleState",
+    "StorageError",
+    "SupervisionPolicy",
+]

@@ -1,0 +1,256 @@
+"""The ``vessel:host/host@1.0.0`` functions, as seen from inside a module process.
+
+Each function runs on the guest's worker thread while the guest waits, checks the
+module's capabilities, and hops to the trio loop (``trio.from_thread``) for I/O or for an
+RPC to the daemon. None of them raises into wasm: a raised Python exception would trap
+the guest, so every failure is returned as the WIT ``err`` value (or ``none`` / handle 0
+where the WIT has no error channel) and, for denials, logged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import trio
+from wasmtime import component as wc
+
+from .. import _ipc
+from .._capabilities import Capabilities
+from .._errors import CapabilityDenied
+from ._hosterrors import HostCallError
+
+if TYPE_CHECKING:
+    from actors import Channel
+
+    from ._http import HttpService
+    from ._timers import TimerService
+    from ._websockets import WebSocketService
+
+#: Bound on each RPC to the daemon; the daemon applies its own, shorter, call timeouts.
+RPC_TIMEOUT = 120.0
+
+
+def _remote_message(exc: BaseException) -> str:
+    message = getattr(exc, "message", None)
+    return message if isinstance(message, str) else str(exc)
+
+
+class HostFunctions:
+    """Implements every host import for one module process."""
+
+    def __init__(
+        self,
+        *,
+        module_id: str,
+        capabilities: Capabilities,
+        channel: Channel,
+        timers: TimerService,
+        websockets: WebSocketService,
+        http: HttpService,
+        log: Callable[[str, str], None],
+        current_chain: Callable[[], list[str]],
+    ) -> None:
+        self._id = module_id
+        self._caps = capabilities
+        self._channel = channel
+        self._timers = timers
+        self._websockets = websockets
+        self._http = http
+        self._log = log
+        self._current_chain = current_chain
+
+    def imports(self) -> dict[str, Callable[..., Any]]:
+        return {
+            "subscribe": self.subscribe,
+            "emit": self.emit,
+            "emit-retained": self.emit_retained,
+            "call": self.call,
+            "http-fetch": self.http_fetch,
+            "websocket-connect": self.websocket_connect,
+            "websocket-send": self.websocket_send,
+            "websocket-close": self.websocket_close,
+            "storage-get": self.storage_get,
+            "storage-set": self.storage_set,
+            "storage-delete": self.storage_delete,
+            "set-timeout": self.set_timeout,
+            "set-interval": self.set_interval,
+            "clear-timer": self.clear_timer,
+            "log": self.log,
+        }
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _denied(self, exc: CapabilityDenied) -> str:
+        message = str(exc)
+        self._log("warning", message)
+        return message
+
+    def _rpc(self, method: str, body: Any) -> msgspec.Raw:
+        return trio.from_thread.run(
+            lambda: self._channel.request(method, body, timeout=RPC_TIMEOUT)
+        )
+
+    def _rpc_error(self, method: str, body: Any) -> str | None:
+        """An RPC whose reply carries no value: ``None`` on success, else the reason."""
+        try:
+            self._rpc(method, body)
+        except Exception as exc:
+            return _remote_message(exc)
+        return None
+
+    # -- event bus ---------------------------------------------------------------------
+
+    def subscribe(self, pattern: str) -> str | None:
+        try:
+            self._caps.check_subscribe(pattern)
+        except CapabilityDenied as exc:
+            return self._denied(exc)
+        return self._rpc_error(_ipc.BUS_SUBSCRIBE, _ipc.Subscribe(pattern=pattern))
+
+    def _emit(self, event: Any, *, retained: bool) -> str | None:
+        try:
+            json.loads(event.data)
+        except (ValueError, TypeError) as exc:
+            return f"emit {event.name!r}: data is not valid JSON: {exc}"
+        body = _ipc.Emit(name=event.name, data=event.data, version=event.version, retained=retained)
+        return self._rpc_error(_ipc.BUS_EMIT, body)
+
+    def emit(self, event: Any) -> str | None:
+        return self._emit(event, retained=False)
+
+    def emit_retained(self, event: Any) -> str | None:
+        return self._emit(event, retained=True)
+
+    # -- calls -------------------------------------------------------------------------
+
+    def call(self, module: str, name: str, version: int, params: str) -> wc.Variant:
+        try:
+            self._caps.check_call(module, name, version)
+        except CapabilityDenied as exc:
+            return wc.Variant("err", self._denied(exc))
+        body = _ipc.Call(
+            module=module, name=name, version=version, params=params, chain=self._current_chain()
+        )
+        try:
+            raw = self._rpc(_ipc.MODULE_CALL, body)
+        except Exception as exc:
+            return wc.Variant("err", _remote_message(exc))
+        return wc.Variant("ok", _ipc.decode(raw, str))
+
+    # -- network -----------------------------------------------------------------------
+
+    def http_fetch(self, req: Any) -> Any:
+        try:
+            self._caps.check_http()
+        except CapabilityDenied as exc:
+            return self._denied(exc)
+        headers = [(str(k), str(v)) for k, v in req.headers]
+        try:
+            status, resp_headers, body = trio.from_thread.run(
+                self._http.fetch, req.method, req.url, headers, req.body
+            )
+        except HostCallError as exc:
+            return str(exc)
+        response = wc.Record()
+        response.status = status  # type: ignore[attr-defined]
+        response.headers = resp_headers  # type: ignore[attr-defined]
+        response.body = body  # type: ignore[attr-defined]
+        return response
+
+    def websocket_connect(self, url: str) -> int | str:
+        try:
+            self._caps.check_websocket()
+        except CapabilityDenied as exc:
+            return self._denied(exc)
+        try:
+            handle: int = trio.from_thread.run(self._websockets.connect, url)
+        except HostCallError as exc:
+            return str(exc)
+        return handle
+
+    def websocket_send(self, handle: int, message: str) -> str | None:
+        try:
+            self._caps.check_websocket()
+            trio.from_thread.run(self._websockets.send, handle, message)
+        except CapabilityDenied as exc:
+            return self._denied(exc)
+        except HostCallError as exc:
+            return str(exc)
+        return None
+
+    def websocket_close(self, handle: int) -> str | None:
+        try:
+            self._caps.check_websocket()
+            trio.from_thread.run(self._websockets.close, handle)
+        except CapabilityDenied as exc:
+            return self._denied(exc)
+        except HostCallError as exc:
+            return str(exc)
+        return None
+
+    # -- storage -----------------------------------------------------------------------
+
+    def storage_get(self, key: str) -> str | None:
+        try:
+            self._caps.check_storage()
+        except CapabilityDenied as exc:
+            # The WIT gives storage-get no error channel: the guest sees `none`.
+            self._denied(exc)
+            return None
+        try:
+            raw = self._rpc(_ipc.STORAGE_GET, _ipc.StorageKey(key=key))
+        except Exception as exc:
+            self._log("error", f"storage-get {key!r} failed: {_remote_message(exc)}")
+            return None
+        return _ipc.decode(raw, str | None)  # type: ignore[arg-type]
+
+    def storage_set(self, key: str, value: str) -> str | None:
+        try:
+            self._caps.check_storage()
+        except CapabilityDenied as exc:
+            return self._denied(exc)
+        return self._rpc_error(_ipc.STORAGE_SET, _ipc.StorageSet(key=key, value=value))
+
+    def storage_delete(self, key: str) -> str | None:
+        try:
+            self._caps.check_storage()
+        except CapabilityDenied as exc:
+            return self._denied(exc)
+        return self._rpc_error(_ipc.STORAGE_DELETE, _ipc.StorageKey(key=key))
+
+    # -- timers ------------------------------------------------------------------------
+
+    def _set_timer(self, ms: int, *, repeat: bool) -> int:
+        try:
+            self._caps.check_timers()
+        except CapabilityDenied as exc:
+            self._denied(exc)
+            return 0
+        create = self._timers.set_interval if repeat else self._timers.set_timeout
+        try:
+            handle: int = trio.from_thread.run_sync(create, ms)
+        except HostCallError as exc:
+            self._log("warning", str(exc))
+            return 0
+        return handle
+
+    def set_timeout(self, ms: int) -> int:
+        return self._set_timer(ms, repeat=False)
+
+    def set_interval(self, ms: int) -> int:
+        return self._set_timer(ms, repeat=True)
+
+    def clear_timer(self, handle: int) -> None:
+        try:
+            self._caps.check_timers()
+        except CapabilityDenied:
+            return  # nothing of this module's can be live to clear
+        trio.from_thread.run_sync(self._timers.clear, handle)
+
+    # -- logging -----------------------------------------------------------------------
+
+    def log(self, level: str, message: str) -> None:
+        self._log(level, message)

@@ -1,0 +1,246 @@
+"""The guest side of a module process: one component, one store, one instance at a time.
+
+Everything here runs on the guest's worker thread (never on the trio loop), one call at a
+time. Host functions are plain callables supplied by the caller; this module only knows
+how to link them, how to bound a call in time and memory, and how to replace an instance
+after a trap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+from wasmtime import component as wc
+
+from . import _engine
+
+log = logging.getLogger("vessel.host")
+
+#: Host functions of ``vessel:host/host@1.0.0``, by WIT name. Each gets the guest's
+#: arguments (not the store) and must never raise: errors are returned as values.
+HostImports = dict[str, Callable[..., Any]]
+
+
+class GuestTrap(Exception):
+    """A guest export trapped, ran past its deadline or ran out of memory.
+
+    The instance is unusable afterwards; the caller replaces it (``instantiate``).
+    """
+
+    def __init__(self, export: str, reason: str) -> None:
+        super().__init__(f"{export} trapped: {reason}")
+        self.export = export
+        self.reason = reason
+
+
+class Watchdog:
+    """Advances the engine's epoch when an invocation's deadline passes.
+
+    Ticking only at deadlines (instead of a fixed-rate ticker) keeps an idle module process
+    idle. Time spent inside host functions is not charged to the guest: a host call pauses
+    the clock, so a slow ``call`` or ``http-fetch`` (which has its own timeout) cannot make
+    the caller miss its compute deadline.
+    """
+
+    def __init__(self, engine: wasmtime.Engine) -> None:
+        self._engine = engine
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._remaining: float | None = None
+        self._closed = False
+        self.fired = False
+        self._thread = threading.Thread(target=self._loop, name="vessel-watchdog", daemon=True)
+        self._thread.start()
+
+    def arm(self, seconds: float) -> None:
+        with self._cond:
+            self.fired = False
+            self._remaining = None
+            self._deadline = time.monotonic() + seconds
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._deadline = None
+            self._remaining = None
+            self._cond.notify()
+
+    def pause(self) -> None:
+        with self._cond:
+            if self._deadline is not None:
+                self._remaining = max(0.0, self._deadline - time.monotonic())
+                self._deadline = None
+                self._cond.notify()
+
+    def resume(self) -> None:
+        with self._cond:
+            if self._remaining is not None:
+                self._deadline = time.monotonic() + self._remaining
+                self._remaining = None
+                self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if self._deadline is None:
+                    self._cond.wait()
+                    continue
+                remaining = self._deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                self._deadline = None
+                self.fired = True
+                self._engine.increment_epoch()
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_bytes: int
+    invocation_seconds: float
+
+
+class GuestRuntime:
+    """Loads one module's component and calls its exports under limits."""
+
+    def __init__(
+        self,
+        *,
+        module_id: str,
+        module_dir: Path,
+        source_hash: str,
+        limits: Limits,
+        imports: HostImports,
+        on_output: Callable[[str, bytes], None],
+    ) -> None:
+        self.module_id = module_id
+        self._module_dir = module_dir
+        self._source_hash = source_hash
+        self._limits = limits
+        self._imports = imports
+        self._on_output = on_output
+        self._engine = _engine.make_engine()
+        self._watchdog = Watchdog(self._engine)
+        self._component: wc.Component | None = None
+        self._linker: wc.Linker | None = None
+        self._store: wasmtime.Store | None = None
+        self._funcs: dict[str, wc.Func] = {}
+        self.compiled = False
+
+    # -- loading -----------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load (or compile, once) the component and link the host functions."""
+        artifact, _ = _engine.artifact_paths(self._module_dir)
+        had_artifact = artifact.exists()
+        self._component = _engine.load_component(
+            self._engine, self._module_dir, source_hash=self._source_hash, module_id=self.module_id
+        )
+        self.compiled = not had_artifact
+        linker = wc.Linker(self._engine)
+        # WASI p2 for the guest's libc: no preopens, no env, no args and no network are
+        # configured on the store, and wasi-http is never linked.
+        linker.add_wasip2()
+        with linker.root() as root, root.add_instance(_engine.HOST_INTERFACE) as inst:
+            for name, fn in self._imports.items():
+                inst.add_func(name, self._wrap_import(name, fn))
+        self._linker = linker
+
+    def _wrap_import(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        watchdog = self._watchdog
+
+        def call(_store: Any, *args: Any) -> Any:
+            watchdog.pause()
+            try:
+                return fn(*args)
+            finally:
+                watchdog.resume()
+
+        call.__name__ = f"host_{name.replace('-', '_')}"
+        return call
+
+    def instantiate(self) -> None:
+        """Create a fresh store and instance (first start, or after a trap)."""
+        assert self._linker is not None
+        assert self._component is not None
+        store = wasmtime.Store(self._engine)
+        wasi = wasmtime.WasiConfig()
+        wasi.stdout_custom = lambda data: self._on_output("stdout", data)
+        wasi.stderr_custom = lambda data: self._on_output("stderr", data)
+        store.set_wasi(wasi)
+        store.set_limits(memory_size=self._limits.memory_bytes)
+        store.set_epoch_deadline(1)
+        self._watchdog.arm(self._limits.invocation_seconds)
+        try:
+            instance = self._linker.instantiate(store, self._component)
+        except wasmtime.WasmtimeError as exc:
+            raise GuestTrap("instantiate", _describe_trap(exc, self._watchdog.fired)) from None
+        finally:
+            self._watchdog.disarm()
+        guest = instance.get_export_index(store, _engine.GUEST_INTERFACE)
+        funcs: dict[str, wc.Func] = {}
+        for name in _engine.REQUIRED_EXPORTS | _engine.OPTIONAL_EXPORTS:
+            index = instance.get_export_index(store, name, guest)
+            func = instance.get_func(store, index) if index is not None else None
+            if func is not None:
+                funcs[name] = func
+        self._store = store
+        self._funcs = funcs
+
+    def has_export(self, name: str) -> bool:
+        return name in self._funcs
+
+    # -- calling -----------------------------------------------------------------------
+
+    def call(self, export: str, *args: Any) -> Any:
+        """Call a guest export under the invocation deadline; raises GuestTrap."""
+        store = self._store
+        func = self._funcs.get(export)
+        if store is None or func is None:
+            raise GuestTrap(export, "no live instance")
+        store.set_epoch_deadline(1)
+        self._watchdog.arm(self._limits.invocation_seconds)
+        try:
+            result = func(store, *args)
+            func.post_return(store)
+        except wasmtime.WasmtimeError as exc:
+            self._store = None
+            self._funcs = {}
+            raise GuestTrap(export, _describe_trap(exc, self._watchdog.fired)) from None
+        finally:
+            self._watchdog.disarm()
+        return result
+
+    def close(self) -> None:
+        self._watchdog.close()
+        self._store = None
+        self._funcs = {}
+
+
+def _describe_trap(exc: wasmtime.WasmtimeError, deadline_fired: bool) -> str:
+    """A one-line reason an operator can act on, from wasmtime's multi-line trap text."""
+    text = str(exc)
+    if deadline_fired or "wasm trap: interrupt" in text:
+        return "deadline exceeded (limits.invocation_timeout_ms)"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    trap = next((line for line in lines if line.startswith("wasm trap:")), None)
+    frames = [line for line in lines if " - " in line and "!" in line]
+    if any("abort" in f for f in frames[:4]):
+        # componentize-py aborts the instance on an uncaught Python exception or a failed
+        # allocation (MemoryError); the guest's stderr (in the module log) has the details.
+        return "guest aborted (uncaught exception or out of memory; see the module log)"
+    if trap:
+        return trap
+    return lines[0] if lines else type(exc).__name__

@@ -61,6 +61,8 @@ class CommandResult(msgspec.Struct):
     value: str
     #: Set when the guest trapped or missed its deadline (the instance was replaced).
     trapped: bool = False
+    #: Set when a deferred reply was not completed within limits.reply_timeout_ms.
+    timed_out: bool = False
 
 
 class GuestStats(msgspec.Struct):

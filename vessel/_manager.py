@@ -279,7 +279,10 @@ class ModuleManager:
             raise CallError("unknown_module", f"no module {module_id!r} is installed")
         if entry.state is not ModuleState.RUNNING:
             raise CallError("module_unavailable", f"module {module_id!r} is {entry.state.value}")
-        limit = entry.module.manifest.limits.invocation_timeout_ms / 1000 + CALL_GRACE
+        limits = entry.module.manifest.limits
+        # The module process enforces both bounds itself; ours only catches a module
+        # process that stopped answering altogether.
+        limit = max(limits.invocation_timeout_ms, limits.reply_timeout_ms) / 1000 + CALL_GRACE
         return await entry.module.command(
             name, params, chain, timeout=min(timeout, limit) if timeout else limit
         )

@@ -94,6 +94,8 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_timers: Annotated[int, Meta(ge=0, le=4096)] = 64
     max_websockets: Annotated[int, Meta(ge=0, le=256)] = 8
     max_event_rate: Annotated[int, Meta(ge=1, le=100_000)] = 200
+    #: How long a caller waits for a command answered with defer-reply / complete-reply.
+    reply_timeout_ms: Annotated[int, Meta(ge=100, le=600_000)] = 30_000
 
 
 class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

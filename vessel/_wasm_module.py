@@ -197,6 +197,8 @@ class WasmModule:
         result = _ipc.decode(raw, _ipc.CommandResult)
         if result.ok:
             return result.value
+        if result.timed_out:
+            raise CallError("timeout", result.value)
         if result.value.startswith("unknown command"):
             raise CallError("unknown_command", f"module {self.id!r}: {result.value}")
         raise CallError("module_error", result.value)

@@ -52,6 +52,8 @@ class HostFunctions:
         http: HttpService,
         log: Callable[[str, str], None],
         current_chain: Callable[[], list[str]],
+        defer_reply: Callable[[], int | str],
+        complete_reply: Callable[[int, bool, str], str | None],
     ) -> None:
         self._id = module_id
         self._caps = capabilities
@@ -61,6 +63,8 @@ class HostFunctions:
         self._http = http
         self._log = log
         self._current_chain = current_chain
+        self._defer_reply = defer_reply
+        self._complete_reply = complete_reply
 
     def imports(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -79,6 +83,8 @@ class HostFunctions:
             "set-interval": self.set_interval,
             "clear-timer": self.clear_timer,
             "log": self.log,
+            "defer-reply": self.defer_reply,
+            "complete-reply": self.complete_reply,
         }
 
     # -- helpers ---------------------------------------------------------------------
@@ -139,6 +145,19 @@ class HostFunctions:
         except Exception as exc:
             return wc.Variant("err", _remote_message(exc))
         return wc.Variant("ok", _ipc.decode(raw, str))
+
+    def defer_reply(self) -> int | str:
+        return self._defer_reply()
+
+    def complete_reply(self, token: int, reply: wc.Variant) -> str | None:
+        if reply.tag not in ("ok", "err") or not isinstance(reply.payload, str):
+            return "complete-reply: the reply must be ok(json) or err(message)"
+        if reply.tag == "ok":
+            try:
+                json.loads(reply.payload)
+            except ValueError as exc:
+                return f"complete-reply: the result is not valid JSON: {exc}"
+        return self._complete_reply(token, reply.tag == "ok", reply.payload)
 
     # -- network -----------------------------------------------------------------------
 

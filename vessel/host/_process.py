@@ -57,6 +57,10 @@ class _Command:
     request: _ipc.CommandRequest
     done: trio.Event = field(default_factory=trio.Event)
     result: _ipc.CommandResult | None = None
+    #: Set by defer-reply: the answer comes later through complete-reply.
+    token: int | None = None
+    #: The caller gave up before the guest got to it: skip it.
+    abandoned: bool = False
 
 
 @dataclass
@@ -114,6 +118,10 @@ class ModuleProcess:
         self._send, self._receive = trio.open_memory_channel[_Command | _Delivery](MAILBOX_SIZE)
         self._guest_lock = trio.CapacityLimiter(1)
         self._chain: list[str] = []
+        self._current: _Command | None = None
+        self._deferred: dict[int, _Command] = {}
+        self._last_token = 0
+        self._reply_timeout = 30.0
         self._replacements: deque[float] = deque()
         self._output = _OutputLines()
         self._log_window = (0.0, 0)
@@ -155,6 +163,7 @@ class ModuleProcess:
         manifest = params.manifest
         self._module_id = manifest.id
         limits = manifest.limits
+        self._reply_timeout = limits.reply_timeout_ms / 1000
         self._timers = TimerService(self._fire_timer, max_timers=limits.max_timers)
         self._websockets = WebSocketService(
             self._ws_message, self._ws_closed, max_connections=limits.max_websockets
@@ -172,6 +181,8 @@ class ModuleProcess:
             http=http,
             log=self.log,
             current_chain=lambda: list(self._chain),
+            defer_reply=self.defer_reply,
+            complete_reply=self.complete_reply,
         )
         runtime = GuestRuntime(
             module_id=manifest.id,
@@ -197,9 +208,19 @@ class ModuleProcess:
         if self._runtime is None or self._stopping:
             raise RuntimeError(f"module {self._module_id!r} is not serving commands")
         job = _Command(request)
-        await self._send.send(job)
-        await job.done.wait()
-        assert job.result is not None
+        with trio.move_on_after(self._reply_timeout):
+            await self._send.send(job)
+            await job.done.wait()
+        if job.result is None:
+            job.abandoned = True
+            if job.token is not None:
+                self._deferred.pop(job.token, None)
+            return _ipc.CommandResult(
+                ok=False,
+                value=f"module {self._module_id!r} did not answer {request.action!r} within "
+                f"{self._reply_timeout:g} s (limits.reply_timeout_ms)",
+                timed_out=True,
+            )
         return job.result
 
     def _stats(self) -> _ipc.GuestStats:
@@ -247,10 +268,12 @@ class ModuleProcess:
                 assert self._timers is not None
                 if not self._timers.claim(item_timer):
                     continue
+            if isinstance(item, _Command) and item.abandoned:
+                continue
             try:
                 await trio.to_thread.run_sync(self._run, item, limiter=self._guest_lock)
             finally:
-                if isinstance(item, _Command):
+                if isinstance(item, _Command) and item.token is None:
                     item.done.set()
 
     def _run(self, item: _Command | _Delivery) -> None:
@@ -261,8 +284,10 @@ class ModuleProcess:
         try:
             if isinstance(item, _Command):
                 self._chain = item.request.chain
+                self._current = item
                 result = runtime.call("on-command", item.request.action, item.request.params)
-                item.result = _ipc.CommandResult(ok=result.tag == "ok", value=result.payload)
+                if item.token is None:
+                    item.result = _ipc.CommandResult(ok=result.tag == "ok", value=result.payload)
             elif runtime.has_export(item.export):
                 error = runtime.call(item.export, *item.args)
                 if error is not None:
@@ -270,12 +295,17 @@ class ModuleProcess:
         except GuestTrap as trap:
             self.traps += 1
             if isinstance(item, _Command):
+                # A trapped command is answered now, deferred or not.
+                if item.token is not None:
+                    trio.from_thread.run_sync(self._deferred.pop, item.token, None)
+                item.token = None
                 item.result = _ipc.CommandResult(
                     ok=False, value=f"module {self._module_id!r}: {trap}", trapped=True
                 )
             self._replace_instance(str(trap))
         finally:
             self._chain = []
+            self._current = None
 
     def _load_instance(self) -> None:
         """Worker thread: instantiate and run on-load; GuestLoadError if it fails."""
@@ -312,6 +342,7 @@ class ModuleProcess:
         # new instance's on-load sets up its own.
         assert self._timers is not None
         assert self._websockets is not None
+        self._fail_deferred("the instance was replaced before it completed the reply")
         self._timers.clear_all()
         await self._websockets.close_all()
         await self.channel.request(_ipc.BUS_RESET, None, timeout=10)
@@ -325,6 +356,39 @@ class ModuleProcess:
         with contextlib.suppress(Exception):
             trio.from_thread.run(lambda: self.channel.ping(timeout=2.0))
         os._exit(3)
+
+    # -- deferred replies (the defer-reply / complete-reply extension) --------------------
+
+    def defer_reply(self) -> int | str:
+        """Worker thread, inside on-command: answer this command later."""
+        command = self._current
+        if command is None:
+            return "defer-reply: only possible while handling on-command"
+        if command.token is None:
+            self._last_token += 1
+            command.token = self._last_token
+            trio.from_thread.run_sync(self._deferred.__setitem__, command.token, command)
+        return command.token
+
+    def complete_reply(self, token: int, ok: bool, value: str) -> str | None:
+        """Worker thread: the answer to a deferred command."""
+        return trio.from_thread.run_sync(self._complete, token, ok, value)
+
+    def _complete(self, token: int, ok: bool, value: str) -> str | None:
+        command = self._deferred.pop(token, None)
+        if command is None:
+            return f"complete-reply: unknown or expired reply token {token}"
+        command.result = _ipc.CommandResult(ok=ok, value=value)
+        command.done.set()
+        return None
+
+    def _fail_deferred(self, reason: str) -> None:
+        deferred, self._deferred = self._deferred, {}
+        for command in deferred.values():
+            command.result = _ipc.CommandResult(
+                ok=False, value=f"module {self._module_id!r}: {reason}"
+            )
+            command.done.set()
 
     # -- logging -----------------------------------------------------------------------
 
@@ -364,6 +428,7 @@ class ModuleProcess:
     async def shutdown(self) -> None:
         """Stop taking work, let the current invocation finish, run on-unload (bounded)."""
         self._stopping = True
+        self._fail_deferred("the module stopped before it completed the reply")
         runtime = self._runtime
         if runtime is None:
             return

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from componentize_py_types import Err
+from componentize_py_types import Err, Ok
 from wit_world import exports
 from wit_world.imports import host, types
 
@@ -41,6 +41,8 @@ class _State:
         self.messages: list[list[Any]] = []
         self.closed: list[list[Any]] = []
         self.hog: list[bytearray] = []
+        #: timer handle -> (reply token, reply, fail?) for deferred answers
+        self.pending: dict[int, tuple[int, Any, bool]] = {}
 
 
 STATE = _State()
@@ -266,6 +268,23 @@ def _print(p: Params) -> Any:
     return {}
 
 
+def _defer(p: Params) -> Any:
+    """Answer later: after `after_ms` (a timer) with `reply`, or an error if `fail`;
+    with `never`, do not answer at all (the caller's reply timeout applies)."""
+    token = host.defer_reply()
+    if not p.get("never"):
+        handle = host.set_timeout(_uint(p, "after_ms", 64))
+        if handle == 0:
+            raise Err("defer: timers are not granted")
+        STATE.pending[handle] = (token, p.get("reply"), bool(p.get("fail")))
+    return {"ignored": True}
+
+
+def _complete(p: Params) -> Any:
+    host.complete_reply(_uint(p, "token", 64), Ok(json.dumps(p.get("reply"))))
+    return {}
+
+
 def _set_trap_in(p: Params) -> Any:
     export = p.get("export")
     if export is not None and export not in TRAPPABLE:
@@ -304,6 +323,8 @@ COMMANDS: dict[str, Handler] = {
     "log": _log,
     "print": _print,
     "trap_in": _set_trap_in,
+    "defer": _defer,
+    "complete": _complete,
 }
 
 
@@ -351,6 +372,10 @@ class Guest(exports.Guest):
     def on_timer(self, handle: int) -> None:
         _maybe_trap("on_timer")
         STATE.fired.append(handle)
+        if handle in STATE.pending:
+            token, reply, fail = STATE.pending.pop(handle)
+            outcome = Err(str(reply)) if fail else Ok(json.dumps(reply))
+            host.complete_reply(token, outcome)
 
     def on_websocket_message(self, handle: int, message: str) -> None:
         _maybe_trap("on_websocket_message")

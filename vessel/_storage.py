@@ -8,6 +8,7 @@ write durable even if the daemon is SIGKILLed or the machine loses power right a
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,6 +76,10 @@ class Storage:
         a newer Vessel.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Module storage holds secrets (tokens a user configured): owner-only, created
+        # that way so there is no window; SQLite gives its -wal/-shm files the same mode.
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in set()).
         conn = sqlite3.connect(path, isolation_level=None)
         try:

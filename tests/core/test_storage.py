@@ -245,3 +245,11 @@ def test_storage_repr_names_the_file(db_path: Path) -> None:
     with Storage.open(db_path) as s:
         assert repr(s) == f"<Storage {str(db_path)!r} open>"
     assert os.path.exists(db_path)
+
+
+def test_new_database_is_owner_only(tmp_path: Path) -> None:
+    """The database holds module secrets: a new one is created readable by its owner only."""
+    path = tmp_path / "vessel.db"
+    with Storage.open(path) as storage:
+        storage.set("m", "token", "s3cret", quota_bytes=1024)
+    assert path.stat().st_mode & 0o777 == 0o600

@@ -122,6 +122,10 @@ class Subscription:
         stay queued."""
         if self._patterns.pop(pattern, None) is None:
             return False
+        # Forget what was replayed for keys no pattern covers any more, so subscribing
+        # again replays their current state (a dashboard leaving and coming back to a view).
+        for key in [k for k in self._sent_retained if not self.matches(k)]:
+            del self._sent_retained[key]
         self._bus._routes_changed()
         return True
 

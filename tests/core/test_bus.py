@@ -300,3 +300,15 @@ def test_routing_agrees_with_fnmatchcase(patterns: list[str], keys: list[str]) -
         expected = any(fnmatch.fnmatchcase(key, p) for p in patterns)
         assert sub.matches(key) is expected
         assert bus.publish(ev(key)) == int(expected)
+
+
+async def test_resubscribing_replays_current_state_again() -> None:
+    """Removing a pattern and adding it again replays the retained state it covers:
+    a client that leaves a view and comes back sees the current state, not nothing."""
+    bus = EventBus()
+    bus.publish(Event(module="m", name="state.a", data="1"), retain=True)
+    with bus.subscribe("m.*", name="dash") as sub:
+        assert sub.receive_nowait().data == "1"
+        sub.remove("m.*")
+        sub.add("m.*")
+        assert sub.receive_nowait().data == "1"

@@ -19,6 +19,10 @@ class ManifestError(VesselError):
     """
 
 
+class AlreadyInstalled(ManifestError):
+    """An install named a module id that is installed already and did not ask to replace it."""
+
+
 class TamperError(VesselError):
     """The bytes of an installed module no longer match the hash written at install.
 

@@ -21,7 +21,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from ._errors import ManifestError, UnknownModule
+from ._errors import AlreadyInstalled, ManifestError, UnknownModule
 from ._manifest import (
     MANIFEST_FILE,
     WASM_FILE,
@@ -65,8 +65,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _already_installed(module_id: str) -> ManifestError:
-    return ManifestError(
+def _already_installed(module_id: str) -> AlreadyInstalled:
+    return AlreadyInstalled(
         f"module {module_id!r} is already installed; remove it first or install with replace"
     )
 

@@ -191,13 +191,16 @@ class ModuleManager:
         source = await trio.to_thread.run_sync(
             lambda: install_module(self.data_dir, manifest, wasm, replace=replace)
         )
-        if source.id in self._entries:
-            await self.stop(source.id)
-        self.refused = [r for r in self.refused if r.module_id != source.id]
-        self._add(source)
-        self._storage.set_module_enabled(source.id, True)
-        self._lifecycle("installed", source.id, version=source.manifest.version)
-        await self._start(source.id)
+        # The new files are in place: switching the running module over must not be cut
+        # short by a caller going away, or the old process would run beside new files.
+        with trio.CancelScope(shield=True):
+            if source.id in self._entries:
+                await self.stop(source.id)
+            self.refused = [r for r in self.refused if r.module_id != source.id]
+            self._add(source)
+            self._storage.set_module_enabled(source.id, True)
+            self._lifecycle("installed", source.id, version=source.manifest.version)
+            await self._start(source.id)
         return source.id
 
     async def remove(self, module_id: str, *, keep_storage: bool = False) -> None:
@@ -294,6 +297,10 @@ class ModuleManager:
             # A follower that cannot keep up misses lines; the module never waits.
             with suppress(trio.WouldBlock, trio.BrokenResourceError):
                 send.send_nowait(line)
+
+    def log_followers(self, module_id: str) -> int:
+        """How many live log followers a module has (released when they go away)."""
+        return len(self._followers.get(module_id, ()))
 
     @contextmanager
     def follow_logs(self, module_id: str) -> Iterator[trio.MemoryReceiveChannel[LogLine]]:

@@ -1,0 +1,76 @@
+"""Serving the gateway with Hypercorn's trio worker, as one task of the daemon."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from .._daemon import Daemon
+from ._app import GatewayState, create_app
+
+log = logging.getLogger("vessel.gateway")
+
+#: Frames above this are refused by Hypercorn itself (the connection closes with 1009);
+#: the protocol's own, smaller limit answers with an error and keeps the connection.
+TRANSPORT_MAX_MESSAGE = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    allowed_origins: frozenset[str] = frozenset()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def serve_gateway(
+    daemon: Daemon,
+    config: GatewayConfig,
+    *,
+    shutdown: trio.Event,
+    task_status: trio.TaskStatus[tuple[GatewayState, list[str]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until ``shutdown`` is set; ``task_status.started((state, bound_urls))``.
+
+    On shutdown WebSocket clients are told (close 1001) before Hypercorn stops.
+    """
+    state = GatewayState(daemon=daemon, allowed_origins=config.allowed_origins)
+    app = create_app(state)
+    hyper = Config()
+    hyper.bind = [f"{config.host}:{config.port}"]
+    hyper.websocket_max_message_size = TRANSPORT_MAX_MESSAGE
+    hyper.graceful_timeout = 3.0
+    hyper.accesslog = None
+    hyper.errorlog = logging.getLogger("vessel.gateway.hypercorn")
+    hyper.include_server_header = False
+    if not is_loopback(config.host):
+        log.warning(
+            "listening on %s: reachable from the network; anyone there with the token "
+            "can administer this daemon",
+            config.host,
+        )
+
+    async def trigger() -> None:
+        await shutdown.wait()
+        state.shutting_down.set()
+
+    async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+        await serve(app, hyper, shutdown_trigger=trigger, task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(run)
+        log.info("gateway listening on %s", ", ".join(binds))
+        task_status.started((state, binds))

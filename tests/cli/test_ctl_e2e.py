@@ -1,0 +1,232 @@
+"""vessel-ctl against the real daemon: both run as subprocesses, the way an operator uses
+them (`vessel serve` on 127.0.0.1 port 0, `vessel-ctl` finding it through VESSEL_URL and
+its token through VESSEL_DATA_DIR)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ._support import (
+    Daemon,
+    Result,
+    Spawned,
+    alive,
+    children_of,
+    ctl,
+    spawn_ctl,
+    start_daemon,
+    stop_daemon,
+)
+
+#: Installing compiles the component inside the daemon: seconds, more on a busy machine.
+INSTALL_TIMEOUT = 120.0
+
+
+async def run_ok(daemon: Daemon, *args: str, timeout: float = 30.0) -> str:
+    """Run a vessel-ctl command that must succeed; its stdout."""
+    result = await ctl(*args, env=daemon.env, timeout=timeout)
+    assert result.returncode == 0, f"vessel-ctl {' '.join(args)}: {result}"
+    return result.stdout
+
+
+async def modules(daemon: Daemon) -> dict[str, dict[str, Any]]:
+    """`vessel-ctl --json list`, by module id."""
+    doc = json.loads(await run_ok(daemon, "--json", "list"))
+    return {m["id"]: m for m in doc["modules"]}
+
+
+def table_row(listing: str, module_id: str) -> list[str]:
+    for line in listing.splitlines():
+        cells = line.split()
+        if cells and cells[0] == module_id:
+            return cells
+    raise AssertionError(f"{module_id} not in:\n{listing}")
+
+
+def lifecycle(line: str) -> tuple[str, dict[str, Any]]:
+    """A plain `events` line, ``HH:MM:SS.mmm module.name {data}`` -> (module.name, data)."""
+    _clock, key, data = line.split(" ", 2)
+    return key, json.loads(data)
+
+
+async def wait_watching(events: Spawned) -> None:
+    """`events` says `watching` once the daemon acknowledged every subscription."""
+    await events.stderr.wait_for(lambda s: s.startswith("vessel-ctl: watching"))
+
+
+def guest_source_folder(folder: Path, wasm: Path, module_id: str, **manifest: Any) -> Path:
+    """A module folder as a developer has it: testkit's manifest (new id) + module.wasm."""
+    doc = json.loads((Path(__file__).parents[1] / "guests/testkit/manifest.json").read_text())
+    doc.update(id=module_id, **manifest)
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps(doc, indent=2))
+    shutil.copyfile(wasm, folder / "module.wasm")
+    return folder
+
+
+async def test_install_list_restart_and_lifecycle_events(
+    tmp_path: Path, built_guests: Mapping[str, Path], nursery: trio.Nursery
+) -> None:
+    """`install` uploads a module folder and the module runs; `list` shows it running with
+    its pid; `restart` gives it a new pid, and a concurrent `vessel-ctl events
+    'vessel.module.*'` sees it stop (old pid) and start (new pid); Ctrl-C ends `events`
+    with status 0."""
+    daemon = await start_daemon(nursery, tmp_path / "data")
+    try:
+        src = guest_source_folder(tmp_path / "src", built_guests["testkit"], "uploaded")
+        out = await run_ok(daemon, "install", str(src), timeout=INSTALL_TIMEOUT)
+        assert out.startswith("installed uploaded 0.1.0: running, pid "), out
+        old_pid = int(out.rsplit(" ", 1)[1])
+
+        row = table_row(await run_ok(daemon, "list"), "uploaded")
+        assert row[:3] == ["uploaded", "running", str(old_pid)]
+
+        again = await ctl("install", str(src), env=daemon.env, timeout=INSTALL_TIMEOUT)
+        assert again.returncode == 1
+        assert "already installed; pass --replace" in again.stderr
+
+        events = await spawn_ctl("events", "vessel.module.*", env=daemon.env)
+        try:
+            await wait_watching(events)
+            out = await run_ok(daemon, "restart", "uploaded")
+            assert out.startswith(f"restarted uploaded: pid {old_pid} → pid "), out
+            new_pid = int(out.rsplit(" ", 1)[1])
+            assert new_pid != old_pid
+
+            seen: dict[str, dict[str, Any]] = {}
+
+            def lifecycle_of_uploaded(line: str) -> bool:
+                key, data = lifecycle(line)
+                if data.get("module") == "uploaded":
+                    seen[key] = data
+                return "vessel.module.started" in seen
+
+            await events.stdout.wait_for(lifecycle_of_uploaded)
+            assert seen["vessel.module.stopped"]["pid"] == old_pid
+            assert seen["vessel.module.started"]["pid"] == new_pid
+        finally:
+            code = await events.interrupt()
+        assert code == 0, events.stderr.text
+        assert "Traceback" not in events.stderr.text
+
+        assert (await modules(daemon))["uploaded"]["pid"] == new_pid
+    finally:
+        await stop_daemon(daemon)
+
+
+async def test_call_config_logs_and_errors(
+    tmp_path: Path, make_module_dir: Any, nursery: trio.Nursery
+) -> None:
+    """`call` prints the module's JSON answer; a value set with `config` is what the module
+    reads from its storage; `logs` shows its log lines and `logs -f` streams new ones
+    until Ctrl-C; expected failures are one line on stderr with exit status 1."""
+    data = tmp_path / "data"
+    make_module_dir(data, "testkit", module_id="kit", permissions={"storage": True})
+    daemon = await start_daemon(nursery, data)
+    try:
+        status = await run_ok(daemon, "status")
+        assert f"vessel is running at {daemon.url}" in status
+        assert "host API version: 1" in status
+        assert "modules: 1 installed, 1 running, 0 failed" in status
+
+        params = {"hello": ["world", 1], "nested": {"ok": True}}
+        answer = await run_ok(daemon, "call", "kit", "echo", json.dumps(params))
+        assert json.loads(answer) == params
+        raw = json.loads(await run_ok(daemon, "--json", "call", "kit", "echo", "{}"))
+        assert raw == {"data": {}}
+
+        await run_ok(daemon, "config", "kit", "greeting=hello = world")
+        read = await run_ok(daemon, "call", "kit", "storage_get", '{"key": "greeting"}')
+        assert json.loads(read) == {"value": "hello = world"}
+        assert (await run_ok(daemon, "config", "kit")).split() == ["greeting"]
+        assert await run_ok(daemon, "config", "kit", "greeting") == "hello = world\n"
+        await run_ok(daemon, "config", "kit", "api_token=s3cret")
+        listing = await run_ok(daemon, "config", "kit", "--values")
+        assert "greeting=hello = world" in listing
+        assert "s3cret" not in listing
+        await run_ok(daemon, "config", "kit", "--delete", "greeting")
+        read = await run_ok(daemon, "call", "kit", "storage_get", '{"key": "greeting"}')
+        assert json.loads(read) == {"value": None}
+
+        logs = await run_ok(daemon, "logs", "kit", "-n", "50")
+        assert "testkit loaded" in logs
+        follow = await spawn_ctl("logs", "-f", "kit", env=daemon.env)
+        try:
+            await follow.stdout.wait_for(lambda s: "testkit loaded" in s)
+            await run_ok(daemon, "call", "kit", "log", '{"message": "followed line"}')
+            await follow.stdout.wait_for(lambda s: "followed line" in s)
+        finally:
+            code = await follow.interrupt()
+        assert code == 0, follow.stderr.text
+        assert "Traceback" not in follow.stderr.text
+
+        failures = {
+            ("info", "nosuch"): "vessel-ctl: unknown module 'nosuch'\n",
+            ("call", "nosuch", "echo"): "vessel-ctl: unknown module 'nosuch'\n",
+            ("--token", "wrong", "list"): "vessel-ctl: wrong token: ",
+            ("config", "kit", "missing"): "vessel-ctl: module 'kit' has no config key 'missing'",
+            ("call", "kit", "fail"): "vessel-ctl: kit.fail@1 failed (",
+        }
+        results: dict[tuple[str, ...], Result] = {}
+
+        async def attempt(args: tuple[str, ...]) -> None:
+            results[args] = await ctl(*args, env=daemon.env)
+
+        async with trio.open_nursery() as attempts:
+            for args in failures:
+                attempts.start_soon(attempt, args)
+        for args, expected in failures.items():
+            result = results[args]
+            assert result.returncode == 1, (args, result)
+            assert result.stderr.startswith(expected), (args, result)
+            assert result.stderr.count("\n") == 1, (args, result)
+
+        out = await run_ok(daemon, "remove", "kit")
+        assert out == "removed kit\n"
+        assert await modules(daemon) == {}
+    finally:
+        await stop_daemon(daemon)
+
+
+async def test_disable_survives_a_daemon_restart_and_sigterm_leaves_no_child(
+    tmp_path: Path, make_module_dir: Any, nursery: trio.Nursery
+) -> None:
+    """A module stopped with `disable` stays disabled when the daemon restarts on the same
+    data dir; SIGTERM on `vessel serve` exits 0 with every module process gone."""
+    data = tmp_path / "data"
+    make_module_dir(data, "testkit", module_id="kit")
+    make_module_dir(data, "testkit", module_id="off")
+    daemon = await start_daemon(nursery, data)
+    try:
+        off_pid = (await modules(daemon))["off"]["pid"]
+        off_process = {c for c in children_of(daemon.pid) if c[0] == off_pid}
+        assert off_process, "the module process is a child of vessel serve"
+        out = await run_ok(daemon, "disable", "off")
+        assert out == "disabled off: disabled\n"
+        assert alive(off_process) == [], "disable stopped the module's process"
+        listing = await run_ok(daemon, "list")
+        assert table_row(listing, "off")[:3] == ["off", "disabled", "-"]
+        assert table_row(listing, "kit")[1] == "running"
+        kit_pid = (await modules(daemon))["kit"]["pid"]
+        children = children_of(daemon.pid)
+        assert kit_pid in {pid for pid, _ in children}
+    finally:
+        code = await stop_daemon(daemon)
+    assert code == 0, daemon.stderr.text
+    assert alive(children) == [], "module processes outlived vessel serve"
+
+    daemon = await start_daemon(nursery, data)
+    try:
+        after = await modules(daemon)
+        assert (after["off"]["state"], after["off"]["enabled"]) == ("disabled", False)
+        assert after["kit"]["state"] == "running"
+        out = await run_ok(daemon, "enable", "off")
+        assert out.startswith("enabled off: running, pid "), out
+    finally:
+        await stop_daemon(daemon)

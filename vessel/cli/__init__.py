@@ -1,0 +1,1 @@
+"""Command-line entry points: ``vessel`` (the daemon) and ``vessel-ctl`` (admin)."""

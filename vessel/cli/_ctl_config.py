@@ -1,0 +1,89 @@
+"""``vessel-ctl config``: a module's configuration, the user's side of its storage.
+
+Listing shows keys only, unless ``--values``, which masks the values of keys that look
+like credentials (token, password, secret, key).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ._ctl_client import ApiError, Client, CtlError, Settings, module_path
+from ._ctl_commands import UsageError, about_module, note, out
+from ._ctl_format import pretty_json, shown_value
+from ._ctl_parser import split_setting
+
+
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    if args.delete is not None and args.setting is not None:
+        raise UsageError("give either KEY[=VALUE] or --delete KEY, not both")
+    if args.values and (args.delete is not None or args.setting is not None):
+        raise UsageError("--values lists every key; it takes no KEY")
+    with Client(settings) as client, about_module(args.id):
+        if args.delete is not None:
+            _config_delete(client, args.id, args.delete)
+            if not settings.json:
+                out(f"deleted {args.id} config {args.delete}")
+            return 0
+        if args.setting is None:
+            return _config_list(client, settings, args.id, with_values=args.values)
+        try:
+            key, value = split_setting(args.setting)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if value is None:
+            doc = _config_get(client, args.id, key)
+            out(pretty_json(doc) if settings.json else str(doc.get("value")))
+            return 0
+        client.request("PUT", module_path(args.id, "config", key), json={"value": value})
+    if not settings.json:
+        out(f"set {args.id} config {key}")
+    return 0
+
+
+def _no_key(module_id: str, key: str) -> CtlError:
+    return CtlError(f"module {module_id!r} has no config key {key!r}")
+
+
+def _config_get(client: Client, module_id: str, key: str) -> dict[str, Any]:
+    try:
+        doc: dict[str, Any] = client.json("GET", module_path(module_id, "config", key))
+    except ApiError as exc:
+        if exc.status == 404 and exc.code != "unknown_module":
+            raise _no_key(module_id, key) from None
+        raise
+    return doc
+
+
+def _config_delete(client: Client, module_id: str, key: str) -> None:
+    try:
+        client.request("DELETE", module_path(module_id, "config", key))
+    except ApiError as exc:
+        if exc.status == 404 and exc.code != "unknown_module":
+            raise _no_key(module_id, key) from None
+        raise
+
+
+def _config_list(client: Client, settings: Settings, module_id: str, *, with_values: bool) -> int:
+    doc = client.json("GET", module_path(module_id, "config"))
+    keys = [str(k) for k in doc.get("keys", [])]
+    values: dict[str, str | None] = {}
+    if with_values:
+        for key in keys:
+            try:
+                values[key] = _config_get(client, module_id, key).get("value")
+            except CtlError:
+                values[key] = None  # deleted meanwhile
+    if settings.json:
+        shown = {k: shown_value(k, values.get(k)) for k in keys}
+        out(pretty_json({"keys": keys, "values": shown} if with_values else doc))
+    elif not keys:
+        note(f"{module_id} has no configuration")
+    elif with_values:
+        for key in keys:
+            out(f"{key}={shown_value(key, values.get(key))}")
+    else:
+        for key in keys:
+            out(key)
+    return 0

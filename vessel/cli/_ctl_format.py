@@ -1,0 +1,168 @@
+"""How ``vessel-ctl`` shows things to a person: tables, durations, sizes, times, events.
+
+Pure functions of the API's JSON, so they are tested without a daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+#: Shown in a table cell that has no value (a stopped module has no pid).
+EMPTY = "-"
+
+#: Shown instead of a configuration value whose key looks like a credential.
+MASK = "********"
+
+#: A key containing one of these (case-insensitive) holds a credential.
+SECRET_WORDS = ("token", "password", "secret", "key")
+
+MODULE_COLUMNS = ("ID", "STATE", "PID", "RESTARTS", "UPTIME", "MEMORY", "VERSION")
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns two spaces apart, no trailing blanks."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = []
+    for row in (headers, *rows):
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def format_duration(seconds: float | None) -> str:
+    """``42s``, ``5m07s``, ``3h04m``, ``2d03h``: two units at most, like ``ps``."""
+    if seconds is None:
+        return EMPTY
+    total = max(0, int(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def format_bytes(size: object) -> str:
+    """``512 B``, ``12.3 MiB``; anything that is not a number of bytes as it is."""
+    if size is None:
+        return EMPTY
+    if isinstance(size, bool) or not isinstance(size, int | float):
+        return str(size)
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_clock(timestamp_ms: int) -> str:
+    """``14:03:07.250`` in local time (live output: the date is today)."""
+    secs, ms = divmod(int(timestamp_ms), 1000)
+    return time.strftime("%H:%M:%S", time.localtime(secs)) + f".{ms:03d}"
+
+
+def format_timestamp(timestamp_ms: int) -> str:
+    """``2025-01-31 14:03:07.250`` in local time."""
+    secs, ms = divmod(int(timestamp_ms), 1000)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(secs)) + f".{ms:03d}"
+
+
+def _cell(value: object) -> str:
+    return EMPTY if value is None else str(value)
+
+
+def module_row(info: Mapping[str, Any]) -> list[str]:
+    """One line of ``vessel-ctl list`` (MODULE_COLUMNS)."""
+    return [
+        _cell(info.get("id")),
+        _cell(info.get("state")),
+        _cell(info.get("pid")),
+        _cell(info.get("restarts")),
+        format_duration(info.get("uptime")),
+        format_bytes(info.get("memory")),
+        _cell(info.get("version")),
+    ]
+
+
+def format_module_list(doc: Mapping[str, Any]) -> str:
+    """The answer of ``GET /api/modules`` as a table, refused modules below it."""
+    modules = doc.get("modules") or []
+    lines = [format_table(MODULE_COLUMNS, [module_row(m) for m in modules])]
+    if not modules:
+        lines = ["no modules installed"]
+    refused = doc.get("refused") or []
+    if refused:
+        lines.append("")
+        lines.append(f"refused ({len(refused)}): fix the module folder, then restart vessel")
+        for r in refused:
+            where = f" [{r['dir']}]" if r.get("dir") else ""
+            lines.append(f"  {r.get('id')}: {r.get('reason')}{where}")
+    return "\n".join(lines)
+
+
+def format_module_info(info: Mapping[str, Any]) -> str:
+    """``vessel-ctl info``: one ``field: value`` per line, permissions and limits as JSON."""
+    fields: list[tuple[str, str]] = [
+        ("id", _cell(info.get("id"))),
+        ("name", _cell(info.get("name"))),
+        ("version", _cell(info.get("version"))),
+        ("api version", _cell(info.get("api_version"))),
+        ("description", _cell(info.get("description"))),
+        ("kind", _cell(info.get("kind"))),
+        ("state", _cell(info.get("state"))),
+        ("enabled", "yes" if info.get("enabled", True) else "no"),
+        ("pid", _cell(info.get("pid"))),
+        ("restarts", _cell(info.get("restarts"))),
+        ("uptime", format_duration(info.get("uptime"))),
+        ("memory", format_bytes(info.get("memory"))),
+        ("last reason", _cell(info.get("last_reason"))),
+        ("hash", _cell(info.get("hash"))),
+    ]
+    for section in ("permissions", "limits"):
+        if section in info:
+            fields.append((section, json.dumps(info[section], sort_keys=True)))
+    width = max(len(name) for name, _ in fields)
+    return "\n".join(f"{name + ':':<{width + 1}} {value}" for name, value in fields)
+
+
+def format_event(event: Mapping[str, Any]) -> str:
+    """``14:03:07.250 vessel.module.started {"module":"kit","pid":4242}``."""
+    timestamp = event.get("timestamp")
+    clock = format_clock(timestamp) if isinstance(timestamp, int) else EMPTY
+    data = json.dumps(event.get("data"), separators=(",", ":"), ensure_ascii=False)
+    return f"{clock} {event.get('module')}.{event.get('name')} {data}"
+
+
+def format_log_line(line: Mapping[str, Any]) -> str:
+    """``2025-01-31 14:03:07.250 INFO  guest: testkit loaded``."""
+    timestamp = line.get("timestamp")
+    when = format_timestamp(timestamp) if isinstance(timestamp, int) else EMPTY
+    level = str(line.get("level", "")).upper()
+    return f"{when} {level:<5} {line.get('source')}: {line.get('message')}"
+
+
+def is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(word in lowered for word in SECRET_WORDS)
+
+
+def shown_value(key: str, value: str | None) -> str:
+    """A configuration value for a listing: credentials are masked."""
+    if value is None:
+        return EMPTY
+    return MASK if is_secret_key(key) else value
+
+
+def pretty_json(doc: object) -> str:
+    return json.dumps(doc, indent=2, ensure_ascii=False)

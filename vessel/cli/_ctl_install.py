@@ -1,0 +1,127 @@
+"""``vessel-ctl install``: find (or build) a module's files and upload them.
+
+PATH is a module folder or a ``.wasm`` file:
+
+* a folder with ``app.py`` is Python source: it is built first with the toolchain
+  (a cached build is reused when nothing changed) and ``build/module.wasm`` is uploaded;
+* a folder without it holds ``manifest.json`` and ``module.wasm`` or ``build/module.wasm``;
+* a ``.wasm`` file is uploaded with the ``manifest.json`` beside it (or one folder up,
+  for ``<module>/build/module.wasm``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+from pathlib import Path
+
+from .._manifest import MANIFEST_FILE, WASM_FILE
+from .._toolchain import BuildError, build_module
+from ._ctl_client import INSTALL_TIMEOUT, ApiError, Client, CtlError, Settings
+from ._ctl_commands import describe_state, note, out, wait_settled
+from ._ctl_format import format_bytes, pretty_json
+
+
+def _has_componentize_py() -> bool:
+    try:
+        importlib.metadata.version("componentize-py")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def build_source(src: Path) -> Path:
+    """Build a Python module folder (unless its build is current); progress on stderr."""
+    built = src / "build" / WASM_FILE
+    if not _has_componentize_py():
+        if built.is_file():
+            note(
+                f"{src}: componentize-py is not installed, so the build cannot be checked; "
+                f"uploading the existing {built}"
+            )
+            return built
+        raise CtlError(
+            f"{src} has app.py but no build, and componentize-py is not installed to build "
+            "it: pip install 'vessel[build]'"
+        )
+    try:
+        result = build_module(src, progress=note)
+    except BuildError as exc:
+        first, _, details = str(exc).partition("\n")
+        if details:
+            note(details)
+        raise CtlError(f"build failed: {first}") from None
+    if not result.cached:
+        note(f"{src}: built in {result.seconds:.1f} s")
+    return result.wasm
+
+
+def find_module_files(path: Path) -> tuple[Path, Path]:
+    """(manifest.json, module.wasm) for PATH, building Python source first."""
+    path = path.expanduser()
+    if path.is_file():
+        if path.suffix != ".wasm":
+            raise CtlError(f"{path}: expected a module folder or a .wasm file")
+        for folder in (path.parent, path.parent.parent):
+            if (folder / MANIFEST_FILE).is_file():
+                return folder / MANIFEST_FILE, path
+        raise CtlError(f"{path}: no {MANIFEST_FILE} beside it")
+    if not path.is_dir():
+        raise CtlError(f"{path}: no such file or folder")
+    manifest = path / MANIFEST_FILE
+    if not manifest.is_file():
+        raise CtlError(
+            f"{path}: no {MANIFEST_FILE} (a module folder holds {MANIFEST_FILE} and {WASM_FILE})"
+        )
+    if (path / "app.py").is_file():
+        return manifest, build_source(path)
+    for wasm in (path / WASM_FILE, path / "build" / WASM_FILE):
+        if wasm.is_file():
+            return manifest, wasm
+    raise CtlError(f"{path}: no {WASM_FILE} (looked in {WASM_FILE} and build/{WASM_FILE})")
+
+
+def _manifest_id(manifest: bytes) -> str | None:
+    try:
+        doc = json.loads(manifest)
+    except ValueError:
+        return None
+    value = doc.get("id") if isinstance(doc, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
+    manifest_path, wasm_path = find_module_files(args.path)
+    try:
+        manifest = manifest_path.read_bytes()
+        wasm = wasm_path.read_bytes()
+    except OSError as exc:
+        raise CtlError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    module_id = _manifest_id(manifest) or "?"
+    note(f"uploading {module_id} ({WASM_FILE} {format_bytes(len(wasm))}) to {settings.url}")
+    with Client(settings, default_timeout=INSTALL_TIMEOUT) as client:
+        try:
+            info = client.json(
+                "POST",
+                "/api/modules",
+                params={"replace": "true"} if args.replace else {},
+                files={
+                    "manifest": (MANIFEST_FILE, manifest, "application/json"),
+                    "wasm": (WASM_FILE, wasm, "application/wasm"),
+                },
+            )
+        except ApiError as exc:
+            if exc.code == "already_installed":
+                raise CtlError(
+                    f"module {module_id!r} is already installed; pass --replace to replace it"
+                ) from None
+            if exc.status == 401:
+                raise
+            raise CtlError(f"cannot install {args.path}: {exc.message}") from None
+        info = wait_settled(client, info)
+    if settings.json:
+        out(pretty_json(info))
+    else:
+        out(f"installed {info.get('id')} {info.get('version')}: {describe_state(info)}")
+    return 0

@@ -1,0 +1,120 @@
+"""``vessel serve``: run the daemon in the foreground until SIGINT or SIGTERM.
+
+Shutdown order: stop accepting connections and tell WebSocket clients (close 1001), then
+stop every module (each finishes its current invocation and runs on-unload, bounded),
+then exit. Every module process is reaped before the command returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from .._daemon import DaemonConfig, open_daemon
+from .._errors import VesselError
+from .._paths import default_data_dir
+from ..gateway import GatewayConfig, serve_gateway
+
+log = logging.getLogger("vessel")
+
+
+async def serve(config: DaemonConfig, gateway: GatewayConfig) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with open_daemon(config) as daemon, trio.open_nursery() as nursery:
+            shutdown = trio.Event()
+            _, binds = await nursery.start(
+                lambda task_status: serve_gateway(
+                    daemon, gateway, shutdown=shutdown, task_status=task_status
+                )
+            )
+            ids = daemon.manager.ids()
+            log.info(
+                "vessel running on %s: data dir %s, %d module(s): %s",
+                ", ".join(binds),
+                config.data_dir,
+                len(ids),
+                ", ".join(ids) or "none",
+            )
+            async for signum in signals:
+                log.info("received %s; shutting down", signal.Signals(signum).name)
+                break
+            shutdown.set()
+        # Leaving open_daemon stopped every module (on-unload, then the process).
+    log.info("vessel stopped")
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vessel", description="Vessel home-server daemon")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the daemon in the foreground")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=_env_path("VESSEL_DATA_DIR"),
+        help="where modules, the database and the token live "
+        "(env VESSEL_DATA_DIR; default ~/.local/share/vessel)",
+    )
+    p.add_argument(
+        "--host",
+        default=os.environ.get("VESSEL_HOST", "127.0.0.1"),
+        help="address to listen on (env VESSEL_HOST; default 127.0.0.1). Anything but a "
+        "loopback address exposes the daemon to the network: an explicit choice.",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("VESSEL_PORT", "8080")),
+        help="port to listen on (env VESSEL_PORT; default 8080; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[o for o in os.environ.get("VESSEL_ALLOWED_ORIGINS", "").split(",") if o],
+        metavar="ORIGIN",
+        help="a browser origin (https://dash.example:443) allowed to open /ws besides "
+        "pages served by Vessel itself; repeatable (env VESSEL_ALLOWED_ORIGINS, comma-separated)",
+    )
+    p.add_argument(
+        "--no-bundled",
+        action="store_true",
+        help="do not install the bundled example modules into a fresh data dir",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("VESSEL_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = DaemonConfig(
+        data_dir=args.data_dir or default_data_dir(), install_bundled=not args.no_bundled
+    )
+    gateway = GatewayConfig(
+        host=args.host, port=args.port, allowed_origins=frozenset(args.allow_origin)
+    )
+    try:
+        trio.run(serve, config, gateway)
+    except VesselError as exc:
+        print(f"vessel: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as exc:
+        print(f"vessel: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -14,7 +14,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,36 +204,3 @@ async def spawn_ctl(*args: str, env: dict[str, str]) -> Spawned:
     assert process.stdout is not None
     assert process.stderr is not None
     return Spawned(process, LineReader(process.stdout), LineReader(process.stderr))
-
-
-def children_of(pid: int) -> set[tuple[int, int]]:
-    """Live (not zombie) direct children of ``pid`` as (pid, start time)."""
-    found: set[tuple[int, int]] = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        stat = proc_stat(int(entry))
-        if stat is not None and stat[1] == pid and stat[0] not in ("Z", "X"):
-            found.add((int(entry), stat[2]))
-    return found
-
-
-def proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, start time) of ``pid``, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1]), int(fields[19])
-
-
-def alive(procs: Sequence[tuple[int, int]] | set[tuple[int, int]]) -> list[int]:
-    """Which of ``procs`` (pid, start time) still run (zombies count as gone)."""
-    still = []
-    for pid, start in procs:
-        stat = proc_stat(pid)
-        if stat is not None and stat[2] == start and stat[0] not in ("Z", "X"):
-            still.append(pid)
-    return still

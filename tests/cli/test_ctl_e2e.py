@@ -12,12 +12,11 @@ from typing import Any
 
 import trio
 
+from ..procs import alive, children_of
 from ._support import (
     Daemon,
     Result,
     Spawned,
-    alive,
-    children_of,
     ctl,
     spawn_ctl,
     start_daemon,

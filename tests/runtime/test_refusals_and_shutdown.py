@@ -14,6 +14,7 @@ import trio
 
 from vessel._manager import ModuleState
 
+from ..procs import Proc, alive, cmdline, descendants_of
 from .harness import call, running_daemon
 
 
@@ -68,36 +69,7 @@ async def test_manifest_with_unknown_field_is_refused(tmp_path: Path, make_modul
         assert await call(daemon, "good", "echo", {}) == {}
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-async def _serve_until_modules_run(data_dir: Path, count: int) -> tuple[trio.Process, set[int]]:
+async def _serve_until_modules_run(data_dir: Path, count: int) -> tuple[trio.Process, set[Proc]]:
     """Start the real `vessel serve` and wait until `count` module processes run."""
     process = await trio.lowlevel.open_process(
         [
@@ -120,24 +92,16 @@ async def _serve_until_modules_run(data_dir: Path, count: int) -> tuple[trio.Pro
             if not chunk:
                 raise AssertionError(f"daemon exited early:\n{seen.decode()}")
             seen += chunk
-    children = {p for p in _descendants(process.pid) if "vessel.host" in _cmdline(p)}
+    children = {p for p in descendants_of(process.pid) if "vessel.host" in cmdline(p[0])}
     assert len(children) == count, seen.decode()
     return process, children
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-async def _assert_all_gone(pids: set[int]) -> None:
+async def _assert_all_gone(procs: set[Proc]) -> None:
     # Nothing signals us when an unrelated process ends: poll /proc, bounded.
     with trio.fail_after(15):
-        while alive := {p for p in pids if _alive(p)}:
+        while alive(procs):
             await trio.sleep(0.05)
-    assert not alive
 
 
 async def test_no_child_left_after_sigterm(tmp_path: Path, make_module_dir: Any) -> None:

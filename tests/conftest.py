@@ -59,6 +59,8 @@ GUEST_CACHE = REPO / ".cache" / "guests"
 #: Guest sources the suite builds, by name.
 GUEST_SOURCES: Mapping[str, Path] = {
     "example": REPO / "modules" / "example",
+    "home-assistant": REPO / "modules" / "home-assistant",
+    "sdkkit": REPO / "tests" / "sdk" / "guest",
     "testkit": REPO / "tests" / "guests" / "testkit",
 }
 

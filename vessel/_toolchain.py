@@ -2,11 +2,14 @@
 
 A module source folder holds ``manifest.json`` and ``app.py`` (plus any other Python
 files or packages ``app.py`` imports). ``build_module`` runs componentize-py on it against
-the repo's WIT contract (world ``vessel-module``) and writes ``build/module.wasm``.
+the repo's WIT contract (world ``vessel-module``) and writes ``build/module.wasm``. The
+guest SDK (``modules/sdk``, the package ``vessel_sdk``) is on the import path of every
+build, after the folder itself, so any module can ``import vessel_sdk``.
 
 Builds are cached: a key over everything that goes into the component (the folder's
-Python sources, the WIT files, the componentize-py version) is stored beside the output
-as ``module.wasm.key``; an unchanged key with the output present skips the ~10 s build.
+Python sources, the SDK's sources, the WIT files, the componentize-py version) is stored
+beside the output as ``module.wasm.key``; an unchanged key with the output present skips
+the ~10 s build.
 
 Run as ``python -m vessel._toolchain [--force] DIR...`` to build folders from a shell
 (``scripts/build-modules`` does that for every folder under ``modules/``).
@@ -33,7 +36,15 @@ from pathlib import Path
 
 from ._errors import VesselError
 
-__all__ = ["WORLD", "BuildError", "BuildResult", "build_module", "default_wit_dir", "main"]
+__all__ = [
+    "WORLD",
+    "BuildError",
+    "BuildResult",
+    "build_module",
+    "default_sdk_dir",
+    "default_wit_dir",
+    "main",
+]
 
 #: The WIT world every Vessel module targets (wit/vessel-host.wit).
 WORLD = "vessel-module"
@@ -42,7 +53,7 @@ WORLD = "vessel-module"
 DEFAULT_TIMEOUT = 600.0
 
 #: Bumped when the cache key's recipe changes, so old keys never match.
-_KEY_FORMAT = b"vessel-toolchain-1"
+_KEY_FORMAT = b"vessel-toolchain-2"
 
 #: Build outputs are ordinary files (readable by the daemon's user when installed).
 _FILE_MODE = 0o644
@@ -88,18 +99,27 @@ def default_wit_dir() -> Path:
     return Path(vessel.__file__).resolve().parents[1] / "wit"
 
 
+def default_sdk_dir() -> Path:
+    """The repo's ``modules/sdk`` folder, which holds the guest SDK package ``vessel_sdk``."""
+    import vessel
+
+    return Path(vessel.__file__).resolve().parents[1] / "modules" / "sdk"
+
+
 def build_module(
     src_dir: Path,
     *,
     out: Path | None = None,
     wit_dir: Path | None = None,
+    sdk_dir: Path | None = None,
     force: bool = False,
     progress: Callable[[str], None] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> BuildResult:
     """Build the module folder ``src_dir`` into a component, unless the cached one is current.
 
-    ``out`` defaults to ``src_dir/build/module.wasm`` and ``wit_dir`` to the repo's ``wit/``.
+    ``out`` defaults to ``src_dir/build/module.wasm``, ``wit_dir`` to the repo's ``wit/`` and
+    ``sdk_dir`` to the repo's ``modules/sdk`` (skipped when it does not exist).
     ``force`` rebuilds even when the cache key matches. ``progress`` receives one short
     line when a build starts or the cache is used. Raises ``BuildError``.
     """
@@ -107,9 +127,11 @@ def build_module(
     src_dir = Path(src_dir).resolve()
     out = (src_dir / "build" / "module.wasm") if out is None else Path(out).resolve()
     wit_dir = default_wit_dir() if wit_dir is None else Path(wit_dir).resolve()
+    sdk_dir = default_sdk_dir() if sdk_dir is None else Path(sdk_dir).resolve()
+    sdk = sdk_dir if sdk_dir.is_dir() else None
     module_id = _check_source(src_dir)
     version = _componentize_py_version(src_dir)
-    key = _cache_key(src_dir, wit_dir, version)
+    key = _cache_key(src_dir, wit_dir, sdk, version)
     key_path = out.with_name(out.name + ".key")
     say = progress if progress is not None else _ignore
 
@@ -119,7 +141,7 @@ def build_module(
             say(f"{module_id}: up to date ({out})")
             return BuildResult(out, cached=True, seconds=time.monotonic() - started)
         say(f"{module_id}: building {src_dir} with componentize-py {version}")
-        _componentize(src_dir, wit_dir, out, timeout=timeout)
+        _componentize(src_dir, wit_dir, sdk, out, timeout=timeout)
         _write_atomic(key_path, key.encode())
     return BuildResult(out, cached=False, seconds=time.monotonic() - started)
 
@@ -187,7 +209,7 @@ def _source_files(src_dir: Path) -> list[tuple[str, Path]]:
     return sorted(found)
 
 
-def _cache_key(src_dir: Path, wit_dir: Path, version: str) -> str:
+def _cache_key(src_dir: Path, wit_dir: Path, sdk_dir: Path | None, version: str) -> str:
     """sha256 over everything that decides the component's bytes."""
     digest = hashlib.sha256()
 
@@ -207,10 +229,14 @@ def _cache_key(src_dir: Path, wit_dir: Path, version: str) -> str:
         add("wit:" + path.relative_to(wit_dir).as_posix(), path.read_bytes())
     for rel, path in _source_files(src_dir):
         add("src:" + rel, path.read_bytes())
+    for rel, path in _source_files(sdk_dir) if sdk_dir is not None else []:
+        add("sdk:" + rel, path.read_bytes())
     return digest.hexdigest()
 
 
-def _componentize(src_dir: Path, wit_dir: Path, out: Path, *, timeout: float) -> None:
+def _componentize(
+    src_dir: Path, wit_dir: Path, sdk_dir: Path | None, out: Path, *, timeout: float
+) -> None:
     """Run componentize-py into a temp file beside ``out``, then move it into place."""
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
@@ -226,6 +252,7 @@ def _componentize(src_dir: Path, wit_dir: Path, out: Path, *, timeout: float) ->
         "componentize",
         "-p",
         str(src_dir),
+        *(["-p", str(sdk_dir)] if sdk_dir is not None else []),
         "app",
         "-o",
         str(tmp),
@@ -252,7 +279,7 @@ def _componentize(src_dir: Path, wit_dir: Path, out: Path, *, timeout: float) ->
         if proc.returncode != 0:
             raise BuildError(
                 f"{src_dir}: componentize-py failed (exit {proc.returncode}):\n"
-                + _summarize(output, src_dir)
+                + _summarize(output, src_dir, sdk_dir)
             )
         if tmp.stat().st_size == 0:
             raise BuildError(f"{src_dir}: componentize-py wrote no component:\n" + output)
@@ -262,14 +289,16 @@ def _componentize(src_dir: Path, wit_dir: Path, out: Path, *, timeout: float) ->
         tmp.unlink(missing_ok=True)
 
 
-#: componentize-py maps the python path entries to /0, /1, ... inside its interpreter.
+#: componentize-py maps the python path entries to /0, /1, ... inside its interpreter:
+#: /0 is the module folder, /1 the SDK.
 _GUEST_PATH = re.compile(r'File "/0/')
+_SDK_PATH = re.compile(r'File "/1/')
 
 #: How componentize-py re-raises an error of the guest's import or pre-initialization.
 _WRAPPER = "AssertionError: "
 
 
-def _summarize(output: str, src_dir: Path) -> str:
+def _summarize(output: str, src_dir: Path, sdk_dir: Path | None = None) -> str:
     """The lines of componentize-py's output that say what is wrong with the source.
 
     componentize-py reports a failing app as the guest's traceback wrapped in its own
@@ -294,9 +323,10 @@ def _summarize(output: str, src_dir: Path) -> str:
         if at > 0:
             meaningful = meaningful[:at]
     quoted = meaningful[-_ERROR_LINES:]
-    return "\n".join(
-        "  " + _GUEST_PATH.sub(f'File "{src_dir.as_posix()}/', line) for line in quoted
-    )
+    lines = [_GUEST_PATH.sub(f'File "{src_dir.as_posix()}/', line) for line in quoted]
+    if sdk_dir is not None:
+        lines = [_SDK_PATH.sub(f'File "{sdk_dir.as_posix()}/', line) for line in lines]
+    return "\n".join("  " + line for line in lines)
 
 
 @contextlib.contextmanager

@@ -4,8 +4,9 @@ Every second it increments a counter, persists it in storage (so it survives res
 and publishes it as the retained event ``example.tick`` ``{"count": n}``. It also listens
 to the built-in ``vessel`` module's lifecycle events and remembers the last few.
 
-Everything is imported at the top: componentize-py snapshots the interpreter at build
-time, and a guest cannot import modules that were not loaded then.
+Written on the guest SDK (``vessel_sdk``, docs/modules.md). Everything is imported at
+the top: componentize-py snapshots the interpreter at build time, and a guest cannot
+import modules that were not loaded then.
 """
 
 from __future__ import annotations
@@ -14,15 +15,13 @@ import json
 from collections import deque
 from typing import Any
 
-from componentize_py_types import Err
-from wit_world import exports
-from wit_world.imports import host, types
+from vessel_sdk import CommandError, Event, HostError, Module
 
-MODULE_ID = "example"  # the host stamps the real id on everything we emit
 TICK_MS = 1000
 COUNT_KEY = "count"
-LIFECYCLE_PATTERN = "vessel.module.*"
 LIFECYCLE_KEEP = 20
+
+app = Module()
 
 
 class _State:
@@ -30,7 +29,6 @@ class _State:
 
     def __init__(self) -> None:
         self.count = 0
-        self.timer = 0
         self.lifecycle: deque[tuple[str, str]] = deque(maxlen=LIFECYCLE_KEEP)
 
 
@@ -38,7 +36,7 @@ STATE = _State()
 
 
 def _load_count() -> int:
-    raw = host.storage_get(COUNT_KEY)
+    raw = app.storage.get(COUNT_KEY)
     if raw is None:
         return 0
     try:
@@ -47,90 +45,66 @@ def _load_count() -> int:
         value = None
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    host.log("warning", f"stored count {raw!r} is not an integer; starting from 0")
+    app.log.warning(f"stored count {raw!r} is not an integer; starting from 0")
     return 0
 
 
-def _publish(count: int) -> None:
+def _publish(count: int) -> dict[str, int]:
     """Persist ``count`` and publish it as the retained ``tick`` event."""
     STATE.count = count
     try:
-        host.storage_set(COUNT_KEY, json.dumps(count))
-    except Err as e:
-        host.log("warning", f"cannot persist the count: {e.value}")
-    event = types.Event(
-        module=MODULE_ID,
-        name="tick",
-        version=1,
-        data=json.dumps({"count": count}),
-        timestamp=0,
-    )
+        app.storage.set(COUNT_KEY, json.dumps(count))
+    except HostError as e:
+        app.log.warning(f"cannot persist the count: {e.message}")
     try:
-        host.emit_retained(event)
-    except Err as e:
-        host.log("warning", f"cannot emit tick: {e.value}")
+        app.emit("tick", {"count": count}, retained=True)
+    except HostError as e:
+        app.log.warning(f"cannot emit tick: {e.message}")
+    return {"count": count}
 
 
-def _params(raw: str) -> Any:
-    if not raw.strip():
-        return {}
+@app.on_load
+def load() -> None:
+    STATE.count = _load_count()
     try:
-        return json.loads(raw)
-    except ValueError:
-        raise Err("params must be JSON") from None
+        app.set_interval(TICK_MS, lambda: _publish(STATE.count + 1))
+    except HostError as e:
+        app.log.warning(f"the counter will not tick: {e.message}")
+    _publish(STATE.count)
+    app.log.info(f"example counter loaded at {STATE.count}")
 
 
-def _add(params: Any) -> str:
-    n = params.get("n") if isinstance(params, dict) else None
+@app.on_event("vessel.module.*")
+def lifecycle_event(event: Event) -> None:
+    STATE.lifecycle.append((event.module, event.name))
+
+
+@app.command("get")
+def get(params: dict[str, Any]) -> Any:
+    return {"count": STATE.count}
+
+
+@app.command("reset")
+def reset(params: dict[str, Any]) -> Any:
+    return _publish(0)
+
+
+@app.command("add")
+def add(params: dict[str, Any]) -> Any:
+    n = params.get("n")
     if not isinstance(n, int) or isinstance(n, bool):
-        raise Err("add needs an integer n")
-    _publish(STATE.count + n)
-    return json.dumps({"count": STATE.count})
+        raise CommandError("add needs an integer n")
+    return _publish(STATE.count + n)
 
 
-class Guest(exports.Guest):
-    """The ``vessel:host/guest`` exports."""
+@app.command("echo")
+def echo(params: dict[str, Any]) -> Any:
+    return params
 
-    def on_load(self) -> None:
-        STATE.count = _load_count()
-        try:
-            host.subscribe(LIFECYCLE_PATTERN)
-        except Err as e:
-            host.log("warning", f"no lifecycle events: {e.value}")
-        STATE.timer = host.set_interval(TICK_MS)
-        if STATE.timer == 0:
-            host.log("warning", "timers refused; the counter will not tick")
-        _publish(STATE.count)
-        host.log("info", f"example counter loaded at {STATE.count}")
 
-    def on_unload(self) -> None:
-        if STATE.timer:
-            host.clear_timer(STATE.timer)
-            STATE.timer = 0
+@app.command("lifecycle")
+def lifecycle(params: dict[str, Any]) -> Any:
+    return [list(item) for item in STATE.lifecycle]
 
-    def on_event(self, event: types.Event) -> None:
-        STATE.lifecycle.append((event.module, event.name))
 
-    def on_command(self, action: str, params: str) -> str:
-        if action == "get":
-            return json.dumps({"count": STATE.count})
-        if action == "reset":
-            _publish(0)
-            return json.dumps({"count": 0})
-        if action == "add":
-            return _add(_params(params))
-        if action == "echo":
-            return params if params.strip() else "null"
-        if action == "lifecycle":
-            return json.dumps([list(item) for item in STATE.lifecycle])
-        raise Err(f"unknown command: {action}")
-
-    def on_timer(self, handle: int) -> None:
-        if handle == STATE.timer:
-            _publish(STATE.count + 1)
-
-    def on_websocket_message(self, handle: int, message: str) -> None:
-        pass
-
-    def on_websocket_closed(self, handle: int, reason: str) -> None:
-        pass
+Guest = app.guest()

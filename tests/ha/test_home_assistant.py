@@ -1,0 +1,270 @@
+"""The home-assistant module in a real daemon against a real (fake) HA WebSocket server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from vessel._bus import Subscription
+from vessel._daemon import Daemon
+from vessel._events import Event
+from vessel._paths import database_path
+from vessel._storage import Storage
+
+from ..runtime.harness import call, call_error, data, next_event, running_daemon, wait_until
+from .fake_ha import FakeHomeAssistant, Frame, open_fake_ha
+
+HA = "home-assistant"
+TOKEN = "secret-token"
+LIGHT_ON = {
+    "domain": "light",
+    "service": "turn_on",
+    "service_data": {"brightness": 180},
+    "target": {"entity_id": "light.kitchen"},
+}
+
+
+def configure(data_dir: Path, **settings: object) -> None:
+    """Set the module's configuration before the daemon starts (its real storage)."""
+    with Storage.open(database_path(data_dir)) as storage:
+        for key, value in settings.items():
+            storage.set(HA, key, str(value), quota_bytes=1 << 20)
+
+
+@asynccontextmanager
+async def running_ha(
+    data_dir: Path, make_module_dir: Any, fake: FakeHomeAssistant | None, **settings: object
+) -> AsyncIterator[Daemon]:
+    make_module_dir(data_dir, HA)
+    if fake is not None:
+        configure(data_dir, url=fake.url, token=TOKEN, **settings)
+    async with running_daemon(data_dir) as daemon:
+        yield daemon
+
+
+def status_is(state: str) -> Callable[[Event], bool]:
+    return lambda e: e.name == "status" and data(e)["state"] == state
+
+
+def entity(entity_id: str) -> Callable[[Event], bool]:
+    return lambda e: e.name == "state_changed" and data(e)["entity_id"] == entity_id
+
+
+def drain(sub: Subscription) -> list[Event]:
+    """What is queued on ``sub`` right now."""
+    queued: list[Event] = []
+    while True:
+        try:
+            queued.append(sub.receive_nowait())
+        except trio.WouldBlock:
+            return queued
+
+
+def ids_of(fake: FakeHomeAssistant, conn: int) -> list[int]:
+    return [f.msg["id"] for f in fake.frames if f.conn == conn and "id" in f.msg]
+
+
+async def test_call_service_round_trip_and_state_events(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """call_service sends HA's exact call_service frame (with an id above every earlier
+    one), answers with HA's own result, and the state change HA then pushes reaches a
+    bus subscriber as state_changed; a later subscriber gets every entity's retained
+    state first, the updated one included."""
+    async with open_fake_ha(token=TOKEN) as fake, running_ha(tmp_path, make_module_dir, fake) as d:
+        status = d.bus.subscribe(f"{HA}.status", name="status")
+        connected = await next_event(status, status_is("connected"))
+        assert data(connected)["ha_version"] == "2025.1.0"
+        await fake.wait_frame(lambda f: f.msg.get("type") == "get_states")
+        changes = d.bus.subscribe(f"{HA}.state_changed", name="dashboard")
+
+        result = await call(d, HA, "call_service", LIGHT_ON)
+
+        sent = fake.frames_of("call_service")
+        assert len(sent) == 1
+        assert sent[0].msg == {"id": sent[0].msg["id"], "type": "call_service", **LIGHT_ON}
+        assert fake.frames[0].msg == {"type": "auth", "access_token": TOKEN}
+        ids = ids_of(fake, 0)
+        assert ids == sorted(set(ids))
+        assert ids[0] == 1
+        assert sent[0].msg["id"] == max(ids)
+        assert result["response"] is None
+        assert set(result["context"]) == {"id", "parent_id", "user_id"}
+
+        change = data(await next_event(changes, entity("light.kitchen")))
+        assert change["old_state"]["state"] == "off"
+        assert change["new_state"]["state"] == "on"
+        assert change["new_state"]["attributes"]["brightness"] == 180
+
+        late = d.bus.subscribe(f"{HA}.state.*", name="late dashboard")
+        replayed: dict[str, Any] = {}
+        with trio.fail_after(10):
+            async for event in late:
+                replayed[event.name] = data(event)
+                if len(replayed) == len(fake.states):
+                    break
+        assert set(replayed) == {f"state.{e}" for e in fake.states}
+        assert replayed["state.light.kitchen"]["state"] == "on"
+        assert replayed["state.switch.fan"] == fake.states["switch.fan"]
+        assert (await call(d, HA, "get_state", {"entity_id": "light.kitchen"}))["state"] == "on"
+
+
+async def test_ha_errors_and_queries(tmp_path: Path, make_module_dir: Any) -> None:
+    """HA's failure result becomes the call's error "<code>: <message>"; get_states is
+    HA's own list; get_state of an entity HA never reported is an error; bad params are
+    refused before anything is sent."""
+    async with open_fake_ha(token=TOKEN) as fake, running_ha(tmp_path, make_module_dir, fake) as d:
+        await next_event(d.bus.subscribe(f"{HA}.status", name="s"), status_is("connected"))
+        error = await call_error(d, HA, "call_service", {"domain": "light", "service": "launch"})
+        assert (error.code, error.message) == (
+            "module_error",
+            "not_found: Service light.launch not found.",
+        )
+        states = await call(d, HA, "get_states")
+        assert [s["entity_id"] for s in states] == list(fake.states)
+        error = await call_error(d, HA, "get_state", {"entity_id": "light.garage"})
+        assert error.message == "unknown entity: light.garage"
+        error = await call_error(d, HA, "call_service", {"domain": "light", "target": "x"})
+        assert error.message == "service must be a non-empty string"
+        assert len(fake.frames_of("call_service")) == 1
+        answer = await call(d, HA, "status")
+        assert answer["state"] == "connected"
+        assert answer["entities"] == len(fake.states)
+
+
+async def test_unconfigured_module_waits_then_connects_once_configured(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """Without a token the module says so (retained status, one log line), makes no
+    connection and fails calls at once; setting url (the web UI's http address is
+    turned into the WebSocket API's) and token connects it, once."""
+    async with open_fake_ha(token=TOKEN) as fake, running_ha(tmp_path, make_module_dir, None) as d:
+        status = d.bus.subscribe(f"{HA}.status", name="status")
+        unconfigured = data(await next_event(status, status_is("unconfigured")))
+        assert "vessel-ctl config home-assistant url=... token=..." in unconfigured["message"]
+        with trio.fail_after(2):
+            error = await call_error(d, HA, "call_service", LIGHT_ON)
+        assert error.message.startswith("not connected to Home Assistant: not configured")
+
+        web_ui = f"http://127.0.0.1:{fake.port}"  # what users copy from their browser
+        d.manager.config_set(HA, "url", web_ui)
+        d.manager.config_set(HA, "token", TOKEN)
+        connected = data(await next_event(status, status_is("connected")))
+        assert connected["url"] == fake.url
+        assert fake.connections == 1
+        assert (await call(d, HA, "call_service", LIGHT_ON))["response"] is None
+        warnings = [m.message for m in d.manager.logs(HA) if m.message.startswith("not config")]
+        assert len(warnings) == 1
+
+
+async def test_wrong_token_reports_once_and_never_retries_until_reconfigured(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """auth_invalid gives exactly one auth_invalid status and one error event, then no
+    further connection attempt (no reconnect storm) until the token changes."""
+    async with open_fake_ha(token=TOKEN) as fake, running_ha(tmp_path, make_module_dir, None) as d:
+        events = d.bus.subscribe(f"{HA}.*", name="dashboard")
+        await next_event(events, status_is("unconfigured"))
+        d.manager.config_set(HA, "url", fake.url)
+        d.manager.config_set(HA, "token", "wrong-token")
+        invalid = await next_event(events, status_is("auth_invalid"))
+        assert data(invalid)["message"] == "Invalid access token or password"
+        error = await next_event(events, lambda e: e.name == "error")
+        assert data(error) == {
+            "kind": "auth_invalid",
+            "message": "Invalid access token or password",
+        }
+
+        await trio.sleep(2)  # a retrying module would have reconnected within this time
+        assert fake.connections == 1
+        seen = [e for e in drain(events) if e.name in ("status", "error")]
+        assert seen == []
+        with trio.fail_after(2):
+            failure = await call_error(d, HA, "get_states")
+        assert "refused the token" in failure.message
+
+        d.manager.config_set(HA, "token", TOKEN)
+        await next_event(events, status_is("connected"))
+        assert fake.connections == 2
+
+
+async def test_reconnects_and_resubscribes_after_ha_restarts(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """When HA goes away, pending calls fail with "connection lost", new calls fail at
+    once (not after a timeout), retries back off (1 s, 2 s, ...), and once HA is back the
+    module reconnects within its backoff, subscribes again and serves calls on the new
+    connection (ids from 1); the backoff starts over after a successful auth."""
+    async with open_fake_ha(token=TOKEN) as fake, running_ha(tmp_path, make_module_dir, fake) as d:
+        status = d.bus.subscribe(f"{HA}.status", name="status")
+        await next_event(status, status_is("connected"))
+        await fake.wait_frame(lambda f: f.msg.get("type") == "subscribe_events")
+
+        fake.answer_services = False
+        outcome: list[Any] = []
+
+        async def pending_call() -> None:
+            outcome.append(await call_error(d, HA, "call_service", LIGHT_ON))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pending_call)
+            await fake.wait_frame(lambda f: f.msg.get("type") == "call_service")
+            await fake.stop()
+        assert outcome[0].message == "Home Assistant connection lost"
+        lost = data(await next_event(status, status_is("disconnected")))
+        assert lost["retry_in_ms"] == 1000
+
+        with trio.fail_after(2):
+            error = await call_error(d, HA, "call_service", LIGHT_ON)
+        assert error.message.startswith("not connected to Home Assistant: ")
+
+        refused = data(await next_event(status, status_is("disconnected")))
+        assert refused["retry_in_ms"] == 2000  # the 1 s retry found nobody: doubled
+        assert "refused" in refused["message"]
+
+        fake.answer_services = True
+        await fake.start()
+        await next_event(status, status_is("connected"), timeout=10)
+        again: Frame = await fake.wait_frame(
+            lambda f: f.conn == 1 and f.msg.get("type") == "subscribe_events"
+        )
+        assert again.msg == {
+            "id": again.msg["id"],
+            "type": "subscribe_events",
+            "event_type": "state_changed",
+        }
+        changes = d.bus.subscribe(f"{HA}.state_changed", name="dashboard")
+        await call(d, HA, "call_service", LIGHT_ON)
+        assert ids_of(fake, 1)[0] == 1
+        changed = data(await next_event(changes, entity("light.kitchen")))
+        assert changed["new_state"]["state"] == "on"
+
+        await fake.drop_all()
+        dropped = data(await next_event(status, status_is("disconnected")))
+        assert dropped["retry_in_ms"] == 1000  # the backoff starts over after an auth_ok
+
+
+async def test_missing_pong_reconnects(tmp_path: Path, make_module_dir: Any) -> None:
+    """The module pings HA every ping_interval_ms; when a pong does not come back before
+    the next ping it drops the connection and connects again."""
+    async with (
+        open_fake_ha(token=TOKEN) as fake,
+        running_ha(tmp_path, make_module_dir, fake, ping_interval_ms=200) as d,
+    ):
+        status = d.bus.subscribe(f"{HA}.status", name="status")
+        await next_event(status, status_is("connected"))
+        await fake.wait_frame(lambda f: f.msg.get("type") == "ping")
+        await trio.sleep(0.5)
+        assert fake.connections == 1  # answered pings keep the connection
+
+        fake.answer_pings = False
+        lost = data(await next_event(status, status_is("disconnected")))
+        assert lost["message"] == "no pong from Home Assistant within 200 ms"
+        fake.answer_pings = True
+        await fake.wait_connections(2)
+        await next_event(status, status_is("connected"))
+        await wait_until(lambda: fake.live == 1)

@@ -1,7 +1,8 @@
 """``vessel-ctl config``: a module's configuration, the user's side of its storage.
 
 Listing shows keys only, unless ``--values``, which masks the values of keys that look
-like credentials (token, password, secret, key).
+like credentials (token, password, secret, key). Several ``KEY=VALUE`` pairs are set in
+one call, one request each, in order; every pair is checked before the first is sent.
 """
 
 from __future__ import annotations
@@ -15,30 +16,62 @@ from ._ctl_format import pretty_json, shown_value
 from ._ctl_parser import split_setting
 
 
+def _pairs(settings: list[str]) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` arguments as (key, value), all checked before any is sent."""
+    pairs: list[tuple[str, str]] = []
+    for setting in settings:
+        try:
+            key, value = split_setting(setting)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if value is None:
+            raise UsageError(
+                f"{setting!r} has no '=': give one KEY to read it, or KEY=VALUE pairs to set"
+            )
+        if any(key == seen for seen, _ in pairs):
+            raise UsageError(f"key {key!r} is given twice")
+        pairs.append((key, value))
+    return pairs
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
-    if args.delete is not None and args.setting is not None:
+    given = [args.setting, *args.more] if args.setting is not None else []
+    if args.delete is not None and given:
         raise UsageError("give either KEY[=VALUE] or --delete KEY, not both")
-    if args.values and (args.delete is not None or args.setting is not None):
+    if args.values and (args.delete is not None or given):
         raise UsageError("--values lists every key; it takes no KEY")
+    key: str | None = None
+    pairs: list[tuple[str, str]] = []
+    if given:
+        try:
+            key, value = split_setting(given[0])
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if value is not None or len(given) > 1:
+            key = None
+            pairs = _pairs(given)
     with Client(settings) as client, about_module(args.id):
         if args.delete is not None:
             _config_delete(client, args.id, args.delete)
             if not settings.json:
                 out(f"deleted {args.id} config {args.delete}")
             return 0
-        if args.setting is None:
-            return _config_list(client, settings, args.id, with_values=args.values)
-        try:
-            key, value = split_setting(args.setting)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        if value is None:
+        if key is not None:
             doc = _config_get(client, args.id, key)
             out(pretty_json(doc) if settings.json else str(doc.get("value")))
             return 0
-        client.request("PUT", module_path(args.id, "config", key), json={"value": value})
+        if not pairs:
+            return _config_list(client, settings, args.id, with_values=args.values)
+        for done, (name, value) in enumerate(pairs):
+            try:
+                client.request("PUT", module_path(args.id, "config", name), json={"value": value})
+            except CtlError as exc:
+                if done:
+                    kept = ", ".join(k for k, _ in pairs[:done])
+                    raise CtlError(f"{exc} (while setting {name!r}; already set: {kept})") from None
+                raise
     if not settings.json:
-        out(f"set {args.id} config {key}")
+        out(f"set {args.id} config {', '.join(k for k, _ in pairs)}")
     return 0
 
 

@@ -2,8 +2,9 @@
 
 PATH is a module folder or a ``.wasm`` file:
 
-* a folder with ``app.py`` is Python source: it is built first with the toolchain
-  (a cached build is reused when nothing changed) and ``build/module.wasm`` is uploaded;
+* a folder with ``app.py`` is Python source: it is built first, exactly as
+  ``vessel-ctl build`` does (``_ctl_build.build_source``: same checks, same progress, a
+  current build reused) and ``build/module.wasm`` is uploaded;
 * a folder without it holds ``manifest.json`` and ``module.wasm`` or ``build/module.wasm``;
 * a ``.wasm`` file is uploaded with the ``manifest.json`` beside it (or one folder up,
   for ``<module>/build/module.wasm``).
@@ -12,49 +13,14 @@ PATH is a module folder or a ``.wasm`` file:
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 from pathlib import Path
 
 from .._manifest import MANIFEST_FILE, WASM_FILE
-from .._toolchain import BuildError, build_module
+from ._ctl_build import build_source, is_python_source
 from ._ctl_client import INSTALL_TIMEOUT, ApiError, Client, CtlError, Settings
 from ._ctl_commands import describe_state, note, out, wait_settled
 from ._ctl_format import format_bytes, pretty_json
-
-
-def _has_componentize_py() -> bool:
-    try:
-        importlib.metadata.version("componentize-py")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-def build_source(src: Path) -> Path:
-    """Build a Python module folder (unless its build is current); progress on stderr."""
-    built = src / "build" / WASM_FILE
-    if not _has_componentize_py():
-        if built.is_file():
-            note(
-                f"{src}: componentize-py is not installed, so the build cannot be checked; "
-                f"uploading the existing {built}"
-            )
-            return built
-        raise CtlError(
-            f"{src} has app.py but no build, and componentize-py is not installed to build "
-            "it: pip install 'vessel[build]'"
-        )
-    try:
-        result = build_module(src, progress=note)
-    except BuildError as exc:
-        first, _, details = str(exc).partition("\n")
-        if details:
-            note(details)
-        raise CtlError(f"build failed: {first}") from None
-    if not result.cached:
-        note(f"{src}: built in {result.seconds:.1f} s")
-    return result.wasm
 
 
 def find_module_files(path: Path) -> tuple[Path, Path]:
@@ -74,8 +40,8 @@ def find_module_files(path: Path) -> tuple[Path, Path]:
         raise CtlError(
             f"{path}: no {MANIFEST_FILE} (a module folder holds {MANIFEST_FILE} and {WASM_FILE})"
         )
-    if (path / "app.py").is_file():
-        return manifest, build_source(path)
+    if is_python_source(path):
+        return manifest, build_source(path, report=note, prebuilt_ok=True).wasm
     for wasm in (path / WASM_FILE, path / "build" / WASM_FILE):
         if wasm.is_file():
             return manifest, wasm

@@ -19,6 +19,8 @@ PROG = "vessel-ctl"
 DESCRIPTION = """\
 Administer a running Vessel daemon over its REST API: list, install and remove modules,
 start and stop them, read their logs, set their configuration, call them and watch events.
+Write modules too: `new` makes a Python module folder and `build` builds it (these two
+need no daemon).
 
 The admin token is read from <data-dir>/token when vessel-ctl runs on the daemon's host
 as the daemon's user; elsewhere pass --token or set VESSEL_TOKEN."""
@@ -31,6 +33,7 @@ examples:
   vessel-ctl status
   vessel-ctl list
   vessel-ctl restart home-assistant
+  vessel-ctl new my-module && vessel-ctl install my-module
   vessel-ctl --url http://server.lan:8080 --token "$TOKEN" list
   vessel-ctl logs --help"""
 
@@ -55,8 +58,23 @@ COMMANDS: dict[str, _Command] = {
         _Command("list", "List installed modules and their state (and refused ones).", "list"),
         _Command("info", "Show everything about one module.", "info home-assistant"),
         _Command(
+            "new",
+            "Create a Python module folder NAME/ (manifest.json, app.py, README.md).",
+            "new my-module",
+            "new my-module --dir ~/src",
+        ),
+        _Command(
+            "build",
+            "Build a Python module folder into build/module.wasm (no daemon needed).",
+            "build my-module",
+            "build my-module --force",
+            "build my-module --out /tmp/my-module.wasm",
+        ),
+        _Command(
             "install",
-            "Install a module from a folder (manifest.json + module.wasm) or a .wasm file.",
+            "Install a module from a folder (manifest.json + module.wasm, or app.py: built "
+            "first) or a .wasm file.",
+            "install my-module",
             "install modules/example",
             "install ./my-module/build/module.wasm",
             "install --replace modules/example",
@@ -102,6 +120,7 @@ COMMANDS: dict[str, _Command] = {
             "List, show, set or delete a module's configuration keys.",
             "config home-assistant",
             "config home-assistant url=http://homeassistant.local:8123",
+            'config home-assistant url=ws://ha:8123/api/websocket token="$HA_TOKEN"',
             "config home-assistant url",
             "config home-assistant --values",
             "config home-assistant --delete token",
@@ -195,6 +214,34 @@ def build_parser() -> argparse.ArgumentParser:
     add("list")
     add("info").add_argument("id", metavar="ID", help="module id")
 
+    p = add("new")
+    p.add_argument(
+        "name",
+        metavar="NAME",
+        help="the module id, also the folder's name (lowercase letters, digits and '-')",
+    )
+    p.add_argument(
+        "--dir",
+        type=Path,
+        metavar="PARENT",
+        help="create PARENT/NAME (default: ./NAME)",
+    )
+
+    p = add("build")
+    p.add_argument(
+        "dir",
+        metavar="DIR",
+        type=Path,
+        help="a Python module folder (manifest.json and app.py)",
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="where to write the component (default DIR/build/module.wasm)",
+    )
+
     p = add("install")
     p.add_argument(
         "path",
@@ -262,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY[=VALUE]",
         nargs="?",
         help="KEY prints the value; KEY=VALUE sets it; none lists the keys",
+    )
+    p.add_argument(
+        "more",
+        metavar="KEY=VALUE",
+        nargs="*",
+        default=[],
+        help="more keys to set in the same call",
     )
     p.add_argument("--delete", metavar="KEY", help="delete KEY")
     p.add_argument(

@@ -1,5 +1,6 @@
 """``vessel-ctl``: the admin CLI. It talks to a running daemon over its REST API (and its
-WebSocket, for ``events``).
+WebSocket, for ``events``); ``new`` and ``build``, the module author's toolchain, need no
+daemon.
 
 Layout (private modules):
 
@@ -8,6 +9,8 @@ Layout (private modules):
 * ``_ctl_format``    tables, durations, sizes, times: what a person reads
 * ``_ctl_commands``  the request/answer commands (status, list, info, restart, call, logs…)
 * ``_ctl_config``    ``config``: list, show, set and delete configuration keys
+* ``_ctl_scaffold``  ``new``: a Python module folder from the template
+* ``_ctl_build``     ``build``, and the one build path ``install`` shares with it
 * ``_ctl_install``   finding, building and uploading a module
 * ``_ctl_events``    the live event stream over ``/ws`` (trio + trio-websocket)
 
@@ -43,8 +46,21 @@ __all__ = ["build_parser", "main", "split_pattern", "split_setting"]
 Command = Callable[[Settings, argparse.Namespace], int]
 
 
+def _new(settings: Settings, args: argparse.Namespace) -> int:
+    # Imported on use, like the two below: they pull in the manifest schema and the
+    # toolchain, which the daemon commands do not need.
+    from ._ctl_scaffold import cmd_new
+
+    return cmd_new(settings, args)
+
+
+def _build(settings: Settings, args: argparse.Namespace) -> int:
+    from ._ctl_build import cmd_build
+
+    return cmd_build(settings, args)
+
+
 def _install(settings: Settings, args: argparse.Namespace) -> int:
-    # Imported on use: it pulls in the manifest schema and the toolchain.
     from ._ctl_install import cmd_install
 
     return cmd_install(settings, args)
@@ -60,6 +76,8 @@ COMMANDS: dict[str, Command] = {
     "status": cmd_status,
     "list": cmd_list,
     "info": cmd_info,
+    "new": _new,
+    "build": _build,
     "install": _install,
     "remove": cmd_remove,
     "enable": cmd_enable,

@@ -50,6 +50,7 @@ import msgspec
 import pytest
 import wasmtime
 
+from tests.procs import Proc, cmdline, proc_stat
 from vessel._toolchain import build_module
 from vessel.host import _engine
 
@@ -235,20 +236,6 @@ def _become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-Proc = tuple[int, int]  # (pid, start time): a pid alone can be reused
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, start time) of ``pid`` or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1]), int(fields[19])
-
-
 def _descendants() -> dict[Proc, str]:
     """Every live process below this one: (pid, start time) -> state."""
     parent_of: dict[int, int] = {}
@@ -256,7 +243,7 @@ def _descendants() -> dict[Proc, str]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        stat = _proc_stat(int(entry))
+        stat = proc_stat(int(entry))
         if stat is not None:
             parent_of[int(entry)] = stat[1]
             info[int(entry)] = (stat[0], stat[2])
@@ -278,14 +265,6 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return "?"
-
-
 def _still_running(before: set[Proc]) -> dict[Proc, str]:
     """Processes started since ``before`` that have not exited; zombies are reaped."""
     alive: dict[Proc, str] = {}
@@ -301,7 +280,7 @@ def _still_running(before: set[Proc]) -> dict[Proc, str]:
 
 def _kill(proc: Proc) -> None:
     pid, start = proc
-    stat = _proc_stat(pid)
+    stat = proc_stat(pid)
     if stat is None or stat[2] != start:
         return  # already gone, or the pid now names another process
     try:
@@ -310,7 +289,7 @@ def _kill(proc: Proc) -> None:
         return
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
-        stat = _proc_stat(pid)
+        stat = proc_stat(pid)
         if stat is None or stat[2] != start or stat[0] in ("Z", "X"):
             break
         select.select([], [], [], 0.01)
@@ -329,7 +308,7 @@ def _no_leaked_processes() -> Iterator[None]:
         alive = _still_running(before)
     if not alive:
         return
-    described = [f"pid {pid}: {_cmdline(pid)}" for pid, _ in alive]
+    described = [f"pid {pid}: {cmdline(pid)}" for pid, _ in alive]
     for proc in alive:
         _kill(proc)
     pytest.fail(

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import trio
 
 from vessel._daemon import Daemon, DaemonConfig, open_daemon
@@ -56,3 +57,23 @@ async def running_gateway(
             yield Gateway(daemon=daemon, state=state, base_url=binds[0])
         finally:
             shutdown.set()
+
+
+@asynccontextmanager
+async def open_api(data_dir: Path) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient]]:
+    """A real gateway and an httpx client that carries the admin token."""
+    async with (
+        running_gateway(data_dir) as gateway,
+        httpx.AsyncClient(base_url=gateway.base_url, headers=gateway.auth, timeout=30) as client,
+    ):
+        yield gateway, client
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> str:
+    """Check a JSON error response ({code, message} only) and return its message."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"code", "message"}
+    assert body["code"] == code
+    message: str = body["message"]
+    return message

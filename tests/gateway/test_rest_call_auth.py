@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,25 +9,7 @@ import httpx
 import pytest
 import trio
 
-from .harness import Gateway, running_gateway
-
-
-@asynccontextmanager
-async def open_api(data_dir: Path) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient]]:
-    async with (
-        running_gateway(data_dir) as gateway,
-        httpx.AsyncClient(base_url=gateway.base_url, headers=gateway.auth, timeout=30) as client,
-    ):
-        yield gateway, client
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"code", "message"}
-    assert body["code"] == code
-    message: str = body["message"]
-    return message
+from .harness import assert_error, open_api, running_gateway
 
 
 async def test_call_answers_with_module_data(tmp_path: Path, make_module_dir: Any) -> None:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import trio
 from vessel._manifest import HOST_API_VERSION
 from vessel.gateway._app import MAX_UPLOAD_BYTES
 
-from .harness import Gateway, running_gateway
+from .harness import open_api
 
 REPO = Path(__file__).resolve().parents[2]
 TESTKIT_MANIFEST = REPO / "tests" / "guests" / "testkit" / "manifest.json"
@@ -34,15 +33,6 @@ INFO_FIELDS = {
     "memory",
     "last_reason",
 }
-
-
-@asynccontextmanager
-async def open_api(data_dir: Path) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient]]:
-    async with (
-        running_gateway(data_dir) as gateway,
-        httpx.AsyncClient(base_url=gateway.base_url, headers=gateway.auth, timeout=30) as client,
-    ):
-        yield gateway, client
 
 
 def manifest_bytes(**changes: Any) -> bytes:

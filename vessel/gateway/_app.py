@@ -49,10 +49,12 @@ def create_app(state: GatewayState) -> QuartTrio:
     app.extensions["vessel"] = state
 
     from ._rest import rest
+    from ._static import static
     from ._ws import ws
 
     app.register_blueprint(rest)
     app.register_blueprint(ws)
+    app.register_blueprint(static)
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:

@@ -1,0 +1,475 @@
+// Modules: every installed module (GET api/modules) with its live figures, refetched
+// when a `vessel.module.*` lifecycle event arrives (and every 10 s for memory); restart,
+// enable and disable; install from an upload; each module's configuration (keys only:
+// values are write-only unless the user asks to read one) and its followed log.
+
+import { fill, formatBytes, formatClock, formatDuration, h } from "./dom.js";
+
+export const title = "Modules";
+
+const REFRESH_MS = 10000;
+const LIFECYCLE_DEBOUNCE_MS = 150;
+const LOG_LINES = 200;
+const SECRET_KEY = /token|password|secret|key/i;
+/** Configuration fields offered as a form, per module (others: key=value only). */
+const SETTINGS = {
+  "home-assistant": [
+    { key: "url", label: "Home Assistant URL", type: "url", placeholder: "http://homeassistant.local:8123" },
+    { key: "token", label: "Long-lived access token", type: "password", placeholder: "unchanged" },
+  ],
+};
+
+const path = (id, ...rest) =>
+  ["api/modules", encodeURIComponent(id), ...rest.map((p) => encodeURIComponent(p))].join("/");
+
+export function mount(root, client, route) {
+  const cards = new Map(); // id -> card controller
+  const list = h("div.modules");
+  const refusedBox = h("section.refused", { hidden: true });
+  const listError = h("p.alert", { role: "alert", hidden: true });
+  const install = installForm(client, () => refresh());
+  let fetchedAt = performance.now();
+  let debounce = null;
+  let inFlight = null;
+
+  root.append(
+    h(
+      "div.toolbar",
+      {},
+      h("h2", {}, "Modules"),
+      h("span.spacer"),
+      h("button", { type: "button", onclick: () => refresh() }, "Refresh"),
+      h(
+        "button.primary",
+        {
+          type: "button",
+          onclick: () => {
+            install.hidden = !install.hidden;
+            if (!install.hidden) install.querySelector("input").focus();
+          },
+        },
+        "Install…",
+      ),
+    ),
+    install,
+    listError,
+    list,
+    refusedBox,
+  );
+
+  async function refresh() {
+    if (inFlight) return inFlight;
+    inFlight = (async () => {
+      try {
+        const body = await client.api("GET", "api/modules");
+        fetchedAt = performance.now();
+        listError.hidden = true;
+        render(body);
+      } catch (err) {
+        listError.hidden = false;
+        listError.textContent = `Cannot list the modules: ${err.message}`;
+      } finally {
+        inFlight = null;
+      }
+    })();
+    return inFlight;
+  }
+
+  let openFirst = route.arg; // "#/modules/<id>": open that module's configuration
+
+  function render(body) {
+    const ids = new Set(body.modules.map((info) => info.id));
+    for (const [id, card] of cards) {
+      if (!ids.has(id)) {
+        card.close();
+        card.el.remove();
+        cards.delete(id);
+      }
+    }
+    list.querySelector(":scope > .empty")?.remove();
+    body.modules.forEach((info, i) => {
+      let card = cards.get(info.id);
+      if (!card) {
+        card = moduleCard(client, info, () => refresh());
+        cards.set(info.id, card);
+      }
+      card.update(info);
+      // The daemon's order (by id). Move a card only when it is out of place: moving
+      // a node would take the focus away from a field the user is typing in.
+      const at = list.children[i];
+      if (at !== card.el) list.insertBefore(card.el, at ?? null);
+      if (openFirst === info.id) {
+        openFirst = null;
+        card.open("config");
+      }
+    });
+    if (body.modules.length === 0) {
+      list.append(h("p.card.empty", {}, "No modules installed. Install one with the button above."));
+    }
+    refusedBox.hidden = body.refused.length === 0;
+    fill(
+      refusedBox,
+      h("h3", {}, `Refused (${body.refused.length}): fix the module folder, then install it again with "replace"`),
+      body.refused.map((r) => h("p.card", {}, h("strong", {}, r.id), ": ", r.reason)),
+    );
+  }
+
+  const unsubscribe = client.subscribe("vessel.module.*", {
+    onEvent() {
+      clearTimeout(debounce);
+      debounce = setTimeout(refresh, LIFECYCLE_DEBOUNCE_MS);
+    },
+    onSynced: () => refresh(), // first subscribe, and after every reconnect
+  });
+  refresh();
+  const poll = setInterval(refresh, REFRESH_MS);
+  const clock = setInterval(() => {
+    const elapsed = (performance.now() - fetchedAt) / 1000;
+    for (const card of cards.values()) card.tick(elapsed);
+  }, 1000);
+
+  return () => {
+    unsubscribe();
+    clearTimeout(debounce);
+    clearInterval(poll);
+    clearInterval(clock);
+    for (const card of cards.values()) card.close();
+  };
+}
+
+function installForm(client, done) {
+  const message = h("p.note", { "aria-live": "polite" });
+  const form = h(
+    "form.card.install",
+    { hidden: true },
+    h("h3", {}, "Install a module"),
+    h("label", {}, "Component (.wasm)", h("input", { type: "file", name: "wasm", accept: ".wasm,application/wasm", required: true })),
+    h("label", {}, "Manifest (manifest.json)", h("input", { type: "file", name: "manifest", accept: ".json,application/json", required: true })),
+    h("label.check", {}, h("input", { type: "checkbox", name: "replace" }), "Replace an installed module with the same id"),
+    h("div.actions", {}, h("button.primary", { type: "submit" }, "Install")),
+    message,
+  );
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const data = new FormData();
+    data.append("manifest", form.elements.manifest.files[0]);
+    data.append("wasm", form.elements.wasm.files[0]);
+    const button = form.querySelector("button[type=submit]");
+    button.disabled = true;
+    message.className = "note";
+    message.textContent = "Uploading and compiling… (a Python module takes several seconds)";
+    try {
+      const replace = form.elements.replace.checked ? "?replace=true" : "";
+      const info = await client.api("POST", `api/modules${replace}`, { form: data });
+      message.textContent = `Installed ${info.id} ${info.version}: ${info.state}${info.pid ? `, pid ${info.pid}` : ""}`;
+      form.elements.wasm.value = "";
+      form.elements.manifest.value = "";
+      done();
+    } catch (err) {
+      message.className = "alert";
+      message.textContent = `Install failed (${err.code}): ${err.message}`;
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return form;
+}
+
+function moduleCard(client, first, changed) {
+  let info = first;
+  const field = (name) => h("dd", { dataset: { field: name } });
+  const facts = { pid: field("pid"), restarts: field("restarts"), uptime: field("uptime"), memory: field("memory") };
+  const state = h("span.badge");
+  const heading = h("h3");
+  const meta = h("p.muted");
+  const reason = h("p.reason", { hidden: true });
+  const message = h("p.note", { "aria-live": "polite", hidden: true });
+  const restartButton = h("button", { type: "button", dataset: { action: "restart" } }, "Restart");
+  const enableButton = h("button", { type: "button", dataset: { action: "enable" } });
+  const logsButton = h("button", { type: "button", "aria-expanded": "false", dataset: { action: "logs" } }, "Logs");
+  const configButton = h("button", { type: "button", "aria-expanded": "false", dataset: { action: "config" } }, "Configure");
+  const panels = { logs: null, config: null };
+
+  const el = h(
+    "article.card.module",
+    { dataset: { module: first.id } },
+    h("header", {}, heading, state),
+    meta,
+    h(
+      "dl.facts",
+      {},
+      h("div", {}, h("dt", {}, "PID"), facts.pid),
+      h("div", {}, h("dt", {}, "Restarts"), facts.restarts),
+      h("div", {}, h("dt", {}, "Uptime"), facts.uptime),
+      h("div", {}, h("dt", {}, "Memory"), facts.memory),
+    ),
+    reason,
+    h("div.actions", {}, restartButton, enableButton, logsButton, configButton),
+    message,
+  );
+
+  async function act(action, button) {
+    button.disabled = true;
+    message.hidden = false;
+    message.className = "note";
+    message.textContent = { restart: "Restarting…", enable: "Enabling…", disable: "Disabling…" }[action];
+    try {
+      const before = info.pid;
+      info = await client.api("POST", path(info.id, action));
+      update(info);
+      message.textContent =
+        action === "restart"
+          ? `Restarted: pid ${before ?? "–"} → ${info.pid ?? "–"}`
+          : `${action === "enable" ? "Enabled" : "Disabled"}: ${info.state}`;
+      changed();
+    } catch (err) {
+      message.className = "alert";
+      message.textContent = `${action} failed: ${err.message}`;
+    } finally {
+      button.disabled = false;
+      update(info);
+    }
+  }
+  restartButton.addEventListener("click", () => act("restart", restartButton));
+  enableButton.addEventListener("click", () => act(info.enabled ? "disable" : "enable", enableButton));
+
+  function toggle(which) {
+    if (panels[which]) {
+      panels[which].close();
+      panels[which] = null;
+    } else {
+      panels[which] = (which === "logs" ? logPanel : configPanel)(client, info.id);
+      el.insertBefore(panels[which].el, message);
+    }
+    logsButton.setAttribute("aria-expanded", String(Boolean(panels.logs)));
+    configButton.setAttribute("aria-expanded", String(Boolean(panels.config)));
+  }
+  logsButton.addEventListener("click", () => toggle("logs"));
+  configButton.addEventListener("click", () => toggle("config"));
+
+  let baseUptime = null;
+  function update(next) {
+    info = next;
+    heading.textContent = info.name || info.id;
+    state.textContent = info.state;
+    state.dataset.state = info.state;
+    meta.textContent = `${info.id} · ${info.version}${info.description ? ` — ${info.description}` : ""}`;
+    facts.pid.textContent = info.pid ?? "–";
+    facts.restarts.textContent = String(info.restarts);
+    facts.memory.textContent = formatBytes(info.memory);
+    baseUptime = info.uptime;
+    facts.uptime.textContent = formatDuration(info.uptime);
+    reason.hidden = !info.last_reason || info.state === "running";
+    reason.textContent = info.last_reason ? `Last stop: ${info.last_reason}` : "";
+    enableButton.textContent = info.enabled ? "Disable" : "Enable";
+    restartButton.disabled = !info.enabled;
+    restartButton.title = info.enabled ? "" : "A disabled module is not restarted: enable it";
+  }
+
+  return {
+    el,
+    update,
+    tick(elapsed) {
+      if (baseUptime !== null && baseUptime !== undefined) {
+        facts.uptime.textContent = formatDuration(baseUptime + elapsed);
+      }
+    },
+    open(which) {
+      if (!panels[which]) toggle(which);
+      el.scrollIntoView({ block: "start" });
+    },
+    close() {
+      for (const p of Object.values(panels)) p?.close();
+    },
+  };
+}
+
+function logPanel(client, id) {
+  const pre = h("pre.log", { tabindex: "0", "aria-label": `Log of ${id}` });
+  const note = h("span.muted");
+  const el = h("section.panel", {}, h("header", {}, h("h4", {}, "Log"), note, h("span.spacer"), h("button", { type: "button", onclick: () => start() }, "Reload")), pre);
+  let controller = null;
+  const lines = [];
+
+  function show(line) {
+    lines.push(`${formatClock(line.timestamp)} ${line.level.toUpperCase().padEnd(7)} ${line.source}: ${line.message}`);
+    if (lines.length > LOG_LINES) lines.splice(0, lines.length - LOG_LINES);
+  }
+
+  let scheduled = false;
+  function paint() {
+    if (scheduled) return;
+    scheduled = true;
+    requestAnimationFrame(() => {
+      scheduled = false;
+      const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
+      pre.textContent = lines.join("\n") || "(no log lines yet)";
+      if (atBottom) pre.scrollTop = pre.scrollHeight;
+    });
+  }
+
+  async function start() {
+    controller?.abort();
+    controller = new AbortController();
+    const mine = controller;
+    lines.length = 0;
+    note.textContent = "following";
+    paint();
+    try {
+      const res = await client.stream(`${path(id, "logs")}?lines=${LOG_LINES}&follow=true`, mine.signal);
+      if (!res.ok) throw new Error(`${res.status} ${(await res.json().catch(() => ({}))).message ?? ""}`);
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let nl;
+        while ((nl = buffer.indexOf("\n")) >= 0) {
+          const text = buffer.slice(0, nl).trim();
+          buffer = buffer.slice(nl + 1);
+          if (text) show(JSON.parse(text));
+        }
+        paint();
+      }
+      if (mine === controller) note.textContent = "stream ended (daemon stopped?): Reload";
+    } catch (err) {
+      if (mine === controller && err.name !== "AbortError") note.textContent = `cannot read the log: ${err.message}`;
+    }
+  }
+  start();
+  return {
+    el,
+    close() {
+      controller?.abort();
+      controller = null;
+      el.remove();
+    },
+  };
+}
+
+function configPanel(client, id) {
+  const keysList = h("ul.keys");
+  const message = h("p.note", { "aria-live": "polite", hidden: true });
+  const settings = SETTINGS[id] ?? [];
+
+  function say(text, bad = false) {
+    message.hidden = false;
+    message.className = bad ? "alert" : "note";
+    message.textContent = text;
+  }
+
+  async function loadKeys() {
+    try {
+      const { keys } = await client.api("GET", path(id, "config"));
+      fill(keysList, keys.length ? keys.map(keyRow) : h("li.muted", {}, "No keys set."));
+    } catch (err) {
+      say(`Cannot list the keys: ${err.message}`, true);
+    }
+  }
+
+  function keyRow(key) {
+    const value = h("output.value", { hidden: true });
+    const show = h("button.small", { type: "button" }, "Show value");
+    show.addEventListener("click", async () => {
+      if (!value.hidden) {
+        value.hidden = true;
+        value.textContent = "";
+        show.textContent = "Show value";
+        return;
+      }
+      try {
+        const body = await client.api("GET", path(id, "config", key));
+        value.textContent = body.value;
+        value.hidden = false;
+        show.textContent = "Hide";
+      } catch (err) {
+        say(`Cannot read ${key}: ${err.message}`, true);
+      }
+    });
+    const remove = h("button.small.danger", { type: "button" }, "Delete");
+    remove.addEventListener("click", async () => {
+      if (!window.confirm(`Delete ${id} configuration key "${key}"?`)) return;
+      try {
+        await client.api("DELETE", path(id, "config", key));
+        say(`Deleted ${key}.`);
+        loadKeys();
+      } catch (err) {
+        say(`Cannot delete ${key}: ${err.message}`, true);
+      }
+    });
+    return h("li", { dataset: { key } }, h("code", {}, key), h("span.spacer"), show, remove, value);
+  }
+
+  async function put(key, value) {
+    await client.api("PUT", path(id, "config", key), { json: { value } });
+  }
+
+  const forms = [];
+  if (settings.length) {
+    const form = h(
+      "form.settings",
+      { autocomplete: "off" },
+      settings.map((s) =>
+        h("label", {}, s.label, h("input", { name: s.key, type: s.type, placeholder: s.placeholder, autocomplete: s.type === "password" ? "new-password" : "off", spellcheck: "false" })),
+      ),
+      h("div.actions", {}, h("button.primary", { type: "submit" }, "Save settings")),
+    );
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const changed = settings.filter((s) => form.elements[s.key].value.trim() !== "");
+      if (!changed.length) {
+        say("Nothing to save: fill in the fields to change (empty fields are left as they are).");
+        return;
+      }
+      try {
+        for (const s of changed) await put(s.key, form.elements[s.key].value.trim());
+        for (const s of changed) form.elements[s.key].value = "";
+        say(`Saved ${changed.map((s) => s.key).join(" and ")}. The module is told and applies them.`);
+        loadKeys();
+      } catch (err) {
+        say(`Cannot save: ${err.message}`, true);
+      }
+    });
+    forms.push(form);
+  }
+
+  const keyInput = h("input", { name: "key", required: true, placeholder: "key", spellcheck: "false", autocomplete: "off" });
+  const valueInput = h("input", { name: "value", placeholder: "value", spellcheck: "false", autocomplete: "off" });
+  keyInput.addEventListener("input", () => {
+    valueInput.type = SECRET_KEY.test(keyInput.value) ? "password" : "text";
+  });
+  const generic = h(
+    "form.keyvalue",
+    { autocomplete: "off" },
+    h("label", {}, "Key", keyInput),
+    h("label", {}, "Value", valueInput),
+    h("div.actions", {}, h("button", { type: "submit" }, "Set")),
+  );
+  generic.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      await put(keyInput.value, valueInput.value);
+      say(`Set ${keyInput.value}.`);
+      keyInput.value = "";
+      valueInput.value = "";
+      valueInput.type = "text";
+      loadKeys();
+    } catch (err) {
+      say(`Cannot set ${keyInput.value}: ${err.message}`, true);
+    }
+  });
+
+  const el = h(
+    "section.panel.config",
+    {},
+    h("header", {}, h("h4", {}, "Configuration")),
+    h("p.muted", {}, "Values are write-only here: they may hold secrets, so they are shown only when you ask."),
+    keysList,
+    forms,
+    settings.length ? h("details", {}, h("summary", {}, "Set any other key"), generic) : generic,
+    message,
+  );
+  loadKeys();
+  return { el, close: () => el.remove() };
+}

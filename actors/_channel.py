@@ -7,8 +7,11 @@ A :class:`Channel` is symmetric: both ends can send requests and both answer the
   handler never delays a heartbeat, and it completes the caller's pending request on a
   Reply;
 * the *writer* owns the send stream and coalesces every queued frame into one write;
-* one task per incoming Request (a slow handler never blocks the others) and one task for
-  notifications (so they are handled in the order they were sent).
+* one task per incoming Request (a slow handler never blocks the others), at most
+  ``max_concurrent_requests`` at once: past that a request is refused at once with an
+  ErrorReply (``TooManyRequests``) instead of spawning, so a peer flooding requests cannot
+  grow our task count and memory without bound; and one task for notifications (so they
+  are handled in the order they were sent).
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ _READ_SIZE = 65536
 _MAX_BATCH_BYTES = 256 * 1024
 # An error message travels inside one frame; keep a runaway str(exc) from breaking it.
 _MAX_ERROR_MESSAGE = 16 * 1024
+#: Requests from the peer handled at once by default; more are refused, not queued.
+MAX_CONCURRENT_REQUESTS = 1024
 
 
 class _State(enum.Enum):
@@ -115,8 +120,16 @@ class Channel:
         on_notify: NotifyHandler | None = None,
         max_frame_size: int = MAX_FRAME_SIZE,
         send_queue_size: int = 1024,
+        max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS,
     ) -> None:
+        if max_concurrent_requests < 1:
+            raise ValueError(
+                f"max_concurrent_requests must be at least 1, got {max_concurrent_requests}"
+            )
         self.name = name
+        self._max_concurrent_requests = max_concurrent_requests
+        self._active_requests = 0
+        self.requests_refused = 0
         self._send_stream = send_stream
         self._receive_stream = receive_stream
         self._on_request = on_request
@@ -363,7 +376,21 @@ class Channel:
 
     async def _dispatch(self, message: Message, nursery: trio.Nursery) -> None:
         match message:
-            case Request():
+            case Request(id=request_id, method=method):
+                if self._active_requests >= self._max_concurrent_requests:
+                    # Refuse at once, from the reader: answering is cheap and bounded (it
+                    # waits for room in the send queue, which pushes back on the peer).
+                    self.requests_refused += 1
+                    reply = ErrorReply(
+                        request_id,
+                        "TooManyRequests",
+                        f"too many concurrent requests ({self._max_concurrent_requests} "
+                        f"already in progress); {method!r} refused",
+                        self.name,
+                    )
+                    await self._send_internal(encode_message(reply, self._max_frame_size))
+                    return
+                self._active_requests += 1
                 nursery.start_soon(self._handle_request, message)
             case Reply(id=request_id, body=body):
                 # A reply whose caller already gave up (timeout) finds no entry: dropped.
@@ -386,12 +413,15 @@ class Channel:
 
     async def _handle_request(self, request: Request) -> None:
         try:
-            result = await self._on_request(request.method, request.body)
-            frame = encode_message(Reply(request.id, encode_body(result)), self._max_frame_size)
-        except Exception as exc:  # Cancelled is a BaseException: it is never caught here.
-            logger.debug("%s: handler for %r raised", self.name, request.method, exc_info=True)
-            frame = self._error_frame(request.id, exc)
-        await self._send_internal(frame)
+            try:
+                result = await self._on_request(request.method, request.body)
+                frame = encode_message(Reply(request.id, encode_body(result)), self._max_frame_size)
+            except Exception as exc:  # Cancelled is a BaseException: never caught here.
+                logger.debug("%s: handler for %r raised", self.name, request.method, exc_info=True)
+                frame = self._error_frame(request.id, exc)
+            await self._send_internal(frame)
+        finally:
+            self._active_requests -= 1
 
     def _error_frame(self, request_id: int, exc: Exception) -> bytearray:
         try:

@@ -478,3 +478,57 @@ async def test_heartbeat_holds_while_peer_answers(autojump_clock: trio.testing.M
             with trio.move_on_after(100) as scope:
                 await wait_heartbeat_lost(client, interval=1.0, ping_timeout=0.5)
             assert scope.cancelled_caught
+
+
+async def test_request_flood_beyond_the_cap_is_refused_at_once() -> None:
+    """A peer flooding requests gets at most ``max_concurrent_requests`` handler tasks;
+    the rest are answered at once with a TooManyRequests error instead of spawning, and
+    the channel keeps serving once the handlers finish."""
+    release = trio.Event()
+    running = 0
+    peak = 0
+
+    async def slow(method: str, body: msgspec.Raw) -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            await release.wait()
+        finally:
+            running -= 1
+        return "done"
+
+    outcomes: list[str] = []
+    refusals: list[RemoteError] = []
+    async with channel_pair(slow, max_concurrent_requests=8) as (client, server):
+
+        async def one() -> None:
+            try:
+                outcomes.append(decode(await client.request("work", None, timeout=10)))
+            except RemoteError as exc:
+                refusals.append(exc)
+                outcomes.append("refused")
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for _ in range(200):
+                    nursery.start_soon(one)
+                while outcomes.count("refused") < 192:
+                    await trio.sleep(0.01)
+                assert running == 8
+                release.set()
+        assert peak == 8
+        assert outcomes.count("done") == 8
+        assert server.requests_refused == 192
+        assert {e.type_name for e in refusals} == {"TooManyRequests"}
+        assert all("too many concurrent requests" in e.message for e in refusals)
+        with trio.fail_after(5):
+            assert decode(await client.request("work", None)) == "done"
+
+
+def test_max_concurrent_requests_must_be_positive() -> None:
+    """A cap below one would refuse everything: it is a configuration error."""
+    left, right = trio.testing.memory_stream_pair()
+    with pytest.raises(ValueError, match="max_concurrent_requests"):
+        Channel(left.send_stream, right.receive_stream, name="x", on_request=no_requests,
+                max_concurrent_requests=0)  # fmt: skip

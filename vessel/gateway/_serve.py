@@ -8,7 +8,10 @@ from dataclasses import dataclass
 
 import trio
 from hypercorn.config import Config
+from hypercorn.events import Closed, Event
+from hypercorn.trio import run as _hypercorn_run
 from hypercorn.trio import serve
+from hypercorn.trio.tcp_server import TCPServer
 
 from .._daemon import Daemon
 from ._app import GatewayState, create_app
@@ -18,6 +21,28 @@ log = logging.getLogger("vessel.gateway")
 #: Frames above this are refused by Hypercorn itself (the connection closes with 1009);
 #: the protocol's own, smaller limit answers with an error and keeps the connection.
 TRANSPORT_MAX_MESSAGE = 4 * 1024 * 1024
+
+
+class _TCPServer(TCPServer):
+    """Hypercorn's trio connection, minus one way for a client to stop the whole server.
+
+    Hypercorn 0.18 sends EOF on close (``_close``) without its send lock; when the client
+    hangs up while a response is being written (a POST announcing a huge body, then a
+    close), the concurrent ``send_all`` raises ``trio.BusyResourceError``, which nothing
+    catches: it escapes the connection's task group and ends ``serve`` for every client.
+    Found by tests/adversarial (connection churn). A send that lost that race is a send to
+    a connection being closed, so treat it as the closed connection it is.
+    """
+
+    async def protocol_send(self, event: Event) -> None:
+        try:
+            await super().protocol_send(event)
+        except trio.BusyResourceError:
+            await self.protocol.handle(Closed())
+
+
+# serve() looks the class up in hypercorn.trio.run for every accepted connection.
+_hypercorn_run.TCPServer = _TCPServer  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import trio
 from actors import Supervisor
 
 from ._bus import EventBus
-from ._errors import VesselError
+from ._errors import DataDirError, VesselError
 from ._install import install_from_dir
 from ._manager import ModuleManager, SupervisionPolicy
 from ._paths import database_path, modules_dir, repo_root
@@ -75,17 +75,35 @@ def _install_bundled(config: DaemonConfig) -> None:
             log.error("bundled module %s not installed: %s", src.name, exc)
 
 
+def _check_writable(data_dir: Path) -> None:
+    """Fail at start, with the data dir named, if it cannot take a write (read-only
+    mount, wrong owner): otherwise the first symptom is some later write failing."""
+    probe = data_dir / f".write-test-{os.getpid()}"
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    probe.unlink()
+
+
 @asynccontextmanager
 async def open_daemon(config: DaemonConfig) -> AsyncIterator[Daemon]:
     """Start every enabled module; on exit stop them all (in reverse start order)."""
     data_dir = config.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fresh = not modules_dir(data_dir).exists()
-    token = ensure_token(data_dir)
-    if fresh and config.install_bundled:
-        modules_dir(data_dir).mkdir(parents=True)
-        await trio.to_thread.run_sync(_install_bundled, config)
-    storage = Storage.open(database_path(data_dir))
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _check_writable(data_dir)
+        fresh = not modules_dir(data_dir).exists()
+        token = ensure_token(data_dir)
+        if fresh and config.install_bundled:
+            modules_dir(data_dir).mkdir(parents=True)
+            await trio.to_thread.run_sync(_install_bundled, config)
+        storage = Storage.open(database_path(data_dir))
+    except OSError as exc:
+        # Not "cannot listen on ...": the caller must learn it is the data dir.
+        raise DataDirError(
+            f"data dir {data_dir} is not usable: {exc.strerror or exc}"
+            + (f" ({exc.filename})" if exc.filename else "")
+            + "; check that it exists, is writable by this user and is not on a read-only "
+            "file system, or choose another with --data-dir / VESSEL_DATA_DIR"
+        ) from None
     try:
         bus = EventBus()
         manager: ModuleManager | None = None

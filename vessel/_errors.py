@@ -11,6 +11,10 @@ class VesselError(Exception):
     """Base class of every error Vessel raises on purpose."""
 
 
+class DataDirError(VesselError):
+    """The data dir cannot be created, written or read: the daemon cannot start."""
+
+
 class ManifestError(VesselError):
     """A module's manifest.json is missing, malformed, or asks for what the host cannot give.
 

@@ -1,7 +1,7 @@
 """Fixtures of the dashboard tests: a data dir with modules, a browser, the fake HA.
 
 ``data_dir`` installs example and testkit; ``fake_ha`` runs tests/ha/fake_ha.py on a
-helper thread (the test skips while that file does not exist), installs home-assistant
+helper thread, installs home-assistant
 and configures its url and token in the data dir's storage before the daemon starts;
 ``browser`` is a fresh headless Debian Chromium (its own profile) driven by Playwright's
 sync API, closed after the test.
@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from ..ha.fake_ha import open_fake_ha
 from .harness import (
     BROWSER_TIMEOUT_MS,
     CHROMIUM,
@@ -26,11 +27,6 @@ from .harness import (
     HA_TOKEN,
     FakeHAThread,
 )
-
-try:
-    from ..ha.fake_ha import open_fake_ha
-except ImportError:  # being written elsewhere: the Home Assistant tests skip
-    open_fake_ha = None
 
 
 @pytest.fixture
@@ -45,8 +41,6 @@ def data_dir(tmp_path: Path, make_module_dir: Any) -> Path:
 @pytest.fixture
 def fake_ha(data_dir: Path, make_module_dir: Any) -> Iterator[FakeHAThread]:
     """The fake Home Assistant, and the home-assistant module configured to use it."""
-    if open_fake_ha is None:
-        pytest.skip("tests/ha/fake_ha.py is not there yet")
     from vessel._paths import database_path
     from vessel._storage import Storage
 
@@ -66,7 +60,8 @@ def fake_ha(data_dir: Path, make_module_dir: Any) -> Iterator[FakeHAThread]:
 def browser(tmp_path: Path) -> Iterator[Any]:
     """A browser context (Chromium with a fresh profile) whose waits are bounded."""
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} is missing: run scripts/_browser.sh (apt-get install chromium)")
+        # scripts/test installs it; a missing browser must fail, never pass by skipping.
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/_browser.sh (apt-get install chromium)")
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             tmp_path / "chromium-profile",

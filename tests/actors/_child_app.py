@@ -11,7 +11,6 @@ import argparse
 import os
 import signal
 import sys
-import time
 from typing import Any
 
 import msgspec
@@ -39,9 +38,10 @@ async def main(args: argparse.Namespace) -> None:
             case "exit":
                 os._exit(value)
             case "block":
-                # Blocks the whole trio loop on purpose: models a guest stuck on the
-                # loop's thread, which only the parent's heartbeat can detect.
-                time.sleep(value)  # noqa: ASYNC251
+                # Blocks the whole trio loop on purpose, with no timer: models a guest
+                # stuck on the loop's thread, which only the parent's heartbeat can
+                # detect. Only a signal (the parent's SIGKILL) ends it.
+                signal.pause()
                 return "unblocked"
             case "print":
                 for stream_name, text in value:

@@ -9,11 +9,10 @@ Schema evolution: new fields get defaults; an existing field never changes type.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 
-from ._events import Event
 from ._manifest import Manifest
 
 # daemon -> module process (requests)
@@ -122,10 +121,3 @@ T = TypeVar("T")
 def decode(raw: msgspec.Raw | bytes, type: type[T]) -> T:
     """Decode a request body into its Struct (the layer below keeps bodies raw)."""
     return msgspec.msgpack.decode(raw, type=type)
-
-
-def to_builtins(obj: Any) -> Any:
-    return msgspec.to_builtins(obj)
-
-
-__all__ = ["Event"]

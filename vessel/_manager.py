@@ -22,7 +22,7 @@ import trio
 from actors import ChildSpec, Restart, Supervisor, SupervisorEvent
 
 from ._bus import EventBus
-from ._errors import CallError, ManifestError, StorageError, UnknownModule
+from ._errors import CallError, UnknownModule
 from ._events import Event, now_ms
 from ._install import cleanup_staging, install_module, remove_module
 from ._ipc import GuestStats
@@ -390,10 +390,4 @@ class ModuleManager:
         return self._storage.module_enabled(module_id)
 
 
-__all__ = [
-    "ManifestError",
-    "ModuleManager",
-    "ModuleState",
-    "StorageError",
-    "SupervisionPolicy",
-]
+__all__ = ["ModuleManager", "ModuleState", "SupervisionPolicy"]

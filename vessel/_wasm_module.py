@@ -31,7 +31,7 @@ from actors import (
 from . import _ipc
 from ._bus import EventBus, Subscription
 from ._capabilities import Capabilities
-from ._errors import CallError, CapabilityDenied, StorageError
+from ._errors import CallError, CapabilityDenied
 from ._events import Event, now_ms
 from ._manifest import ModuleSource
 from ._storage import Storage
@@ -329,4 +329,4 @@ async def _exit_info(proc: ProcessActor) -> str:
     return "no answer"
 
 
-__all__ = ["LogLine", "ModuleCrashed", "StorageError", "WasmModule"]
+__all__ = ["LogLine", "ModuleCrashed", "WasmModule"]

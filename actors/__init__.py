@@ -7,6 +7,8 @@ Layout (private modules, this namespace re-exports the public API):
 * ``_channel``   request/reply + notifications + heartbeats over a pair of trio streams
 * ``_heartbeat`` liveness checking on top of a channel's ping
 * ``_process``   a child OS process as an actor: spawn, pipes, heartbeat, stop escalation
+* ``_forkserver`` a fork server ("zygote") that starts children pre-imported; the server
+  itself is ``_forkserver_main``, their messages ``_forkserver_wire``
 * ``_lines``     sans-IO splitting of a child's stdout/stderr into bounded lines
 * ``_child``     the child's side: connect to the parent, exit when the parent is gone
 * ``_supervisor`` OTP-style supervision: child specs, restart policies, intensity, backoff
@@ -35,6 +37,12 @@ from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteError as RemoteError
 from ._errors import SpawnError as SpawnError
 from ._errors import UnknownChild as UnknownChild
+from ._forkserver import ForkedProcess as ForkedProcess
+from ._forkserver import ForkServer as ForkServer
+from ._forkserver import ForkServerLaunch as ForkServerLaunch
+from ._forkserver import ForkServerUnavailable as ForkServerUnavailable
+from ._forkserver import launch_forkserver as launch_forkserver
+from ._forkserver import open_forkserver as open_forkserver
 from ._framing import MAX_FRAME_SIZE as MAX_FRAME_SIZE
 from ._framing import FrameDecoder as FrameDecoder
 from ._framing import encode_frame as encode_frame
@@ -44,6 +52,7 @@ from ._mailbox import MailboxStatistics as MailboxStatistics
 from ._process import CHANNEL_FDS_ENV as CHANNEL_FDS_ENV
 from ._process import MAX_OUTPUT_LINE as MAX_OUTPUT_LINE
 from ._process import STOP_METHOD as STOP_METHOD
+from ._process import ChildProcess as ChildProcess
 from ._process import ExitInfo as ExitInfo
 from ._process import ProcessActor as ProcessActor
 from ._process import ProcessSpec as ProcessSpec

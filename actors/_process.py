@@ -10,13 +10,14 @@ import subprocess
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import trio
 
 from ._channel import Channel, NotifyHandler, RequestHandler
 from ._errors import ActorError, ProtocolError, SpawnError
+from ._forkserver import ForkedProcess, ForkServer, ForkServerUnavailable
 from ._heartbeat import wait_heartbeat_lost
 from ._lines import LineSplitter
 from ._util import collapse_single_exception
@@ -25,6 +26,7 @@ __all__ = [
     "CHANNEL_FDS_ENV",
     "MAX_OUTPUT_LINE",
     "STOP_METHOD",
+    "ChildProcess",
     "ExitInfo",
     "ProcessActor",
     "ProcessSpec",
@@ -60,12 +62,15 @@ class ProcessSpec:
     SIGTERM; ``term_timeout``: how long after SIGTERM before SIGKILL.
     ``on_output(stream, line)`` receives each line the child writes to its stdout or
     stderr (``stream`` is ``"stdout"`` or ``"stderr"``); by default lines are logged.
+    ``title``: the child's name in ``ps``/``top`` when a fork server starts it (15 bytes
+    are kept); defaults to ``name``.
     """
 
     name: str
     argv: Sequence[str]
     env: Mapping[str, str] | None = None
     cwd: str | None = None
+    title: str | None = None
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 5.0
     stop_timeout: float = 3.0
@@ -105,13 +110,36 @@ def _describe_exit(status: int) -> tuple[int | None, int | None, str]:
     return None, -status, f"killed by {signal_name}"
 
 
+class ChildProcess(Protocol):
+    """What a process actor needs of its child: the part of ``trio.Process`` that
+    :class:`actors.ForkedProcess` (a child of the fork server) also has."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    @property
+    def stdout(self) -> trio.abc.ReceiveStream | None: ...
+
+    @property
+    def stderr(self) -> trio.abc.ReceiveStream | None: ...
+
+    async def wait(self) -> int: ...
+
+    def send_signal(self, sig: signal.Signals | int) -> None: ...
+
+
 class ProcessActor:
     """A running child process and the channel to it. Made by :func:`open_process_actor`."""
 
-    def __init__(self, spec: ProcessSpec, process: trio.Process, channel: Channel) -> None:
+    def __init__(self, spec: ProcessSpec, process: ChildProcess, channel: Channel) -> None:
         self.spec = spec
         self.name = spec.name
         self.pid: int = process.pid
+        #: Started by a fork server (not a plain spawn).
+        self.forked = isinstance(process, ForkedProcess)
         self.channel = channel
         self.exit_info: ExitInfo | None = None
         self._process = process
@@ -321,31 +349,64 @@ class ProcessActor:
             logger.exception("%r: on_output callback raised", self)
 
 
+def _absolute_cwd(cwd: str | None) -> str:
+    # The fork server's working directory is not ours: resolve against ours here.
+    return os.path.abspath(cwd if cwd is not None else os.getcwd())
+
+
+async def _fork(
+    spec: ProcessSpec, forkserver: ForkServer, env: dict[str, str], fds: tuple[int, int]
+) -> ChildProcess | None:
+    """Start the child from the fork server; None when a plain spawn must do it."""
+    if not forkserver.accepts(spec.argv, env):
+        logger.debug("%s: %s cannot be forked; spawning it", spec.name, list(spec.argv))
+        return None
+    # The fork server hands the channel's fds to the child as 3 and 4.
+    forked_env = {**env, CHANNEL_FDS_ENV: "3,4"}
+    try:
+        return await forkserver.spawn(
+            spec.argv,
+            env=forked_env,
+            cwd=_absolute_cwd(spec.cwd),
+            title=spec.title or spec.name,
+            pass_fds=fds,
+        )
+    except ForkServerUnavailable as exc:
+        # Never a reason not to start: the fork server only makes it faster.
+        logger.info("%s: fork server unavailable (%s); spawning it", spec.name, exc)
+        return None
+
+
 async def _spawn(
     spec: ProcessSpec,
     on_request: RequestHandler,
     on_notify: NotifyHandler | None,
-) -> tuple[trio.Process, Channel]:
+    forkserver: ForkServer | None = None,
+) -> tuple[ChildProcess, Channel]:
     # os.pipe() fds are close-on-exec, so only this child inherits its ends (via
-    # pass_fds); any other process holding them would hide the EOF that tells each side
-    # that the other one died.
+    # pass_fds, or the fork server); any other process holding them would hide the EOF
+    # that tells each side that the other one died.
     parent_read, child_write = os.pipe()
     child_read, parent_write = os.pipe()
     env = dict(os.environ if spec.env is None else spec.env)
-    env[CHANNEL_FDS_ENV] = f"{child_read},{child_write}"
+    process: ChildProcess | None = None
     try:
-        process = await trio.lowlevel.open_process(
-            list(spec.argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=spec.cwd,
-            pass_fds=(child_read, child_write),
-            # Out of the terminal's process group: a Ctrl-C meant for the daemon must not
-            # kill the children before the daemon can stop them in order.
-            start_new_session=True,
-        )
+        if forkserver is not None:
+            process = await _fork(spec, forkserver, env, (child_read, child_write))
+        if process is None:
+            env[CHANNEL_FDS_ENV] = f"{child_read},{child_write}"
+            process = await trio.lowlevel.open_process(
+                list(spec.argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=spec.cwd,
+                pass_fds=(child_read, child_write),
+                # Out of the terminal's process group: a Ctrl-C meant for the daemon must
+                # not kill the children before the daemon can stop them in order.
+                start_new_session=True,
+            )
     except BaseException as exc:
         os.close(parent_read)
         os.close(parent_write)
@@ -371,6 +432,7 @@ async def open_process_actor(
     *,
     on_request: RequestHandler,
     on_notify: NotifyHandler | None = None,
+    forkserver: ForkServer | None = None,
 ) -> AsyncIterator[ProcessActor]:
     """Start ``spec`` as a child process and yield a :class:`ProcessActor` for it.
 
@@ -378,8 +440,12 @@ async def open_process_actor(
     (see :func:`open_parent_channel`); ``on_request``/``on_notify`` handle what it sends
     us. Leaving the block, normally or by cancellation or error, stops the child with
     :meth:`ProcessActor.stop` and reaps it. Raises :class:`SpawnError` if it cannot start.
+
+    With ``forkserver`` (see :func:`open_forkserver`) the child is forked from it when
+    :meth:`ForkServer.accepts` the command, and spawned the plain way otherwise or when
+    the fork server is unavailable.
     """
-    process, channel = await _spawn(spec, on_request, on_notify)
+    process, channel = await _spawn(spec, on_request, on_notify, forkserver)
     actor = ProcessActor(spec, process, channel)
     logger.debug("started %r", actor)
     with collapse_single_exception():

@@ -58,6 +58,15 @@ def alive(procs: Iterable[Proc]) -> list[int]:
     return still
 
 
+def comm(pid: int) -> str:
+    """The name ``ps``/``top`` show for ``pid`` (/proc/<pid>/comm; "" when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
 def cmdline(pid: int) -> str:
     """The command line of ``pid`` ("" when it is gone)."""
     try:

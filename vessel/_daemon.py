@@ -12,7 +12,7 @@ from pathlib import Path
 
 import trio
 
-from actors import Supervisor
+from actors import ForkServer, ForkServerLaunch, Supervisor, launch_forkserver, open_forkserver
 
 from ._bus import EventBus
 from ._errors import DataDirError, VesselError
@@ -20,8 +20,18 @@ from ._install import install_from_dir
 from ._manager import ModuleManager, SupervisionPolicy
 from ._paths import database_path, modules_dir, repo_root
 from ._storage import Storage
+from ._wasm_module import HOST_PRELOAD
 
 log = logging.getLogger("vessel.daemon")
+
+#: The fork server's name: its process name in ps/top and its log lines.
+FORKSERVER_NAME = "vessel-zygote"
+
+
+def forkserver_default() -> bool:
+    """On unless ``VESSEL_FORKSERVER`` is ``0``, ``no``, ``off`` or ``false``."""
+    value = os.environ.get("VESSEL_FORKSERVER", "").strip().lower()
+    return value not in ("0", "no", "off", "false")
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,9 @@ class DaemonConfig:
     install_bundled: bool = True
     bundled_dir: Path = field(default_factory=lambda: repo_root() / "modules")
     policy: SupervisionPolicy = field(default_factory=SupervisionPolicy)
+    #: Start module processes from a pre-imported fork server (much faster, less
+    #: memory); off, each is a fresh ``python -m vessel.host``. For debugging.
+    forkserver: bool = field(default_factory=forkserver_default)
 
 
 @dataclass
@@ -41,6 +54,7 @@ class Daemon:
     supervisor: Supervisor
     manager: ModuleManager
     token: str
+    forkserver: ForkServer | None = None
 
 
 def ensure_token(data_dir: Path) -> str:
@@ -83,9 +97,33 @@ def _check_writable(data_dir: Path) -> None:
     probe.unlink()
 
 
+def launch_host_forkserver() -> ForkServerLaunch:
+    """Start the module processes' fork server now, before trio runs, so that it imports
+    while the caller still imports the rest of the daemon; pass it to ``open_daemon``."""
+    return launch_forkserver(HOST_PRELOAD, name=FORKSERVER_NAME)
+
+
 @asynccontextmanager
-async def open_daemon(config: DaemonConfig) -> AsyncIterator[Daemon]:
-    """Start every enabled module; on exit stop them all (in reverse start order)."""
+async def _open_forkserver(
+    config: DaemonConfig, launched: ForkServerLaunch | None
+) -> AsyncIterator[ForkServer | None]:
+    if not config.forkserver:
+        log.info("fork server disabled: each module process is a fresh interpreter")
+        yield None
+        return
+    async with open_forkserver(HOST_PRELOAD, name=FORKSERVER_NAME, launched=launched) as forkserver:
+        yield forkserver
+
+
+@asynccontextmanager
+async def open_daemon(
+    config: DaemonConfig, *, forkserver: ForkServerLaunch | None = None
+) -> AsyncIterator[Daemon]:
+    """Start every enabled module; on exit stop them all (in reverse start order).
+
+    ``forkserver``: the fork server started early with :func:`launch_host_forkserver`
+    (otherwise, if ``config.forkserver``, one is started here).
+    """
     data_dir = config.data_dir
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -113,7 +151,12 @@ async def open_daemon(config: DaemonConfig) -> AsyncIterator[Daemon]:
                 manager.on_supervisor_event(event)  # type: ignore[arg-type]
 
         supervisor = Supervisor("modules", on_event=on_event)
-        async with trio.open_nursery() as nursery:
+        # Outside the supervisor's nursery: it outlives every module process, and it
+        # preloads while the modules are discovered.
+        async with (
+            _open_forkserver(config, forkserver) as forkserver_in_use,
+            trio.open_nursery() as nursery,
+        ):
             await nursery.start(supervisor.run)
             manager = ModuleManager(
                 data_dir=data_dir,
@@ -121,9 +164,10 @@ async def open_daemon(config: DaemonConfig) -> AsyncIterator[Daemon]:
                 bus=bus,
                 supervisor=supervisor,
                 policy=config.policy,
+                forkserver=forkserver_in_use,
             )
             await manager.start_all()
-            yield Daemon(config, storage, bus, supervisor, manager, token)
+            yield Daemon(config, storage, bus, supervisor, manager, token, forkserver_in_use)
             nursery.cancel_scope.cancel()
     finally:
         storage.close()

@@ -24,12 +24,16 @@ GUEST_EVENT = "guest.event"
 # module process -> daemon (requests)
 BUS_SUBSCRIBE = "bus.subscribe"
 BUS_RESET = "bus.reset"
-BUS_EMIT = "bus.emit"
 MODULE_CALL = "module.call"
 STORAGE_GET = "storage.get"
 STORAGE_SET = "storage.set"
 STORAGE_DELETE = "storage.delete"
 # module process -> daemon (notifications)
+#: An event, already checked by the module process (vessel/_emit_rules.py): one-way, so
+#: emitting costs no round trip; the order of one module's events is the pipe's order.
+BUS_EMIT = "bus.emit"
+#: An emit the module process refused (its guest got the reason): counted by the daemon.
+BUS_REFUSED = "bus.refused"
 LOG = "log"
 INSTANCE_REPLACED = "instance.replaced"
 
@@ -78,6 +82,10 @@ class GuestStats(msgspec.Struct):
 
 class Subscribe(msgspec.Struct, forbid_unknown_fields=True):
     pattern: str
+
+
+class Refused(msgspec.Struct, forbid_unknown_fields=True):
+    reason: str
 
 
 class Emit(msgspec.Struct, forbid_unknown_fields=True):

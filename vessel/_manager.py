@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 import msgspec
 import trio
 
-from actors import ChildSpec, Restart, Supervisor, SupervisorEvent
+from actors import ChildSpec, ForkServer, Restart, Supervisor, SupervisorEvent
 
 from ._bus import EventBus
 from ._errors import CallError, UnknownModule
@@ -77,8 +78,10 @@ class ModuleManager:
         bus: EventBus,
         supervisor: Supervisor,
         policy: SupervisionPolicy | None = None,
+        forkserver: ForkServer | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self._forkserver = forkserver
         self._storage = storage
         self._bus = bus
         self._supervisor = supervisor
@@ -108,11 +111,23 @@ class ModuleManager:
             self._refuse(refusal)
         for source in sources:
             self._add(source)
-        for source in sources:
-            if self._storage.module_enabled(source.id):
-                await self._start(source.id)
-            else:
-                self._entries[source.id].state = ModuleState.DISABLED
+        # Modules do not depend on each other's start (a call to one not yet running is
+        # answered module_unavailable), so they start concurrently, as many at a time as
+        # there are cores: one at a time, ten modules took ten times one start.
+        limiter = trio.CapacityLimiter(max(1, os.cpu_count() or 1))
+        enabled = [s.id for s in sources if self._storage.module_enabled(s.id)]
+        log.info("starting %d module(s), %d at a time", len(enabled), limiter.total_tokens)
+
+        async def start(module_id: str) -> None:
+            async with limiter:
+                await self._start(module_id)
+
+        async with trio.open_nursery() as nursery:
+            for source in sources:
+                if source.id in enabled:
+                    nursery.start_soon(start, source.id)
+                else:
+                    self._entries[source.id].state = ModuleState.DISABLED
 
     def _refuse(self, refusal: Refusal) -> None:
         self.refused = [r for r in self.refused if r.module_id != refusal.module_id]
@@ -127,7 +142,12 @@ class ModuleManager:
 
     def _new_module(self, source: ModuleSource) -> WasmModule:
         return WasmModule(
-            source, bus=self._bus, storage=self._storage, router=self.call, on_log=self._fan_out
+            source,
+            bus=self._bus,
+            storage=self._storage,
+            router=self.call,
+            on_log=self._fan_out,
+            forkserver=self._forkserver,
         )
 
     def _spec(self, module: WasmModule) -> ChildSpec:

@@ -1,6 +1,7 @@
 """The daemon's side of one WASM module: its process, its requests, its log.
 
-``run`` is the supervisor child: it spawns ``python -m vessel.host``, asks it to load the
+``run`` is the supervisor child: it starts ``python -m vessel.host`` (forked from the
+daemon's fork server when there is one, see ``HOST_PRELOAD``), asks it to load the
 component and run ``on-load``, pumps the module's subscribed events into it, and returns
 (raises) when the process ends. The process is not trusted: every subscription, call,
 emitted event and storage access it asks for is checked again here against the manifest,
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ import trio
 
 from actors import (
     ChannelBroken,
+    ForkServer,
     ProcessActor,
     ProcessSpec,
     RemoteError,
@@ -31,6 +32,7 @@ from actors import (
 from . import _ipc
 from ._bus import EventBus, Subscription
 from ._capabilities import Capabilities
+from ._emit_rules import DAEMON_RATE_SLACK, RateLimit, emit_problem, rate_exceeded
 from ._errors import CallError, CapabilityDenied
 from ._events import Event, now_ms
 from ._manifest import ModuleSource
@@ -41,10 +43,14 @@ Router = Callable[[str, str, int, str, list[str]], Awaitable[str]]
 
 LOG_LINES_KEPT = 1000
 EVENT_QUEUE = 1024
-MAX_EVENT_NAME = 200
-MAX_EVENT_DATA = 1 << 20
 #: Seconds a module may take to load (the first start may compile the component).
 START_TIMEOUT = 120.0
+#: What the fork server imports so that a module process forked from it starts with
+#: everything ``python -m vessel.host`` imports already done (trio, msgspec, wasmtime,
+#: httpx, trio_websocket and the host code), and what its first HTTP fetch would import
+#: (httpcore and its trio backend). Not ``vessel.host.__main__`` itself: runpy runs that
+#: fresh. Nothing here may start a thread or create a wasmtime Engine at import.
+HOST_PRELOAD = ("vessel.host._process", "argparse", "httpcore", "httpcore._backends.trio")
 
 
 class ModuleCrashed(Exception):
@@ -57,24 +63,6 @@ class LogLine:
     level: str
     source: str
     message: str
-
-
-class _RateLimit:
-    """Token bucket for emitted events: a flooding module is refused, not obeyed."""
-
-    def __init__(self, per_second: int) -> None:
-        self._rate = float(per_second)
-        self._tokens = float(per_second)
-        self._last = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self._rate, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
 
 
 class WasmModule:
@@ -90,8 +78,10 @@ class WasmModule:
         storage: Storage,
         router: Router,
         on_log: Callable[[str, LogLine], None] | None = None,
+        forkserver: ForkServer | None = None,
     ) -> None:
         self.source = source
+        self._forkserver = forkserver
         self.id = source.id
         self.manifest = source.manifest
         self._caps = Capabilities.from_manifest(source.manifest)
@@ -100,13 +90,15 @@ class WasmModule:
         self._router = router
         self._on_log = on_log
         self._logger = logging.getLogger(f"vessel.module.{self.id}")
-        self._rate = _RateLimit(source.manifest.limits.max_event_rate)
+        self._rate = RateLimit(source.manifest.limits.max_event_rate * DAEMON_RATE_SLACK)
         self._subscription: Subscription | None = None
         self._fatal: str | None = None
         self.proc: ProcessActor | None = None
         self.pid: int | None = None
         self.last_start: _ipc.StartResult | None = None
         self.started_at: float | None = None
+        #: Seconds from starting the process to on-load done, at the last start.
+        self.start_seconds: float | None = None
         self.logs: deque[LogLine] = deque(maxlen=LOG_LINES_KEPT)
         self.events_emitted = 0
         self.events_refused = 0
@@ -121,14 +113,20 @@ class WasmModule:
         spec = ProcessSpec(
             name=f"module:{self.id}",
             argv=[sys.executable, "-m", "vessel.host", "--module", self.id],
+            # What ps/top show for a forked module process (comm keeps 15 bytes).
+            title=f"vessel:{self.id}",
             on_output=self._child_output,
         )
+        begun = trio.current_time()
         self._fatal = None
         subscription = self._bus.subscribe(name=f"module:{self.id}", queue_size=EVENT_QUEUE)
         self._subscription = subscription
         try:
             async with open_process_actor(
-                spec, on_request=self._on_request, on_notify=self._on_notify
+                spec,
+                on_request=self._on_request,
+                on_notify=self._on_notify,
+                forkserver=self._forkserver,
             ) as proc:
                 self.proc = proc
                 self.pid = proc.pid
@@ -146,12 +144,16 @@ class WasmModule:
                     raise ModuleCrashed(self._fatal or f"start failed: {ended}") from None
                 self.last_start = _ipc.decode(raw, _ipc.StartResult)
                 how = "compiled and cached" if self.last_start.compiled else "precompiled"
+                self.started_at = trio.current_time()
+                self.start_seconds = self.started_at - begun
                 self._record(
                     "info",
-                    f"loaded in {self.last_start.load_seconds * 1000:.0f} ms ({how})",
+                    f"loaded in {self.last_start.load_seconds * 1000:.0f} ms ({how}); "
+                    f"running {self.start_seconds * 1000:.0f} ms after "
+                    + ("forking" if proc.forked else "spawning")
+                    + " its process",
                     "daemon",
                 )
-                self.started_at = trio.current_time()
                 task_status.started()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._pump_events, proc, subscription)
@@ -224,9 +226,6 @@ class WasmModule:
             raise
 
     async def _dispatch(self, method: str, body: msgspec.Raw) -> Any:
-        if method == _ipc.BUS_EMIT:
-            self._emit(_ipc.decode(body, _ipc.Emit))
-            return None
         if method == _ipc.MODULE_CALL:
             call = _ipc.decode(body, _ipc.Call)
             self._caps.check_call(call.module, call.name, call.version)
@@ -259,22 +258,16 @@ class WasmModule:
         raise ValueError(f"unknown request {method!r}")
 
     def _emit(self, emit: _ipc.Emit) -> None:
-        if not 0 < len(emit.name) <= MAX_EVENT_NAME:
-            raise ValueError(f"event name must be 1 to {MAX_EVENT_NAME} characters")
-        if len(emit.data) > MAX_EVENT_DATA:
-            raise ValueError(
-                f"event {emit.name!r}: data is {len(emit.data)} bytes, limit {MAX_EVENT_DATA}"
-            )
-        try:
-            msgspec.json.decode(emit.data)
-        except msgspec.DecodeError as exc:
-            raise ValueError(f"event {emit.name!r}: data is not valid JSON: {exc}") from None
-        if not self._rate.take():
+        problem = emit_problem(emit.name, emit.data)
+        if problem is None and not self._rate.take():
+            problem = rate_exceeded(self.manifest.limits.max_event_rate * DAEMON_RATE_SLACK)
+        if problem is not None:
+            # The module process checks the same rules first, so only a subverted process
+            # gets here: drop, count and say so.
             self.events_refused += 1
-            raise ValueError(
-                f"event rate limit of {self.manifest.limits.max_event_rate}/s exceeded "
-                "(limits.max_event_rate); event dropped"
-            )
+            self._record("warning", f"dropped an event from the module process: {problem}",
+                         "daemon")  # fmt: skip
+            return
         event = Event(
             module=self.id,  # never what the guest claims: a module speaks only for itself
             name=emit.name,
@@ -286,7 +279,11 @@ class WasmModule:
         self._bus.publish(event, retain=emit.retained)
 
     async def _on_notify(self, method: str, body: msgspec.Raw) -> None:
-        if method == _ipc.LOG:
+        if method == _ipc.BUS_EMIT:
+            self._emit(_ipc.decode(body, _ipc.Emit))
+        elif method == _ipc.BUS_REFUSED:
+            self.events_refused += 1
+        elif method == _ipc.LOG:
             entry = _ipc.decode(body, _ipc.Log)
             if entry.level == "fatal":
                 self._fatal = entry.message

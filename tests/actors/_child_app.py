@@ -1,8 +1,9 @@
 """A child process for the actors tests, started by ``open_process_actor``.
 
-It serves a few requests that make it misbehave on cue (see ``on_request``). Flags:
-``--ignore-stop`` never honours the stop notification; ``--ignore-sigterm`` ignores
-SIGTERM; ``--name NAME`` names its channel.
+It serves a few requests that make it misbehave on cue (see ``on_request``), and
+``introspect``, which describes how the process was started. Flags: ``--ignore-stop``
+never honours the stop notification; ``--ignore-sigterm`` ignores SIGTERM; ``--name NAME``
+names its channel. Runs as a script or, from a fork server, as ``-m tests.actors._child_app``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -59,6 +61,8 @@ async def main(args: argparse.Namespace) -> None:
             case "call_parent":
                 reply = await links[0].channel.request("hello", value)
                 return msgspec.msgpack.decode(reply)
+            case "introspect":
+                return introspect()
             case _:
                 raise LookupError(f"no such method: {method}")
 
@@ -67,6 +71,47 @@ async def main(args: argparse.Namespace) -> None:
         if args.ignore_stop:
             await trio.sleep_forever()
         await link.stop_requested.wait()
+
+
+def _fd_kind(fd: str) -> str:
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "gone"  # the directory listing's own fd
+    # "pipe:[123]" -> "pipe": what the fd is, not which one.
+    return target.split(":[", 1)[0]
+
+
+def _describe_handler(handler: Any) -> str:
+    # A handler's repr has its address, which differs between processes.
+    return str(getattr(handler, "__qualname__", handler))
+
+
+def introspect() -> dict[str, Any]:
+    """How this process was started, as seen from inside."""
+    preloaded = sys.modules.get("tests.actors._preloaded")
+    main = sys.modules["__main__"]
+    return {
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "sid": os.getsid(0),
+        "argv": sys.argv,
+        "orig_argv": sys.orig_argv,
+        "main_file": getattr(main, "__file__", None),
+        "cwd": os.getcwd(),
+        "path0": sys.path[0],
+        "env": dict(os.environ),
+        "comm": Path("/proc/self/comm").read_text().strip(),
+        "cmdline": Path("/proc/self/cmdline").read_bytes().rstrip(b"\0").split(b"\0"),
+        "signals": {
+            name: _describe_handler(signal.getsignal(getattr(signal, name)))
+            for name in ("SIGINT", "SIGTERM", "SIGCHLD", "SIGPIPE", "SIGXFSZ")
+        },
+        "stdin": os.readlink("/proc/self/fd/0"),
+        "fds": sorted(_fd_kind(fd) for fd in os.listdir("/proc/self/fd") if int(fd) > 2),
+        "preloaded_in": None if preloaded is None else preloaded.IMPORTED_IN,
+        "threads": len(os.listdir("/proc/self/task")),
+    }
 
 
 if __name__ == "__main__":

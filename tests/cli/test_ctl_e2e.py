@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from ..procs import alive, children_of
+from ..procs import alive, descendants_of
 from ._support import (
     Daemon,
     Result,
@@ -204,8 +204,9 @@ async def test_disable_survives_a_daemon_restart_and_sigterm_leaves_no_child(
     daemon = await start_daemon(nursery, data)
     try:
         off_pid = (await modules(daemon))["off"]["pid"]
-        off_process = {c for c in children_of(daemon.pid) if c[0] == off_pid}
-        assert off_process, "the module process is a child of vessel serve"
+        # A child of the fork server, which is the child of vessel serve.
+        off_process = {c for c in descendants_of(daemon.pid) if c[0] == off_pid}
+        assert off_process, "the module process runs below vessel serve"
         out = await run_ok(daemon, "disable", "off")
         assert out == "disabled off: disabled\n"
         assert alive(off_process) == [], "disable stopped the module's process"
@@ -213,7 +214,7 @@ async def test_disable_survives_a_daemon_restart_and_sigterm_leaves_no_child(
         assert table_row(listing, "off")[:3] == ["off", "disabled", "-"]
         assert table_row(listing, "kit")[1] == "running"
         kit_pid = (await modules(daemon))["kit"]["pid"]
-        children = children_of(daemon.pid)
+        children = descendants_of(daemon.pid)
         assert kit_pid in {pid for pid, _ in children}
     finally:
         code = await stop_daemon(daemon)

@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from vessel._manager import ModuleState
 
-from ..procs import Proc, alive, cmdline, descendants_of
+from ..procs import Proc, alive, children_of, cmdline, comm, descendants_of
 from .harness import call, running_daemon
 
 
@@ -69,8 +70,12 @@ async def test_manifest_with_unknown_field_is_refused(tmp_path: Path, make_modul
         assert await call(daemon, "good", "echo", {}) == {}
 
 
-async def _serve_until_modules_run(data_dir: Path, count: int) -> tuple[trio.Process, set[Proc]]:
-    """Start the real `vessel serve` and wait until `count` module processes run."""
+async def _serve_until_modules_run(
+    data_dir: Path, ids: list[str], *options: str
+) -> tuple[trio.Process, set[Proc]]:
+    """Start the real `vessel serve` and wait until the modules ``ids`` run; return it
+    and every process below it (module processes, and the fork server if there is one),
+    after checking that the process tree is what docs/operations.md says."""
     process = await trio.lowlevel.open_process(
         [
             sys.executable,
@@ -80,6 +85,7 @@ async def _serve_until_modules_run(data_dir: Path, count: int) -> tuple[trio.Pro
             "--data-dir",
             str(data_dir),
             "--no-bundled",
+            *options,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -92,9 +98,23 @@ async def _serve_until_modules_run(data_dir: Path, count: int) -> tuple[trio.Pro
             if not chunk:
                 raise AssertionError(f"daemon exited early:\n{seen.decode()}")
             seen += chunk
-    children = {p for p in descendants_of(process.pid) if "vessel.host" in cmdline(p[0])}
-    assert len(children) == count, seen.decode()
-    return process, children
+    children = children_of(process.pid)
+    if "--no-forkserver" in options:
+        modules = children
+    else:
+        # The daemon's one child is the fork server; the module processes are its own.
+        assert [comm(pid) for pid, _ in children] == ["vessel-zygote"], seen.decode()
+        ((zygote, _),) = children
+        assert "-m actors._forkserver_main" in cmdline(zygote)
+        modules = children_of(zygote)
+        # Forked, each still shows which module it serves, to ps and to pgrep -f.
+        assert sorted(comm(pid) for pid, _ in modules) == [f"vessel:{i}" for i in sorted(ids)]
+    assert sorted(cmdline(pid).rsplit(" -m ", 1)[-1] for pid, _ in modules) == [
+        f"vessel.host --module {i}" for i in sorted(ids)
+    ], seen.decode()
+    everything = descendants_of(process.pid)
+    assert everything == children | modules
+    return process, everything
 
 
 async def _assert_all_gone(procs: set[Proc]) -> None:
@@ -106,33 +126,38 @@ async def _assert_all_gone(procs: set[Proc]) -> None:
 
 async def test_no_child_left_after_sigterm(tmp_path: Path, make_module_dir: Any) -> None:
     """SIGTERM on `vessel serve`: it shuts down cleanly (exit 0) and reaps every module
-    process."""
+    process and the fork server."""
     make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
     make_module_dir(tmp_path, "testkit", module_id="beta", permissions={})
-    process, children = await _serve_until_modules_run(tmp_path, 2)
+    process, procs = await _serve_until_modules_run(tmp_path, ["alpha", "beta"])
     process.send_signal(signal.SIGTERM)
     with trio.fail_after(30):
         assert await process.wait() == 0
-    await _assert_all_gone(children)
+    await _assert_all_gone(procs)
 
 
 async def test_no_child_left_after_sigint(tmp_path: Path, make_module_dir: Any) -> None:
     """SIGINT (Ctrl-C) stops the daemon the same orderly way."""
     make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
-    process, children = await _serve_until_modules_run(tmp_path, 1)
+    process, procs = await _serve_until_modules_run(tmp_path, ["alpha"])
     process.send_signal(signal.SIGINT)
     with trio.fail_after(30):
         assert await process.wait() == 0
-    await _assert_all_gone(children)
+    await _assert_all_gone(procs)
 
 
-async def test_no_child_left_after_daemon_sigkill(tmp_path: Path, make_module_dir: Any) -> None:
-    """Even when the daemon is SIGKILLed (no cleanup runs), its module processes notice
-    the broken pipe and exit by themselves."""
+@pytest.mark.parametrize("options", [(), ("--no-forkserver",)], ids=["forked", "spawned"])
+async def test_no_child_left_after_daemon_sigkill(
+    tmp_path: Path, make_module_dir: Any, options: tuple[str, ...]
+) -> None:
+    """Even when the daemon is SIGKILLed (no cleanup runs), nothing it started survives:
+    the fork server sees end-of-file on its socket and SIGKILLs the module processes (which
+    PR_SET_PDEATHSIG would kill with it anyway); spawned without it, the module processes
+    notice the broken pipe and exit by themselves."""
     make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
     make_module_dir(tmp_path, "testkit", module_id="beta", permissions={})
-    process, children = await _serve_until_modules_run(tmp_path, 2)
+    process, procs = await _serve_until_modules_run(tmp_path, ["alpha", "beta"], *options)
     process.kill()
     with trio.fail_after(10):
         await process.wait()
-    await _assert_all_gone(children)
+    await _assert_all_gone(procs)

@@ -13,20 +13,33 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
-from .._daemon import DaemonConfig, open_daemon
+from actors import ForkServerLaunch
+
+from .._daemon import DaemonConfig, forkserver_default, launch_host_forkserver, open_daemon
 from .._errors import VesselError
 from .._paths import default_data_dir
-from ..gateway import GatewayConfig, serve_gateway
+
+if TYPE_CHECKING:
+    from ..gateway import GatewayConfig
 
 log = logging.getLogger("vessel")
 
 
-async def serve(config: DaemonConfig, gateway: GatewayConfig) -> None:
+async def serve(
+    config: DaemonConfig, gateway: GatewayConfig, forkserver: ForkServerLaunch | None = None
+) -> None:
+    # Not at the top of the file: main() starts the fork server before these imports.
+    from ..gateway import serve_gateway
+
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with open_daemon(config) as daemon, trio.open_nursery() as nursery:
+        async with (
+            open_daemon(config, forkserver=forkserver) as daemon,
+            trio.open_nursery() as nursery,
+        ):
             shutdown = trio.Event()
             _, binds = await nursery.start(
                 lambda task_status: serve_gateway(
@@ -90,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not install the bundled example modules into a fresh data dir",
     )
+    p.add_argument(
+        "--no-forkserver",
+        dest="forkserver",
+        action="store_false",
+        default=forkserver_default(),
+        help="start each module process as a fresh interpreter instead of forking it from "
+        "the pre-imported fork server (slower; for debugging; env VESSEL_FORKSERVER=0)",
+    )
     return parser
 
 
@@ -101,13 +122,21 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
     )
     config = DaemonConfig(
-        data_dir=args.data_dir or default_data_dir(), install_bundled=not args.no_bundled
+        data_dir=args.data_dir or default_data_dir(),
+        install_bundled=not args.no_bundled,
+        forkserver=args.forkserver,
     )
+    # Started before the gateway's imports (Quart, Hypercorn: the bulk of this
+    # command's start), so the fork server imports on another core meanwhile and is
+    # ready when the first module starts.
+    forkserver = launch_host_forkserver() if config.forkserver else None
+    from ..gateway import GatewayConfig
+
     gateway = GatewayConfig(
         host=args.host, port=args.port, allowed_origins=frozenset(args.allow_origin)
     )
     try:
-        trio.run(serve, config, gateway)
+        trio.run(serve, config, gateway, forkserver)
     except VesselError as exc:
         print(f"vessel: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -19,6 +19,7 @@ from wasmtime import component as wc
 
 from .. import _ipc
 from .._capabilities import Capabilities
+from .._emit_rules import RateLimit, emit_problem, rate_exceeded
 from .._errors import CapabilityDenied
 from ._hosterrors import HostCallError
 
@@ -54,8 +55,11 @@ class HostFunctions:
         current_chain: Callable[[], list[str]],
         defer_reply: Callable[[], int | str],
         complete_reply: Callable[[int, bool, str], str | None],
+        max_event_rate: int,
     ) -> None:
         self._id = module_id
+        self._max_event_rate = max_event_rate
+        self._rate = RateLimit(max_event_rate)
         self._caps = capabilities
         self._channel = channel
         self._timers = timers
@@ -99,6 +103,14 @@ class HostFunctions:
             lambda: self._channel.request(method, body, timeout=RPC_TIMEOUT)
         )
 
+    def _notify(self, method: str, body: Any) -> None:
+        """A one-way message to the daemon: queued by the trio loop without waiting for the
+        daemon; waits for room only when the send queue is full (backpressure, not loss)."""
+        try:
+            trio.from_thread.run_sync(self._channel.notify_nowait, method, body)
+        except trio.WouldBlock:
+            trio.from_thread.run(lambda: self._channel.notify(method, body))
+
     def _rpc_error(self, method: str, body: Any) -> str | None:
         """An RPC whose reply carries no value: ``None`` on success, else the reason."""
         try:
@@ -117,12 +129,20 @@ class HostFunctions:
         return self._rpc_error(_ipc.BUS_SUBSCRIBE, _ipc.Subscribe(pattern=pattern))
 
     def _emit(self, event: Any, *, retained: bool) -> str | None:
+        problem = emit_problem(event.name, event.data)
+        if problem is None and not self._rate.take():
+            problem = rate_exceeded(self._max_event_rate)
         try:
-            json.loads(event.data)
-        except (ValueError, TypeError) as exc:
-            return f"emit {event.name!r}: data is not valid JSON: {exc}"
-        body = _ipc.Emit(name=event.name, data=event.data, version=event.version, retained=retained)
-        return self._rpc_error(_ipc.BUS_EMIT, body)
+            if problem is not None:
+                self._notify(_ipc.BUS_REFUSED, _ipc.Refused(reason=problem))
+                return problem
+            body = _ipc.Emit(
+                name=event.name, data=event.data, version=event.version, retained=retained
+            )
+            self._notify(_ipc.BUS_EMIT, body)
+        except Exception as exc:
+            return _remote_message(exc)
+        return None
 
     def emit(self, event: Any) -> str | None:
         return self._emit(event, retained=False)

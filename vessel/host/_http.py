@@ -64,31 +64,42 @@ class HttpService:
         self._timeout = timeout
         self._max_response_bytes = max_response_bytes
         self._max_redirects = max_redirects
+        self._running = False
         self._client: httpx.AsyncClient | None = None
 
     def __repr__(self) -> str:
-        state = "running" if self._client is not None else "stopped"
+        state = "running" if self._running else "stopped"
         return f"<HttpService timeout={self._timeout:g}s {state}>"
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open the client, serve fetches until cancelled, then close the client."""
-        client = httpx.AsyncClient(
-            trust_env=False,
-            follow_redirects=True,
-            max_redirects=self._max_redirects,
-            # Per-operation bounds; fetch adds the bound on the whole exchange.
-            timeout=httpx.Timeout(self._timeout),
-        )
-        self._client = client
+        """Serve fetches until cancelled, then close the client.
+
+        The client is made at the first fetch, not here: it loads the CA store, tens of
+        milliseconds on every module start, and most modules never fetch.
+        """
+        self._running = True
         try:
             task_status.started()
             await trio.sleep_forever()
         finally:
-            self._client = None
-            # Shielded and bounded: the pool's sockets get closed even though we are
-            # being cancelled, and a stuck close cannot hold up shutdown.
-            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                await client.aclose()
+            self._running = False
+            client, self._client = self._client, None
+            if client is not None:
+                # Shielded and bounded: the pool's sockets get closed even though we are
+                # being cancelled, and a stuck close cannot hold up shutdown.
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    await client.aclose()
+
+    def _shared_client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                trust_env=False,
+                follow_redirects=True,
+                max_redirects=self._max_redirects,
+                # Per-operation bounds; fetch adds the bound on the whole exchange.
+                timeout=httpx.Timeout(self._timeout),
+            )
+        return self._client
 
     async def fetch(
         self, method: str, url: str, headers: list[tuple[str, str]], body: str | None
@@ -106,9 +117,9 @@ class HttpService:
             )
         target = _check_url(url)
         _check_headers(headers)
-        client = self._client
-        if client is None:
+        if not self._running:
             raise HostCallError("http-fetch: http is stopped (the module is shutting down)")
+        client = self._shared_client()
         where = f"http-fetch {verb} {url}"
         content = body.encode("utf-8") if body is not None else None
         try:

@@ -183,6 +183,7 @@ class ModuleProcess:
             current_chain=lambda: list(self._chain),
             defer_reply=self.defer_reply,
             complete_reply=self.complete_reply,
+            max_event_rate=manifest.limits.max_event_rate,
         )
         runtime = GuestRuntime(
             module_id=manifest.id,
@@ -438,6 +439,12 @@ class ModuleProcess:
         if self._websockets is not None:
             with trio.move_on_after(UNLOAD_GRACE):
                 await self._websockets.close_all()
+        # Lines logged during the stop (what on-unload printed, or why it trapped) are
+        # still queued on the channel, which is closed (dropping unwritten frames) as soon
+        # as we return. A ping is answered only after the daemon has read every frame sent
+        # before it, so it flushes them. Found by tests/adversarial (loop in on-unload).
+        with contextlib.suppress(Exception):
+            await self.channel.ping(timeout=UNLOAD_GRACE)
 
     def _unload(self) -> None:
         runtime = self._runtime

@@ -55,6 +55,14 @@ class QuotaExceeded(StorageError):
     """A ``storage-set`` would take the module's namespace past its quota."""
 
 
+class DiskWriteError(StorageError):
+    """Writing to the data dir failed for a reason outside the request: its file system
+    is full (or over quota), read-only or failing. The message names the cause (``No
+    space left on device``, ``database or disk is full``). Nothing of that write was kept
+    and everything acknowledged before is intact: free space and retry.
+    """
+
+
 class UnknownModule(VesselError):
     """A call or admin request named a module id that is not installed."""
 

@@ -21,7 +21,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from ._errors import AlreadyInstalled, ManifestError, UnknownModule
+from ._errors import AlreadyInstalled, DiskWriteError, ManifestError, UnknownModule
 from ._manifest import (
     MANIFEST_FILE,
     WASM_FILE,
@@ -102,17 +102,26 @@ def _install(
     if target.exists() and not replace:
         raise _already_installed(module_id)  # early, before seconds of compiling
     staging = modules / f"{STAGING_PREFIX}{_token()}"
-    staging.mkdir()
     try:
-        _write_durable(staging / MANIFEST_FILE, manifest_bytes)
-        _write_durable(staging / WASM_FILE, wasm_bytes)
-        digest = compute_hash(manifest_bytes, wasm_bytes)
-        write_hash_file(staging, digest)
-        # Compiles module.wasm (ComponentError if it is not a component of our world) and
-        # stores the artifact and its record under compiled/, both fsynced.
-        precompile(make_engine(), staging, source_hash=digest, module_id=module_id)
-        for folder in (staging / "compiled", staging):
-            _fsync_dir(folder)
+        try:
+            staging.mkdir()
+            _write_durable(staging / MANIFEST_FILE, manifest_bytes)
+            _write_durable(staging / WASM_FILE, wasm_bytes)
+            digest = compute_hash(manifest_bytes, wasm_bytes)
+            write_hash_file(staging, digest)
+            # Compiles module.wasm (ComponentError if it is not a component of our world)
+            # and stores the artifact and its record under compiled/, both fsynced.
+            precompile(make_engine(), staging, source_hash=digest, module_id=module_id)
+            for folder in (staging / "compiled", staging):
+                _fsync_dir(folder)
+        except OSError as exc:
+            # A full disk (or a failing one) used to escape as a bare OSError, which the
+            # gateway could only answer with a generic 500; name the cause instead.
+            raise DiskWriteError(
+                f"module {module_id!r} was not installed: cannot write its files under "
+                f"{modules}: {exc.strerror or exc}; nothing was changed: free space in the "
+                "data dir and retry"
+            ) from exc
         with _swap_lock:
             _swap_in(staging, target, replace=replace)
     except BaseException:
@@ -127,9 +136,10 @@ def install_module(
 ) -> ModuleSource:
     """Validate, precompile and install a module under ``<data_dir>/modules/<id>``.
 
-    Raises ManifestError (bad manifest, or already installed without ``replace``) or
-    ComponentError (not a component, or not the vessel-module world); nothing is left
-    behind then. Blocking and CPU-bound.
+    Raises ManifestError (bad manifest, or already installed without ``replace``),
+    ComponentError (not a component, or not the vessel-module world) or DiskWriteError
+    (the data dir could not take the files: disk full); nothing is left behind then.
+    Blocking and CPU-bound.
     """
     return _install(data_dir, manifest_bytes, wasm_bytes, replace=replace, source="manifest.json")
 

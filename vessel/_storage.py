@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from ._errors import QuotaExceeded, StorageError
+from ._errors import DiskWriteError, QuotaExceeded, StorageError
 
 #: PRAGMA user_version of the schema this code writes.
 SCHEMA_VERSION = 1
@@ -47,13 +47,28 @@ def _utf8_size(module_id: str, text: str, what: str) -> int:
         ) from None
 
 
+#: SQLite's primary result codes for a write the disk could not take (as opposed to a
+#: bad statement or a closed database): they become DiskWriteError.
+_DISK_ERRORS = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY})
+
+
 @contextmanager
 def _translated(module_id: str) -> Iterator[None]:
     """Translate sqlite3's errors (disk full, I/O error, closed database) at the boundary."""
     try:
         yield
     except sqlite3.Error as exc:
-        raise StorageError(f"storage of module {module_id!r}: database error: {exc}") from exc
+        message = f"storage of module {module_id!r}: database error: {exc}"
+        # A full disk is the operator's to fix, not the caller's: say so, in a class of
+        # its own, so callers can tell it from a bad key (both were StorageError).
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code == sqlite3.SQLITE_FULL:
+            raise DiskWriteError(
+                f"{message}; nothing was written: free space in the data dir and retry"
+            ) from exc
+        if code in _DISK_ERRORS:
+            raise DiskWriteError(f"{message}; check the data dir's file system") from exc
+        raise StorageError(message) from exc
 
 
 class Storage:

@@ -1,19 +1,31 @@
-"""Durability: ``vessel serve`` killed with SIGKILL in the middle of writes, restarted.
+"""Durability: ``vessel serve`` killed with SIGKILL in the middle of writes and installs,
+restarted; a data dir it cannot write; a data dir on a full disk.
 
-Every write the daemon acknowledged (a config PUT answered 204, a module's storage-set
-answered 200) must be there after the restart, and the database must pass SQLite's
-integrity check. A data dir the daemon cannot write must stop it at start with a clear
-message, not a traceback.
+Every write the daemon acknowledged (a config PUT or DELETE answered 204, a module's
+storage-set answered 200) must be there after the restart, and the database must pass
+SQLite's integrity check. Every install it acknowledged (201) must be there and run, and
+an interrupted one must leave nothing half-installed. A data dir the daemon cannot write
+must stop it at start with a clear message, not a traceback; a full disk must refuse
+writes and installs with an error that says so, and lose nothing acknowledged.
+
+The disk-full test mounts a small tmpfs (so it needs root, or CAP_SYS_ADMIN), always
+unmounted at its end: a real file system that runs out of space (ENOSPC), rather than a
+limit that only imitates one (RLIMIT_FSIZE gives EFBIG, per file).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +33,28 @@ import httpx
 import pytest
 import trio
 
-from tests.cli._support import SERVE, base_env, start_daemon, stop_daemon
+from tests.cli._support import SERVE, Daemon, base_env, ctl, start_daemon, stop_daemon
 from vessel._paths import database_path
 from vessel._storage import Storage
 
-from ._figures import Figures
+from ._figures import Figures, Row
+from ._netprobe import netprobe_manifest, netprobe_wasm
 
 ROUNDS = 3
 WRITER = "writer"
+#: Config keys the overwriter sets and deletes in turn, across every round.
+OVERWRITTEN = 3
 
 
-async def _writes(url: str, token: str, tag: str, acked: dict[str, str]) -> int:
-    """Config and storage writes as fast as the daemon takes them, until it dies."""
+async def _writes(
+    url: str, token: str, tag: str, acked: dict[str, str], possible: dict[str, set[str | None]]
+) -> int:
+    """Config and storage writes as fast as the daemon takes them, until it dies.
+
+    ``acked``: new keys, each written once. ``possible``: for each of a few keys that are
+    overwritten and deleted over and over, the values it may hold now (None: absent):
+    the last acknowledged one, plus any sent after it whose answer never came.
+    """
     tried = 0
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=10) as client:
@@ -57,10 +79,27 @@ async def _writes(url: str, token: str, tag: str, acked: dict[str, str]) -> int:
                 assert r.status_code == 200, r.text
                 acked[key] = value
 
+        async def overwriter() -> None:
+            nonlocal tried
+            for i in range(100000):
+                key = f"o-{i % OVERWRITTEN}"
+                value = None if i % 4 == 3 else f"{tag}-{i}"
+                tried += 1
+                possible.setdefault(key, {None}).add(value)
+                path = f"/api/modules/{WRITER}/config/{key}"
+                if value is None:
+                    r = await client.delete(path)
+                    assert r.status_code in (204, 404), r.text
+                else:
+                    r = await client.put(path, json={"value": value})
+                    assert r.status_code == 204, r.text
+                possible[key] = {value}
+
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(config_writer)
                 nursery.start_soon(storage_writer)
+                nursery.start_soon(overwriter)
         except* httpx.TransportError:
             pass  # the daemon was killed under us: expected
     return tried
@@ -71,14 +110,17 @@ async def test_sigkill_during_writes_loses_no_acknowledged_write(
     tmp_path: Path, make_module_dir: Any, figures: Figures
 ) -> None:
     """SIGKILL of ``vessel serve`` at a random moment during config and storage writes,
-    three times in a row: after each restart every acknowledged write is on disk, the
-    database is intact and the modules run again."""
+    three times in a row: after each restart every acknowledged write is on disk (new
+    keys, and keys overwritten and deleted over and over: none goes back to an older
+    value or comes back after an acknowledged delete), the database is intact and the
+    modules run again."""
     row = figures.row("SIGKILL during writes")
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     make_module_dir(tmp_path, "testkit", module_id=WRITER, permissions={"storage": True})
     make_module_dir(tmp_path, "testkit", module_id="healthy-a", permissions={"storage": True})
     acked: dict[str, str] = {}
+    possible: dict[str, set[str | None]] = {}
     for round_no in range(ROUNDS + 1):
         async with trio.open_nursery() as nursery:
             daemon = await start_daemon(nursery, tmp_path)
@@ -103,7 +145,7 @@ async def test_sigkill_during_writes_loses_no_acknowledged_write(
                 token: str = token,
                 tried: list[int] = tried,
             ) -> None:
-                tried.append(await _writes(url, token, tag, acked))
+                tried.append(await _writes(url, token, tag, acked, possible))
 
             with trio.fail_after(30):
                 async with trio.open_nursery() as writers:
@@ -121,8 +163,11 @@ async def test_sigkill_during_writes_loses_no_acknowledged_write(
     db.close()
     with Storage.open(database_path(tmp_path)) as store:
         lost = {k for k, v in acked.items() if store.get(WRITER, k) != v}
+        # An acknowledged overwrite or delete must not be undone either.
+        lost |= {k for k, v in possible.items() if store.get(WRITER, k) not in v}
     row.data_lost += len(lost)
     assert not lost, (seed, sorted(lost)[:10])
+    assert len(possible) == OVERWRITTEN, possible
 
 
 def _read_only_serve(data: Path, serve: list[str]) -> list[str]:
@@ -166,3 +211,399 @@ async def test_read_only_data_dir_is_a_clear_error_at_start(
     assert "Traceback" not in err, err
     assert str(data) in err, err
     assert "cannot listen" not in err, err
+
+
+# -- disk full -------------------------------------------------------------------------
+
+DISK_FULL = re.compile(r"(?i)disk is full|no space left")
+TMPFS_MB = 96
+
+
+@asynccontextmanager
+async def _tmpfs(mountpoint: Path, size_mb: int) -> AsyncIterator[Path]:
+    """A small tmpfs at ``mountpoint`` for the block (a real file system that fills up:
+    writes beyond it fail with ENOSPC); unmounted afterwards, whatever happened."""
+    mountpoint.mkdir()
+    with trio.fail_after(10):
+        done = await trio.run_process(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(mountpoint)],
+            capture_stderr=True,
+            check=False,
+        )
+    assert done.returncode == 0, (
+        "the disk-full test mounts a tmpfs (needs root or CAP_SYS_ADMIN): " + done.stderr.decode()
+    )
+    try:
+        yield mountpoint
+    finally:
+        with trio.CancelScope(shield=True):
+            await _umount(mountpoint)
+
+
+async def _umount(mountpoint: Path) -> None:
+    """Unmount, waiting (bounded) for the processes that still use it to end; if that
+    fails, detach it anyway (lazy) so no mount outlives the test, and say so."""
+    with trio.move_on_after(10):
+        while True:
+            done = await trio.run_process(
+                ["umount", str(mountpoint)], capture_stderr=True, check=False
+            )
+            if done.returncode == 0:
+                return
+            await trio.sleep(0.1)
+    with trio.fail_after(10):
+        await trio.run_process(["umount", "-l", str(mountpoint)])
+    raise AssertionError(f"{mountpoint} was still busy after 10 s: detached lazily")
+
+
+@asynccontextmanager
+async def _killed_at_exit(daemon: Daemon) -> AsyncIterator[Daemon]:
+    """A test that fails half-way must not leave the daemon holding the tmpfs."""
+    try:
+        yield daemon
+    finally:
+        if daemon.process.returncode is None:
+            daemon.process.kill()
+            with trio.CancelScope(shield=True), trio.fail_after(10):
+                await daemon.process.wait()
+
+
+def _fill(folder: Path, name: str = "ballast") -> Path:
+    """Fill the file system of ``folder`` up to the last byte with one ballast file."""
+    ballast = folder / name
+    with ballast.open("wb", buffering=0) as f:
+        for chunk in (1 << 20, 1 << 12, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+    return ballast
+
+
+def _is_disk_full(r: httpx.Response, status: int = 507) -> bool:
+    """A refusal that says what is wrong: ``status`` (507 insufficient_storage for the
+    daemon's own writes; a module's failed storage write is its command's error, 502), the
+    JSON error shape, and a message naming the full disk."""
+    if r.status_code < 400:
+        return False
+    body = r.json()
+    assert set(body) == {"code", "message"}, body
+    assert r.status_code == status, (r.status_code, body)
+    assert DISK_FULL.search(body["message"]), (r.status_code, body)
+    return True
+
+
+async def test_disk_full_is_a_clear_error_and_loses_nothing(
+    tmp_path: Path, make_module_dir: Any, figures: Figures
+) -> None:
+    """The data dir on a small tmpfs, filled to the last byte by a ballast file. Config
+    writes, a module's storage writes and an install are refused with an error naming
+    the full disk (not a generic 500, not a silent success); the install leaves nothing
+    behind; the daemon keeps serving calls and reads. Killed and restarted on the full
+    disk, it starts, and every module runs, even one whose compiled code must be rebuilt
+    and cannot be cached. Once the ballast is deleted the same install succeeds; when the
+    daemon has stopped, every write acknowledged before, during and after is on disk."""
+    row = figures.row("disk full (tmpfs)")
+    acked: dict[str, str] = {}
+    async with _tmpfs(tmp_path / "data", TMPFS_MB) as data:
+        make_module_dir(
+            data, "testkit", module_id=WRITER, permissions={"storage": True},
+            limits={"storage_quota_kb": 1 << 20},
+        )  # fmt: skip
+        async with _serving(data) as (daemon, c):
+            await _ready(c, WRITER)
+            assert (await _install(c, "probe-a")).status_code == 201
+            for i in range(5):
+                assert await _put(c, acked, f"before-c{i}", "x" * 1000) == 204
+                assert await _store(c, acked, f"before-s{i}", "y" * 1000) == 200
+            await trio.to_thread.run_sync(_fill, data)
+
+            # Values big enough that the database must grow: a few may still fit in
+            # pages SQLite already has (acknowledged: they must survive like any other);
+            # the rest must be refused, saying why.
+            refused = {"config": 0, "storage": 0}
+            big = "z" * 65536
+            for i in range(64):
+                if _is_disk_full(await _put_r(c, acked, f"full-c{i}", big)):
+                    refused["config"] += 1
+                if _is_disk_full(await _store_r(c, acked, f"full-s{i}", big), status=502):
+                    refused["storage"] += 1
+                row.bad_inputs += 2
+                if min(refused.values()) >= 3:
+                    break
+            assert min(refused.values()) >= 3, refused
+            assert _is_disk_full(await _install(c, "probe-b"))
+            row.bad_inputs += 1
+            assert _debris(data) == [], _debris(data)
+            assert not (data / "modules" / "probe-b").exists()
+            await _still_serving(c, row)
+            daemon.process.kill()
+            await daemon.process.wait()
+            row.crashes_survived += 1
+        assert "Traceback" not in daemon.stderr.text, daemon.stderr.text
+
+        # Restart on the full disk; probe-a's compiled code is gone (as after an upgrade
+        # of wasmtime): it compiles again and cannot cache the result.
+        shutil.rmtree(data / "modules" / "probe-a" / "compiled")
+        await trio.to_thread.run_sync(_fill, data, "ballast-2")
+        async with _serving(data) as (daemon, c):
+            await _ready(c, WRITER)
+            await _ready(c, "probe-a")
+            await _still_serving(c, row)
+            for key in ("before-c0", "before-s0"):
+                r = await c.post(f"/api/modules/{WRITER}/call/storage_get", json={"key": key})
+                assert r.json()["data"] == {"value": acked[key]}, r.text
+            assert _is_disk_full(await _install(c, "probe-b"))
+            row.bad_inputs += 1
+            for name in ("ballast", "ballast-2"):
+                (data / name).unlink()
+            # Space again: the same install and writes go through.
+            assert (await _install(c, "probe-b")).status_code == 201
+            await _ready(c, "probe-b")
+            assert await _put(c, acked, "after-c", "ok") == 204
+            assert await _store(c, acked, "after-s", "ok") == 200
+            await c.aclose()  # an idle keep-alive connection would hold up the stop
+            await stop_daemon(daemon)
+        with Storage.open(database_path(data)) as store:
+            lost = {k for k, v in acked.items() if store.get(WRITER, k) != v}
+    row.data_lost += len(lost)
+    assert not lost, sorted(lost)[:10]
+
+
+@asynccontextmanager
+async def _serving(data: Path) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
+    """``vessel serve`` on ``data`` and a client with its token, for the block."""
+    async with trio.open_nursery() as nursery:
+        daemon = await start_daemon(nursery, data)
+        async with _killed_at_exit(daemon), _client(daemon) as c:
+            yield daemon, c
+
+
+def _client(daemon: Daemon) -> httpx.AsyncClient:
+    token = (daemon.data_dir / "token").read_text().strip()
+    headers = {"Authorization": f"Bearer {token}"}
+    return httpx.AsyncClient(base_url=daemon.url, headers=headers, timeout=30)
+
+
+async def _ready(c: httpx.AsyncClient, module_id: str) -> None:
+    """Wait (bounded) until the module answers a call."""
+    with trio.move_on_after(30):
+        while (await c.post(f"/api/modules/{module_id}/call/echo", json={})).status_code != 200:
+            await trio.sleep(0.05)
+        return
+    info = (await c.get(f"/api/modules/{module_id}")).text
+    logs = (await c.get(f"/api/modules/{module_id}/logs")).text
+    raise AssertionError(f"{module_id} did not answer within 30 s: {info}\n{logs}")
+
+
+async def _install(
+    c: httpx.AsyncClient, module_id: str, *, version: str = "0.1.0", replace: bool = False
+) -> httpx.Response:
+    """Upload the netprobe component as ``module_id`` (POST /api/modules)."""
+    files = {
+        "manifest": ("manifest.json", netprobe_manifest(module_id, version=version)),
+        "wasm": ("module.wasm", netprobe_wasm()),
+    }
+    params = {"replace": "true"} if replace else {}
+    return await c.post("/api/modules", params=params, files=files)
+
+
+async def _put_r(
+    c: httpx.AsyncClient, acked: dict[str, str], key: str, value: str
+) -> httpx.Response:
+    r = await c.put(f"/api/modules/{WRITER}/config/{key}", json={"value": value})
+    if r.status_code == 204:
+        acked[key] = value
+    return r
+
+
+async def _store_r(
+    c: httpx.AsyncClient, acked: dict[str, str], key: str, value: str
+) -> httpx.Response:
+    body = {"key": key, "value": value}
+    r = await c.post(f"/api/modules/{WRITER}/call/storage_set", json=body)
+    if r.status_code == 200:
+        acked[key] = value
+    return r
+
+
+async def _put(c: httpx.AsyncClient, acked: dict[str, str], key: str, value: str) -> int:
+    return (await _put_r(c, acked, key, value)).status_code
+
+
+async def _store(c: httpx.AsyncClient, acked: dict[str, str], key: str, value: str) -> int:
+    return (await _store_r(c, acked, key, value)).status_code
+
+
+async def _still_serving(c: httpx.AsyncClient, row: Row) -> None:
+    """Calls, reads and the module list still work (on a full disk)."""
+    for _ in range(5):
+        r = await c.post(f"/api/modules/{WRITER}/call/echo", json={"n": 1})
+        assert r.status_code == 200, r.text
+        row.answered += 1
+    r = await c.get(f"/api/modules/{WRITER}/config/before-c0")
+    assert r.status_code == 200, r.text
+    assert r.json()["value"] == "x" * 1000, r.text
+    r = await c.get("/api/modules")
+    assert r.status_code == 200, r.text
+    assert r.json()["refused"] == [], r.text
+    assert all(m["state"] == "running" for m in r.json()["modules"]), r.text
+
+
+def _debris(data: Path) -> list[str]:
+    """Leftovers of interrupted installs, replacements and removals."""
+    return sorted(p.name for p in (data / "modules").iterdir() if p.name.startswith("."))
+
+
+# -- SIGKILL during installs -----------------------------------------------------------
+
+STABLE = "stable"
+#: Where each round's SIGKILL lands: while an install is being written and compiled in
+#: its staging folder, while a replacement has the old copy set aside, once a new module
+#: folder is in place but before its install was answered (the module is starting), and
+#: at a random moment.
+KILL_MOMENTS = ("staging", "trash", "placed", "random")
+#: Fresh installs per round (each adds a module process to every later restart).
+FRESH_PER_ROUND = 4
+
+
+@dataclass
+class Installs:
+    """What the installers asked for and what the daemon acknowledged (201)."""
+
+    acked: dict[str, str] = field(default_factory=dict)  # module id -> version
+    attempted: dict[str, list[str]] = field(default_factory=dict)  # id -> versions, in order
+    in_flight: dict[str, str] = field(default_factory=dict)  # sent, not answered
+
+    def send(self, module_id: str, version: str) -> None:
+        self.attempted.setdefault(module_id, []).append(version)
+        self.in_flight[module_id] = version
+
+    def answered(self, module_id: str, version: str, r: httpx.Response) -> None:
+        assert r.status_code == 201, r.text
+        self.acked[module_id] = version
+        del self.in_flight[module_id]
+
+
+async def _installer(c: httpx.AsyncClient, tag: int, state: Installs) -> None:
+    """Fresh installs and replacements of ``stable``, back to back, until the daemon dies."""
+
+    async def fresh() -> None:
+        for i in range(FRESH_PER_ROUND):
+            module_id = f"m{tag}-{i}"
+            state.send(module_id, "0.1.0")
+            state.answered(module_id, "0.1.0", await _install(c, module_id))
+
+    async def replace() -> None:
+        for i in range(100000):
+            version = f"1.{tag}.{i}"
+            state.send(STABLE, version)
+            state.answered(
+                STABLE, version, await _install(c, STABLE, version=version, replace=True)
+            )
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fresh)
+            nursery.start_soon(replace)
+    except* httpx.TransportError:
+        pass  # the daemon was killed under us: expected
+
+
+async def _kill_moment(moment: str, data: Path, state: Installs, rng: random.Random) -> None:
+    """Return at the moment named: when the data dir shows it (polled every millisecond,
+    for 5 s at most), or after a random delay."""
+    modules = data / "modules"
+
+    def seen() -> bool:
+        names = [p.name for p in modules.iterdir()] if modules.is_dir() else []
+        if moment == "staging":
+            return any(n.startswith(".staging-") for n in names)
+        if moment == "trash":
+            return any(n.startswith(".trash-") for n in names)
+        # "placed": a fresh module's folder is in place, its install not yet answered
+        return any(m != STABLE and m in names for m in state.in_flight)
+
+    if moment == "random":
+        await trio.sleep(rng.uniform(0.05, 1.0))
+        return
+    with trio.move_on_after(5):
+        while not seen():
+            await trio.sleep(0.001)
+
+
+async def _check_installs(c: httpx.AsyncClient, data: Path, state: Installs, row: Row) -> None:
+    """After a restart: nothing half-installed, every acknowledged install there and
+    running, and a retry of each interrupted install goes through."""
+    assert _debris(data) == [], _debris(data)
+    listing = (await c.get("/api/modules")).json()
+    assert listing["refused"] == [], listing["refused"]
+    listed = {m["id"]: m["version"] for m in listing["modules"]}
+    for module_id, version in state.acked.items():
+        assert module_id in listed, (module_id, sorted(listed))
+        if module_id == STABLE:
+            # The acknowledged version, or the one in flight if it got as far as its rename.
+            allowed = {version, state.in_flight.get(STABLE, version)}
+            assert listed[STABLE] in allowed, (listed[STABLE], allowed)
+    for module_id in listed:
+        assert module_id in state.attempted, (module_id, sorted(state.attempted))
+        await _ready(c, module_id)
+        row.answered += 1
+    for module_id, version in list(state.in_flight.items()):
+        # The interrupted request, retried as a client would. A replacement goes through
+        # (201). A new install goes through too, or, if the kill came after its folder
+        # was in place, gets "already installed" (409): the module is there, running.
+        replace = module_id == STABLE
+        r = await _install(c, module_id, version=version, replace=replace)
+        if module_id in listed and not replace:
+            assert r.status_code == 409, r.text
+        else:
+            assert r.status_code == 201, r.text
+            listed[module_id] = version
+        state.acked[module_id] = listed[module_id]
+        del state.in_flight[module_id]
+        await _ready(c, module_id)
+
+
+@pytest.mark.watchdog(110)
+async def test_sigkill_during_installs_leaves_no_half_installed_module(
+    tmp_path: Path, figures: Figures
+) -> None:
+    """``vessel serve`` SIGKILLed while modules are installed and replaced over REST, at
+    different moments (mid-write in staging, mid-replace with the old copy set aside, a
+    new folder in place but unanswered, random): after each restart no half-installed
+    module is listed or refused, every acknowledged install is there and runs (a replaced
+    module at its acknowledged version or the one in flight), no staging debris is left,
+    and retrying the interrupted install works; last, vessel-ctl replaces a module."""
+    row = figures.row("SIGKILL during installs")
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    state = Installs()
+    for round_no, moment in enumerate(KILL_MOMENTS):
+        async with _serving(tmp_path) as (daemon, c):
+            await _check_installs(c, tmp_path, state, row)
+            with trio.fail_after(30):
+                async with trio.open_nursery() as installers:
+                    installers.start_soon(_installer, c, round_no, state)
+                    await _kill_moment(moment, tmp_path, state, rng)
+                    daemon.process.kill()
+                    await daemon.process.wait()
+            row.crashes_survived += 1
+        assert "Traceback" not in daemon.stderr.text, (seed, daemon.stderr.text)
+    async with _serving(tmp_path) as (daemon, c):
+        await _check_installs(c, tmp_path, state, row)
+        # The CLI's way in, too: vessel-ctl install --replace.
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "manifest.json").write_bytes(netprobe_manifest(STABLE, version="2.0.0"))
+        (src / "module.wasm").write_bytes(netprobe_wasm())
+        done = await ctl("install", "--replace", str(src), env=daemon.env)
+        assert done.returncode == 0, (seed, str(done))
+        assert (await c.get(f"/api/modules/{STABLE}")).json()["version"] == "2.0.0"
+        await _ready(c, STABLE)
+        await c.aclose()  # an idle keep-alive connection would hold up the stop
+        await stop_daemon(daemon)
+    row.bad_inputs += sum(len(v) for v in state.attempted.values())
+    assert len(state.acked) > len(KILL_MOMENTS), (seed, state.acked)

@@ -8,7 +8,11 @@ hundreds of connections, reuse request ids, try path traversal and upload bad mo
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import zipfile
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,8 +21,9 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 import trio
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from trio_websocket import ConnectionClosed
 
 from tests.gateway.harness import Gateway, running_gateway
 from tests.gateway.test_ws_fuzz import Prober, frames, json_values, text
@@ -227,33 +232,85 @@ async def test_oversized_frames_and_duplicate_ids(
             assert (await call(conn, "healthy-a", "echo", {"z": 3}))["data"] == {"z": 3}
 
 
+#: Echo calls of this many characters each, sent by the client that never reads: enough
+#: of them overflow its send queue (16 M characters) plus what the loopback socket
+#: buffers hold, which ~3000 small answers never do.
+BIG_ECHO = 256 * 1024
+BIG_ECHOES = 160
+#: Seconds the gateway may take to give up on a client that stopped reading, and (once it
+#: reads again) to deliver its close frame after what the network buffered.
+SLOW_CLIENT_BOUND = 20.0
+
+
 async def test_client_that_never_reads(
     tmp_path: Path, make_module_dir: Any, figures: Figures
 ) -> None:
-    """A client that subscribes to everything and sends thousands of calls but never reads
-    (what the gateway holds for it is bounded: it is closed as too slow once its queue
-    is full); other clients keep getting their events and responses meanwhile."""
+    """A client that subscribes to everything, then sends thousands of calls (some with
+    big answers) and never reads: the gateway gives up on it while it still reads
+    nothing (its bus subscription is dropped, so what it holds is bounded), and when it
+    finally reads it finds, after what the network had buffered, the close 4408 "too
+    slow" from the server; the answers that did not fit were dropped. Other clients keep
+    getting their events and responses meanwhile."""
     async with gateway_scenario(tmp_path, make_module_dir, figures, "never-reading client") as (
         gw,
         row,
     ):
+        bus = gw.daemon.bus
         async with ws_client(gw) as lazy, ws_client(gw) as good:
             await ready(lazy)
             await ready(good)
-            await send(lazy, {"type": "subscribe", "module": "*", "name": "*"})
             await send(good, {"type": "subscribe", "module": "healthy-a", "name": "tick"})
-            # The lazy client floods itself with responses it never reads.
-            for i in range(3000):
-                await send(lazy, {"type": "call", "request_id": f"r{i}", "module": "vessel",
-                                  "name": "ping"})  # fmt: skip
-            row.bad_inputs += 3000
+            await send(lazy, {"type": "subscribe", "module": "*", "name": "*",
+                              "request_id": "all"})  # fmt: skip
+            await receive_until(lazy, lambda m: is_response(m, "all"))
+            held = bus.statistics().subscriptions
+            asked = 0
+
+            async def flood_itself() -> None:
+                nonlocal asked
+                big = "x" * BIG_ECHO
+                for i in range(3000 + BIG_ECHOES):
+                    call_ = {"type": "call", "request_id": f"r{i}", "module": "vessel",
+                             "name": "ping"}  # fmt: skip
+                    if i >= 3000:
+                        call_.update(module=VICTIM, name="echo", params={"pad": big})
+                    await send(lazy, call_)
+                    asked += 1
+
+            # From here on `lazy` reads nothing: it floods itself with answers.
+            with trio.fail_after(SLOW_CLIENT_BOUND):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(flood_itself)
+                    while bus.statistics().subscriptions >= held:
+                        await trio.sleep(0.02)
+                    # Given up on: the gateway stops reading it too, so sending more may
+                    # block for good.
+                    nursery.cancel_scope.cancel()
+            row.bad_inputs += asked
             for _ in range(20):
                 event = await receive(good)
                 assert event["type"] == "event", event
                 assert event["module"] == "healthy-a", event
             assert (await call(good, "healthy-b", "echo", {"ok": 1}))["data"] == {"ok": 1}
+            # Reading at last: what the network buffered, then the server's close.
+            answers: set[str] = set()
+            with trio.fail_after(SLOW_CLIENT_BOUND):
+                try:
+                    while True:
+                        message = json.loads(await lazy.get_message())
+                        if message["type"] == "response" and message["request_id"] != "all":
+                            assert message["success"], message
+                            answers.add(message["request_id"])
+                except ConnectionClosed as exc:
+                    code, reason = exc.reason.code, exc.reason.reason or ""
+            assert code == 4408, (code, reason)
+            assert re.fullmatch(r"too slow: \d+ messages queued", reason), reason
+            # What did not fit in its queue was dropped, not kept for it.
+            assert len(answers) < asked, (len(answers), asked)
+            assert (await call(good, "victim", "echo", {"ok": 2}))["data"] == {"ok": 2}
         async with ws_client(gw) as conn:
             await ready(conn)
+            assert (await call(conn, "healthy-a", "echo", {"ok": 3}))["data"] == {"ok": 3}
 
 
 async def test_hundreds_of_connections_opened_and_dropped(
@@ -377,6 +434,238 @@ async def test_bad_uploads(
             row.bad_inputs += 1
         assert sorted(p.name for p in modules_dir(tmp_path).iterdir()) == before
         assert "upload-x" not in gw.daemon.manager.ids()
+
+
+# -- upload fuzz ------------------------------------------------------------------------
+
+#: A component with nothing in it: valid WebAssembly, but not of our world.
+EMPTY_COMPONENT = b"\x00asm\x0d\x00\x01\x00"
+#: A core module header: WebAssembly, but not a component.
+CORE_MODULE = b"\x00asm\x01\x00\x00\x00"
+#: How much of the real testkit component the fuzzer cuts and mutates: its first sections
+#: (types, imports) are small, so cuts land on section boundaries too, yet no prefix this
+#: short holds its core module, so nothing takes long to compile.
+REAL_PREFIX = 64 * 1024
+UPLOAD_EXAMPLES = 400
+UPLOAD_IDS = ["upload-x", "upload-y", VICTIM, "vessel", "../x", "", "UP", "a" * 70, "-x",
+              ".staging-x", "healthy-a/../x", "x\x00"]  # fmt: skip
+
+
+PART_FILENAMES = [None, "module.wasm", "manifest.json", "../../x", ""]
+PART_TYPES = [None, "application/octet-stream", "application/wasm", "text/plain; charset=latin-1"]
+
+
+@st.composite
+def mutated(draw: st.DrawFn, data: bytes) -> bytes:
+    """``data`` with up to three cuts, byte flips, insertions or deletions."""
+    buf = bytearray(data)
+    for _ in range(draw(st.integers(0, 3))):
+        op = draw(st.sampled_from(["cut", "flip", "insert", "delete"]))
+        i = draw(st.integers(0, max(len(buf) - 1, 0)))
+        if op == "insert" or not buf:
+            buf[i:i] = draw(st.binary(min_size=1, max_size=8))
+        elif op == "cut":
+            del buf[i:]
+        elif op == "flip":
+            buf[i] ^= draw(st.integers(1, 255))
+        else:
+            del buf[i : i + draw(st.integers(1, 16))]
+    return bytes(buf)
+
+
+@st.composite
+def manifests(draw: st.DrawFn) -> bytes:
+    """A manifest: near-valid (fields dropped, mistyped, unknown), mutated bytes, any JSON
+    or any bytes."""
+    doc: dict[str, Any] = {
+        "id": draw(st.sampled_from(UPLOAD_IDS) | text),
+        "name": "x",
+        "version": "1",
+        "api_version": draw(st.sampled_from([1, 1, 0, 2, 99, -1, 2**64, "1", None, 1.5])),
+    }
+    for _ in range(draw(st.integers(0, 2))):
+        field = draw(st.sampled_from(["name", "version", "permissions", "limits", "extra",
+                                      "description", "api_version"]))  # fmt: skip
+        if draw(st.booleans()):
+            doc.pop(field, None)
+        else:
+            doc[field] = draw(json_values)
+    encoded = json.dumps(doc).encode()
+    return draw(
+        st.just(encoded)
+        | mutated(encoded)
+        | json_values.map(lambda v: json.dumps(v).encode())
+        | st.binary(max_size=64)
+        | st.just(b"[" * 5000)  # deep nesting
+    )
+
+
+def zip_bundle(manifest: bytes, wasm: bytes) -> bytes:
+    """A module folder zipped: a bundle format the endpoint does not take."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as bundle:
+        bundle.writestr("manifest.json", manifest)
+        bundle.writestr("module.wasm", wasm)
+    return out.getvalue()
+
+
+def wasm_bodies(real: bytes) -> st.SearchStrategy[bytes]:
+    """Anything but a component of our world: cut and mutated real components, headers
+    with junk after them, a valid but empty component, random bytes, zips."""
+    return st.one_of(
+        st.integers(0, len(real)).map(lambda n: real[:n]),
+        mutated(real),
+        st.sampled_from([b"", EMPTY_COMPONENT, CORE_MODULE]),
+        st.tuples(st.sampled_from([EMPTY_COMPONENT, CORE_MODULE]), st.binary(max_size=64)).map(
+            b"".join
+        ),
+        st.binary(max_size=256),
+        st.integers(0, 4096).map(lambda n: zip_bundle(b"{}", real[:n])),
+    )
+
+
+def _part(name: str | None, filename: str | None, content_type: str | None,
+          content: bytes) -> bytes:  # fmt: skip
+    disposition = "form-data"
+    if name is not None:
+        disposition += f'; name="{name}"'
+    if filename is not None:
+        disposition += f'; filename="{filename}"'
+    head = f"Content-Disposition: {disposition}\r\n"
+    if content_type is not None:
+        head += f"Content-Type: {content_type}\r\n"
+    return head.encode() + b"\r\n" + content
+
+
+@st.composite
+def valid_manifests(draw: st.DrawFn) -> bytes:
+    """A manifest that passes validation, for an id that is free or installed."""
+    doc: dict[str, Any] = {
+        "id": draw(st.sampled_from(["upload-x", "upload-y", VICTIM])),
+        "name": draw(st.text(min_size=1, max_size=20)),
+        "version": draw(st.sampled_from(["1", "0.1.0", "2024.1"])),
+        "api_version": 1,
+    }
+    if draw(st.booleans()):
+        doc["permissions"] = draw(st.sampled_from([{}, {"storage": True}, {"timers": True}]))
+    if draw(st.booleans()):
+        doc["limits"] = {"memory_mb": draw(st.integers(16, 256))}
+    return json.dumps(doc).encode()
+
+
+def _multipart(boundary: str, parts: list[bytes], *, closed: bool) -> bytes:
+    mark = b"--" + boundary.encode()
+    body = b"".join(mark + b"\r\n" + part + b"\r\n" for part in parts)
+    return body + mark + b"--\r\n" if closed else body
+
+
+@st.composite
+def uploads(draw: st.DrawFn, real: bytes) -> tuple[str | None, str | None, bytes]:
+    """(``?replace=``, Content-Type, body) of a POST /api/modules that must be refused.
+
+    Half are well-formed requests with a valid manifest, so the wasm reaches the
+    component check (cut and mutated real components, wrong worlds, junk); a quarter
+    are well-formed with a broken manifest; the rest break the framing: fields renamed,
+    dropped, doubled or cut short, mutated bytes, wrong content types, raw bodies.
+    """
+    boundary = draw(st.sampled_from(["b0undary", "x", "----WebKitFormBoundary7MA4YWxk"]))
+    multipart = f"multipart/form-data; boundary={boundary}"
+    mode = draw(st.sampled_from(["wasm", "wasm", "manifest", "framing"]))
+    wasm = draw(wasm_bodies(real))
+    if mode != "framing":
+        manifest = draw(valid_manifests() if mode == "wasm" else manifests())
+        parts = [_part("manifest", "manifest.json", "application/json", manifest),
+                 _part("wasm", "module.wasm", "application/wasm", wasm)]  # fmt: skip
+        replace = draw(st.sampled_from([None, "true", "false"]))
+        return replace, multipart, _multipart(boundary, parts, closed=True)
+    manifest = draw(manifests() | valid_manifests())
+    replace = draw(st.sampled_from([None, "true", "", "maybe"]))
+    if draw(st.integers(0, 5)) == 0:
+        body = draw(st.sampled_from([zip_bundle(manifest, wasm), wasm, manifest]))
+    else:
+        names = ["manifest", "wasm", "Manifest", "", "x", 'wa"sm', None]
+        fields = [("manifest", manifest), ("wasm", wasm)]
+        if draw(st.booleans()):  # a field renamed, dropped, doubled or reordered
+            fields = draw(st.permutations([*fields, (draw(st.sampled_from(names)), wasm)]))
+            fields = fields[: draw(st.integers(0, len(fields)))]
+        parts = [
+            _part(
+                name,
+                draw(st.sampled_from(PART_FILENAMES)),
+                draw(st.sampled_from(PART_TYPES)),
+                content,
+            )
+            for name, content in fields
+        ]
+        body = _multipart(boundary, parts, closed=draw(st.booleans()))
+        if draw(st.booleans()):
+            body = draw(mutated(body))
+    content_type = draw(
+        st.sampled_from([multipart] * 4 + [
+            None, "multipart/form-data", "multipart/form-data; boundary=other",
+            "multipart/mixed; boundary=" + boundary, "application/zip", "application/wasm",
+            "application/octet-stream", "application/json", "text/plain",
+            "application/x-www-form-urlencoded",
+        ])
+    )  # fmt: skip
+    return replace, content_type, body
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+async def test_upload_fuzz(
+    tmp_path: Path, make_module_dir: Any, figures: Figures, built_guests: Any
+) -> None:
+    """Hundreds of generated uploads (cut and mutated real components, valid components of
+    the wrong world, mutated manifests and multipart framing, zip bundles, wrong content
+    types, ``?replace`` on an installed id): each is refused with a 4xx JSON error in
+    time (never a 5xx, never a hang), nothing half-installed is left in the module list
+    or the data dir, the module an upload tried to replace keeps running, and the
+    healthy modules never notice."""
+    real = Path(built_guests["testkit"]).read_bytes()[:REAL_PREFIX]
+    async with (
+        gateway_scenario(tmp_path, make_module_dir, figures, "upload fuzz") as (gw, row),
+        httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=15) as client,
+    ):
+        manager = gw.daemon.manager
+        ids, tree, top = manager.ids(), _tree(modules_dir(tmp_path)), _tree(tmp_path)
+        top = [p for p in top if "/" not in p]
+        statuses: Counter[int] = Counter()
+
+        async def one(replace: str | None, content_type: str | None, body: bytes) -> None:
+            headers = {"content-type": content_type} if content_type else {}
+            params = {"replace": replace} if replace is not None else {}
+            with trio.fail_after(15):
+                r = await client.post("/api/modules", content=body, headers=headers,
+                                      params=params)  # fmt: skip
+            statuses[r.status_code] += 1
+            _check_error(r)
+            assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+
+        @settings(max_examples=UPLOAD_EXAMPLES, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @given(uploads(real))
+        def examples(upload: tuple[str | None, str | None, bytes]) -> None:
+            trio.from_thread.run(one, *upload)
+
+        with trio.fail_after(120):
+            await trio.to_thread.run_sync(examples)
+        sent = sum(statuses.values())
+        row.bad_inputs += sent
+        assert sent >= UPLOAD_EXAMPLES, statuses
+        # Nothing half-installed: the same modules, the same files, no staging leftovers.
+        assert manager.ids() == ids
+        assert manager.refused == []
+        assert _tree(modules_dir(tmp_path)) == tree
+        assert [p for p in _tree(tmp_path) if "/" not in p] == top
+        response = await client.get("/api/modules")
+        assert response.status_code == 200
+        assert [m["state"] for m in response.json()["modules"]] == ["running"] * 3
+        assert (await client.post(f"/api/modules/{VICTIM}/call/echo", json={"ok": 1})).json() == {
+            "data": {"ok": 1}
+        }
 
 
 async def test_truncated_oversized_post_does_not_stop_the_gateway(

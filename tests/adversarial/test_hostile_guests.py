@@ -11,26 +11,61 @@ import json
 import os
 import random
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
+from trio_websocket import WebSocketConnection
 
+from actors import ProcessActor
+from tests.gateway.harness import Gateway, running_gateway
+from tests.gateway.ws_client import call as ws_call
+from tests.gateway.ws_client import ready, send, ws_client
 from tests.runtime.harness import call, call_error, next_event, running_daemon
 from vessel._daemon import Daemon
 from vessel._errors import CallError
+from vessel._events import Event
 from vessel._manager import ModuleState, SupervisionPolicy
 from vessel._paths import database_path
 from vessel._storage import Storage
+from vessel._wasm_module import LogLine
+from vessel.host._process import MAX_REPLACEMENTS
 
 from ._figures import Figures, Row
-from ._healthy import healthy_modules, watch_healthy
+from ._healthy import HEALTHY, Health, healthy_modules, watch_healthy
 
 HOSTILE = "hostile"
 #: Restart fast; four restarts within a minute and the module is failed.
 POLICY = SupervisionPolicy(max_restarts=4, period=60.0, backoff_initial=0.05, backoff_max=0.4)
+
+
+def _install(
+    tmp_path: Path,
+    make_module_dir: Any,
+    *,
+    permissions: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+    storage: dict[str, str] | None = None,
+    extra: tuple[str, ...] = (),
+) -> None:
+    """The healthy pair and the hostile testkit(s) in ``tmp_path``, before the daemon."""
+    healthy_modules(make_module_dir, tmp_path)
+    for module_id in (HOSTILE, *extra):
+        make_module_dir(
+            tmp_path,
+            "testkit",
+            module_id=module_id,
+            permissions=permissions if permissions is not None else {"storage": True},
+            limits=limits,
+        )
+    if storage:
+        # Seed the hostile module's storage before it starts (its on-load reads it).
+        with Storage.open(database_path(tmp_path)) as store:
+            for key, value in storage.items():
+                store.set(HOSTILE, key, value, quota_bytes=1 << 20)
 
 
 @asynccontextmanager
@@ -46,24 +81,33 @@ async def scenario(
     extra: tuple[str, ...] = (),
 ) -> AsyncIterator[tuple[Daemon, Row]]:
     """A daemon with the healthy pair and a hostile testkit, watched for the block."""
-    healthy_modules(make_module_dir, tmp_path)
-    for module_id in (HOSTILE, *extra):
-        make_module_dir(
-            tmp_path,
-            "testkit",
-            module_id=module_id,
-            permissions=permissions if permissions is not None else {"storage": True},
-            limits=limits,
-        )
-    if storage:
-        # Seed the hostile module's storage before it starts (its on-load reads it).
-        with Storage.open(database_path(tmp_path)) as store:
-            for key, value in storage.items():
-                store.set(HOSTILE, key, value, quota_bytes=1 << 20)
+    _install(tmp_path, make_module_dir, permissions=permissions, limits=limits,
+             storage=storage, extra=extra)  # fmt: skip
     row = figures.row(name)
     async with running_daemon(tmp_path, policy=POLICY) as daemon, watch_healthy(daemon, row):
         yield daemon, row
         # Keep the healthy pair under watch a moment after the attack, too.
+        await trio.sleep(0.1)
+
+
+@asynccontextmanager
+async def gateway_scenario(
+    tmp_path: Path,
+    make_module_dir: Any,
+    figures: Figures,
+    name: str,
+    *,
+    limits: dict[str, Any] | None = None,
+) -> AsyncIterator[tuple[Gateway, Row, Health]]:
+    """``scenario`` with the real gateway on 127.0.0.1 in front of the daemon, for live
+    /ws clients beside the hostile module; also yields the healthy monitor's tally."""
+    _install(tmp_path, make_module_dir, limits=limits)
+    row = figures.row(name)
+    async with (
+        running_gateway(tmp_path, policy=POLICY) as gw,
+        watch_healthy(gw.daemon, row) as health,
+    ):
+        yield gw, row, health
         await trio.sleep(0.1)
 
 
@@ -147,15 +191,32 @@ async def test_trap_in_on_timer(tmp_path: Path, make_module_dir: Any, figures: F
 
 
 async def test_trap_in_on_unload(tmp_path: Path, make_module_dir: Any, figures: Figures) -> None:
-    """A trap in on-unload does not keep a restart from completing."""
+    """A trap in on-unload does not keep a restart from completing; the trap reaches the
+    module's log and the old process exits cleanly (regression: it could abort at exit
+    with a Rust panic in a wasmtime thread, and lose that log line)."""
     async with scenario(tmp_path, make_module_dir, figures, "trap in on-unload") as (d, row):
         for _ in range(2):
+            old = d.manager.get(HOSTILE)
+            proc = old.proc
+            assert proc is not None
             await call(d, HOSTILE, "trap_in", {"export": "on_unload"})
             row.bad_inputs += 1
             with trio.fail_after(15):
                 await d.manager.restart(HOSTILE)
             row.crashes_survived += 1
+            _assert_clean_unload(proc, old.logs)
             assert await call(d, HOSTILE, "echo", {"ok": 1}) == {"ok": 1}
+
+
+def _assert_clean_unload(proc: ProcessActor, logs: Iterable[LogLine]) -> None:
+    """The process that trapped in on-unload exited by itself (code 0), reported the trap,
+    and did not abort on its way out."""
+    messages = [line.message for line in logs]
+    assert proc.exit_info is not None
+    assert proc.exit_info.returncode == 0, (proc.exit_info, messages)
+    assert len([m for m in messages if m.startswith("on-unload trapped: ")]) == 1, messages
+    # (The module process's own stderr, not the guest's, whose trap prints a panic.)
+    assert not [m for m in messages if m.startswith("process: ") and "panic" in m], messages
 
 
 async def test_infinite_loop_in_on_command(
@@ -191,6 +252,156 @@ async def test_infinite_loop_in_on_load(
                 row.crashes_survived += 1
 
 
+#: A short invocation deadline, so the loop scenarios spend little time spinning.
+DEADLINE = {"invocation_timeout_ms": 200}
+
+
+def _replaced_or_crashed(module_id: str) -> Callable[[Event], bool]:
+    """The lifecycle event that ends one trap of ``module_id``: its instance was replaced,
+    or (past the replacement limit) its process ended."""
+    return lambda e: (
+        e.name in ("module.instance_replaced", "module.crashed")
+        and json.loads(e.data).get("module") == module_id
+    )
+
+
+def _by_deadline(event: Event) -> bool:
+    return "deadline exceeded" in json.loads(event.data)["reason"]
+
+
+async def _until_answered(d: Daemon, module_id: str, *commands: tuple[str, Any]) -> None:
+    """Send ``commands`` in order, again from the first while the module is between
+    restarts (bounded)."""
+    with trio.fail_after(15):
+        while True:
+            try:
+                for name, params in commands:
+                    await call(d, module_id, name, params)
+                return
+            except CallError as exc:
+                if exc.code != "module_unavailable":
+                    raise
+                await trio.sleep(0.05)
+
+
+async def _echo_until(d: Daemon, module_id: str, done: trio.Event) -> int:
+    """Call ``echo`` in a loop until ``done``: every call must be answered, whatever the
+    module's other exports are doing (commands wait in its mailbox, never dropped)."""
+    answered = 0
+    while not done.is_set():
+        with trio.fail_after(10):
+            assert await call(d, module_id, "echo", {"n": answered}) == {"n": answered}
+        answered += 1
+        await trio.sleep(0.01)
+    return answered
+
+
+async def test_infinite_loop_in_on_event(
+    tmp_path: Path, make_module_dir: Any, figures: Figures
+) -> None:
+    """A module spinning in on-event: each event it takes runs into the invocation
+    deadline, which traps it and replaces its instance (dropping its subscriptions); past
+    the replacement limit its process ends and the supervisor restarts it. Then it
+    answers again."""
+    perms = {"storage": True, "subscribe": ["healthy-a.*"]}
+    async with scenario(
+        tmp_path, make_module_dir, figures, "loop in on-event", permissions=perms,
+        limits=DEADLINE,
+    ) as (d, row):  # fmt: skip
+        with _sub(d, "vessel.module.*") as sub:
+            kinds = []
+            for _ in range(MAX_REPLACEMENTS + 2):
+                await _until_answered(
+                    d, HOSTILE, ("subscribe", {"pattern": "healthy-a.tick"}),
+                    ("loop_in", {"export": "on_event"}),
+                )  # fmt: skip
+                row.bad_inputs += 1
+                event = await next_event(sub, _replaced_or_crashed(HOSTILE))
+                assert _by_deadline(event), event
+                kinds.append(event.name)
+                row.crashes_survived += 1
+        # Replaced up to the limit; one more trap within the period ends the process; the
+        # restarted one starts counting afresh.
+        assert kinds == ["module.instance_replaced"] * MAX_REPLACEMENTS + [
+            "module.crashed", "module.instance_replaced"
+        ], kinds  # fmt: skip
+        with trio.fail_after(15):
+            while d.manager.state(HOSTILE) is not ModuleState.RUNNING:
+                await trio.sleep(0.05)
+        assert await call(d, HOSTILE, "echo", {"ok": 1}) == {"ok": 1}
+
+
+async def test_infinite_loop_in_on_timer(
+    tmp_path: Path, make_module_dir: Any, figures: Figures
+) -> None:
+    """A module spinning in on-timer is trapped by its deadline; the instance is replaced
+    and its timers released; commands sent meanwhile are all answered."""
+    perms = {"storage": True, "timers": True}
+    async with scenario(
+        tmp_path, make_module_dir, figures, "loop in on-timer", permissions=perms,
+        limits=DEADLINE,
+    ) as (d, row):  # fmt: skip
+        with _sub(d, "vessel.module.instance_replaced") as sub:
+            await call(d, HOSTILE, "loop_in", {"export": "on_timer"})
+            await call(d, HOSTILE, "set_interval", {"ms": 5})
+            row.bad_inputs += 1
+            replaced = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_echo_until, d, HOSTILE, replaced)
+                event = await next_event(sub, lambda e: json.loads(e.data)["module"] == HOSTILE)
+                replaced.set()
+            assert _by_deadline(event), event
+            row.crashes_survived += 1
+        stats = await d.manager.get(HOSTILE).stats()
+        assert stats is not None
+        assert (stats.traps, stats.instance_replacements, stats.timers) == (1, 1, 0), stats
+        assert await call(d, HOSTILE, "echo", {"ok": 1}) == {"ok": 1}
+
+
+async def test_infinite_loop_in_on_unload(
+    tmp_path: Path, make_module_dir: Any, figures: Figures
+) -> None:
+    """An on-unload that never returns cannot hold up a stop: with a short deadline the
+    epoch interruption traps it and the process exits by itself; with a deadline longer
+    than the stop grace the process is killed (SIGTERM, then SIGKILL) when the grace runs
+    out. Either way the restart completes and the new process answers."""
+    # A second hostile module whose deadline (60 s) outlasts the stop grace (3 s).
+    make_module_dir(tmp_path, "testkit", module_id="hostile-slow",
+                    permissions={"storage": True},
+                    limits={"invocation_timeout_ms": 60_000})  # fmt: skip
+    async with scenario(
+        tmp_path, make_module_dir, figures, "loop in on-unload", limits=DEADLINE
+    ) as (d, row):
+        for module_id, by_deadline in ((HOSTILE, True), (HOSTILE, True), ("hostile-slow", False)):
+            old = d.manager.get(module_id)
+            proc = old.proc
+            assert proc is not None
+            await call(d, module_id, "loop_in", {"export": "on_unload"})
+            row.bad_inputs += 1
+            started = trio.current_time()
+            with trio.fail_after(15):
+                await d.manager.restart(module_id)
+            elapsed = trio.current_time() - started
+            row.crashes_survived += 1
+            ended = proc.exit_info
+            assert ended is not None
+            if by_deadline:
+                # The deadline ended on-unload; the process then exited on its own.
+                _assert_clean_unload(proc, old.logs)
+                assert any(
+                    x.message == "on-unload trapped: deadline exceeded "
+                    "(limits.invocation_timeout_ms)"
+                    for x in old.logs
+                )
+            else:
+                assert ended.signal in (signal.SIGTERM, signal.SIGKILL), ended
+                assert not [x for x in old.logs if "on-unload trapped" in x.message]
+                assert elapsed >= proc.spec.stop_timeout, elapsed
+            with pytest.raises(ProcessLookupError):
+                os.kill(proc.pid, 0)  # gone, and reaped
+            assert await call(d, module_id, "echo", {"ok": 1}) == {"ok": 1}
+
+
 async def test_unbounded_allocation(tmp_path: Path, make_module_dir: Any, figures: Figures) -> None:
     """Allocating without end stops at memory_mb: the call fails, the instance is
     replaced, the daemon's and the neighbours' memory is untouched."""
@@ -206,44 +417,138 @@ async def test_unbounded_allocation(tmp_path: Path, make_module_dir: Any, figure
         assert await call(d, HOSTILE, "echo", {"ok": 1}) == {"ok": 1}
 
 
+#: The slowest answer a /ws client may get to one call while a module floods the bus.
+WS_ROUND_TRIP = 2.0
+
+
 async def test_event_flood_is_rate_limited(
     tmp_path: Path, make_module_dir: Any, figures: Figures
 ) -> None:
     """Emitting as fast as the module can: at most max_event_rate events/s reach the bus,
-    the rest are refused and counted; the bus keeps serving the healthy modules."""
+    the rest are refused and counted. Live /ws clients on the real gateway stay served
+    throughout: one subscribed to the healthy modules' events receives every one emitted
+    during the flood, in order; one subscribed to the flood receives exactly the events
+    let through; one calling a healthy module gets each answer within WS_ROUND_TRIP."""
     rate = 50
-    async with scenario(
+    async with gateway_scenario(
         tmp_path, make_module_dir, figures, "event flood", limits={"max_event_rate": rate}
-    ) as (d, row):
-        with _sub(d, f"{HOSTILE}.flood") as sub:
-            ok = refused = 0
-            started = trio.current_time()
+    ) as (gw, row, health):
+        d = gw.daemon
+        ticks: dict[str, list[int]] = {m: [] for m in HEALTHY}
+        flood_seen = 0
+        acked: set[str] = set()
 
-            async def flood() -> None:
-                nonlocal ok, refused
-                for _ in range(100):
-                    try:
-                        await call(d, HOSTILE, "emit", {"name": "flood", "data": 1})
-                        ok += 1
-                    except Exception:
-                        refused += 1
+        async def read_ticks(conn: WebSocketConnection) -> None:
+            while True:
+                message = json.loads(await conn.get_message())
+                if message["type"] == "event":
+                    assert message["name"] == "tick", message
+                    ticks[message["module"]].append(message["data"]["n"])
+                elif message["type"] == "response":
+                    assert message["success"], message
+                    acked.add(message["request_id"])
 
-            async with trio.open_nursery() as nursery:
-                for _ in range(8):
-                    nursery.start_soon(flood)
-            elapsed = trio.current_time() - started
-            row.bad_inputs += ok + refused
-            assert refused > 0
-            assert ok <= rate + rate * elapsed + 5, (ok, elapsed)
-            module = d.manager.get(HOSTILE)
-            assert module.events_refused == refused
-            assert module.events_emitted == ok
-            got = 0
-            with trio.move_on_after(1):
-                while got < ok:
-                    await sub.receive()
-                    got += 1
-            assert got == ok
+        async def read_flood(conn: WebSocketConnection) -> None:
+            nonlocal flood_seen
+            while True:
+                message = json.loads(await conn.get_message())
+                assert (message["type"], message.get("module")) in (
+                    ("event", HOSTILE), ("response", None)
+                ), message  # fmt: skip
+                if message["type"] == "event":
+                    flood_seen += 1
+                else:
+                    acked.add(message["request_id"])
+
+        round_trips: list[float] = []
+
+        async def ws_calls(conn: WebSocketConnection, done: trio.Event) -> None:
+            while not done.is_set():
+                n = len(round_trips)
+                started = trio.current_time()
+                response = await ws_call(conn, "healthy-b", "echo", {"n": n}, rid=f"c{n}")
+                round_trips.append(trio.current_time() - started)
+                assert (response["success"], response["data"]) == (True, {"n": n}), response
+
+        with trio.fail_after(60):
+            async with (
+                ws_client(gw) as watcher,
+                ws_client(gw) as flood_watcher,
+                ws_client(gw) as caller,
+                trio.open_nursery() as readers,
+            ):
+                for conn in (watcher, flood_watcher, caller):
+                    await ready(conn)
+                readers.start_soon(read_ticks, watcher)
+                readers.start_soon(read_flood, flood_watcher)
+                await send(watcher, {"type": "subscribe", "module": "healthy-?", "name": "tick",
+                                     "request_id": "ticks"})  # fmt: skip
+                await send(flood_watcher, {"type": "subscribe", "module": HOSTILE,
+                                           "name": "flood", "request_id": "flood"})  # fmt: skip
+                while acked != {"ticks", "flood"}:
+                    await trio.sleep(0.01)
+                # Healthy calls answered so far. Call n+1 may still be in flight (published
+                # before `watcher` subscribed, answered after this), but call n+2 starts
+                # after that answer: it and every later event must reach `watcher`.
+                before = {m: max(health.sent.get(m) or {0}) for m in HEALTHY}
+
+                with _sub(d, f"{HOSTILE}.flood") as sub:
+                    ok = refused = 0
+                    started = trio.current_time()
+
+                    async def flood() -> None:
+                        nonlocal ok, refused
+                        for _ in range(100):
+                            try:
+                                await call(d, HOSTILE, "emit", {"name": "flood", "data": 1})
+                                ok += 1
+                            except CallError:
+                                refused += 1
+
+                    flooded = trio.Event()
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(ws_calls, caller, flooded)
+                        async with trio.open_nursery() as flooders:
+                            for _ in range(8):
+                                flooders.start_soon(flood)
+                        flooded.set()
+                    elapsed = trio.current_time() - started
+                    after = {m: max(health.sent[m]) for m in HEALTHY}
+                    row.bad_inputs += ok + refused
+                    assert refused > 0
+                    assert ok <= rate + rate * elapsed + 5, (ok, elapsed)
+                    module = d.manager.get(HOSTILE)
+                    # Emits are one-way: the counts land with the daemon's notification
+                    # queue, which may trail the answers of the calls that emitted.
+                    with trio.move_on_after(5):
+                        while (module.events_refused, module.events_emitted) != (refused, ok):
+                            await trio.sleep(0.01)
+                    assert module.events_refused == refused
+                    assert module.events_emitted == ok
+                    got = 0
+                    with trio.move_on_after(1):
+                        while got < ok:
+                            await sub.receive()
+                            got += 1
+                    assert got == ok
+
+                # The /ws clients: every event of the flood window, and answers in time.
+                with trio.move_on_after(5):
+                    while flood_seen < ok or any(
+                        max(ticks[m], default=0) < after[m] for m in HEALTHY
+                    ):
+                        await trio.sleep(0.01)
+                readers.cancel_scope.cancel()
+        assert flood_seen == ok, (flood_seen, ok)
+        for m in HEALTHY:
+            assert after[m] > before[m], (m, before, after)  # the flood took a while
+            got_n = ticks[m]
+            # In order, no gap, no duplicate, covering the whole flood window.
+            assert got_n == list(range(got_n[0], got_n[-1] + 1)), (m, got_n)
+            assert got_n[0] <= before[m] + 2, (m, got_n[0], before)
+            assert got_n[-1] >= after[m], (m, got_n[-1], after)
+        assert len(round_trips) >= 3, round_trips
+        assert max(round_trips) < WS_ROUND_TRIP, max(round_trips)
 
 
 async def test_thousands_of_timers(tmp_path: Path, make_module_dir: Any, figures: Figures) -> None:
@@ -450,6 +755,32 @@ async def test_trap_in_on_websocket_message(
             assert await call(d, HOSTILE, "echo", {"ok": 1}) == {"ok": 1}
             stats = await d.manager.get(HOSTILE).stats()
             assert stats is not None
+        nursery.cancel_scope.cancel()
+
+
+async def test_infinite_loop_in_on_websocket_message(
+    tmp_path: Path, make_module_dir: Any, figures: Figures
+) -> None:
+    """A module spinning on a socket message is trapped by its deadline; the instance is
+    replaced, which closes its sockets, and it answers again."""
+    perms = {"network": {"websocket": True}}
+    async with trio.open_nursery() as nursery:
+        port = await _ws_server(nursery, chatty=True)
+        async with scenario(
+            tmp_path, make_module_dir, figures, "loop in on-websocket-message",
+            permissions=perms, limits=DEADLINE,
+        ) as (d, row):  # fmt: skip
+            with _sub(d, "vessel.module.instance_replaced") as sub:
+                await call(d, HOSTILE, "loop_in", {"export": "on_websocket_message"})
+                await call(d, HOSTILE, "ws_connect", {"url": f"ws://127.0.0.1:{port}/"})
+                row.bad_inputs += 1
+                event = await next_event(sub, lambda e: json.loads(e.data)["module"] == HOSTILE)
+                assert _by_deadline(event), event
+                row.crashes_survived += 1
+            assert await call(d, HOSTILE, "echo", {"ok": 1}) == {"ok": 1}
+            stats = await d.manager.get(HOSTILE).stats()
+            assert stats is not None
+            assert (stats.traps, stats.websockets) == (1, 0), stats
         nursery.cancel_scope.cancel()
 
 

@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from tests.runtime.harness import call, next_event
+import trio
+import wasmtime
+from wasmtime import _ffi as wasmtime_ffi
+from wasmtime import component as wc
+
+from tests.runtime.harness import call, next_event, running_daemon, wait_until
+from vessel._manager import ModuleState
+from vessel.host import _engine
 
 from ._figures import Figures
-from .test_hostile_guests import HOSTILE, scenario
+from ._healthy import healthy_modules, watch_healthy
+from ._netprobe import netprobe_manifest, netprobe_wasm
+from .test_hostile_guests import HOSTILE, POLICY, scenario
+
+#: What the store answers each wasi:sockets step of the netprobe: no TCP or UDP socket
+#: can even be created (so connect and bind never run), and name lookup is off.
+SOCKETS_DENIED = {
+    "create": "access-denied",
+    "connect": "no-socket",
+    "bind": "no-socket",
+    "udp": "access-denied",
+    "lookup": "permanent-resolver-failure",
+}
+#: Every network permission a manifest can grant: they govern the host functions only.
+ALL_NETWORK = {"network": {"http": True, "websocket": True, "tcp": True}}
 
 
 async def test_no_files_env_or_sockets(
@@ -54,3 +76,66 @@ async def test_no_other_modules_storage_or_identity(
                 event = await next_event(sub, lambda e: e.name == "forged")
                 assert event.module == HOSTILE, event
                 row.bad_inputs += 1
+
+
+async def _no_connection(listener: trio.socket.SocketType, seconds: float) -> bool:
+    """True when nobody connected to ``listener`` (checked for ``seconds``, bounded)."""
+    with trio.move_on_after(seconds):
+        conn, _ = await listener.accept()
+        conn.close()
+        return False
+    return True
+
+
+async def test_wasi_sockets_are_denied_to_a_hand_written_component(
+    tmp_path: Path, make_module_dir: Any, figures: Figures
+) -> None:
+    """A component written by hand in WAT (tests/guests/wat/netprobe.wat) that imports
+    wasi:sockets itself, installed and run the way Vessel runs any module (install,
+    module process, on-command), tries to connect to a port the test listens on, to bind
+    a port, to open a UDP socket and to resolve a name: it links (wasi:sockets is part of
+    the WASI every guest gets), and every step is refused by the store with a WASI error
+    code, with or without every network permission in its manifest. The listener never
+    sees a connection."""
+    healthy_modules(make_module_dir, tmp_path)
+    row = figures.row("sandbox: wasi:sockets (WAT)")
+    listener = trio.socket.socket()
+    with listener:
+        await listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        async with running_daemon(tmp_path, policy=POLICY) as d, watch_healthy(d, row):
+            for module_id, perms in (("netprobe", {}), ("netprobe-granted", ALL_NETWORK)):
+                await d.manager.install(
+                    netprobe_manifest(module_id, permissions=perms), netprobe_wasm()
+                )
+                await wait_until(lambda m=module_id: d.manager.state(m) is ModuleState.RUNNING)
+                for _ in range(3):
+                    got = await call(d, module_id, "connect", {"port": port})
+                    assert got == SOCKETS_DENIED, (module_id, got)
+                    row.bad_inputs += 5
+                assert d.manager.state(module_id) is ModuleState.RUNNING
+            assert await _no_connection(listener, 0.3), "a guest reached the test's listener"
+
+
+def test_netprobe_reports_what_a_store_allows() -> None:
+    """Control for the test above: the probe is not a dud that always reports a denial.
+    In a store whose WASI allows name lookup (which Vessel never configures), the same
+    component resolves "localhost"; sockets stay denied there too."""
+    engine = wasmtime.Engine()  # no epoch deadline to arm: the probe does not loop
+    component = wc.Component(engine, netprobe_wasm())
+    _engine.check_world(engine, component, module_id="netprobe")
+    linker = wc.Linker(engine)
+    linker.add_wasip2()
+    store = wasmtime.Store(engine)
+    wasi = wasmtime.WasiConfig()
+    wasmtime_ffi.wasi_config_allow_ip_name_lookup(wasi.ptr(), True)
+    store.set_wasi(wasi)
+    instance = linker.instantiate(store, component)
+    guest = instance.get_export_index(store, _engine.GUEST_INTERFACE)
+    func = instance.get_func(store, instance.get_export_index(store, "on-command", guest))
+    assert func is not None
+    result = func(store, "connect", json.dumps({"port": 9}))
+    func.post_return(store)
+    assert result.tag == "ok", result.payload
+    assert json.loads(result.payload) == {**SOCKETS_DENIED, "lookup": "ok"}

@@ -23,6 +23,7 @@ STATUS: dict[str, int] = {
     "module_unavailable": 503,
     "timeout": 504,
     "internal_error": 500,
+    "insufficient_storage": 507,
 }
 
 

@@ -21,6 +21,7 @@ from .._errors import (
     AlreadyInstalled,
     CallError,
     ComponentError,
+    DiskWriteError,
     ManifestError,
     QuotaExceeded,
     StorageError,
@@ -234,6 +235,8 @@ async def config_set(module_id: str, key: str) -> Response:
         manager.config_set(module_id, key, value)
     except QuotaExceeded as exc:
         raise ApiError("too_large", str(exc)) from None
+    except DiskWriteError:
+        raise  # 507 insufficient_storage, by the hook
     except StorageError as exc:
         raise ApiError("invalid_request", str(exc)) from None
     return _no_content()

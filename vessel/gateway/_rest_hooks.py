@@ -8,7 +8,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException, NotFound
 
-from .._errors import CallError, StorageError, UnknownModule
+from .._errors import CallError, DiskWriteError, StorageError, UnknownModule
 from .._manifest import is_valid_module_id
 from ._app import gateway_state
 from ._auth import bearer_token, token_matches
@@ -80,6 +80,12 @@ async def _storage_error(exc: StorageError) -> Response:
     return error_for("internal_error", str(exc))
 
 
+async def _disk_write_error(exc: DiskWriteError) -> Response:
+    # Not our bug and not the client's: the data dir's file system refused the write.
+    log.error("cannot write the data dir in %s %s: %s", request.method, request.path, exc)
+    return error_for("insufficient_storage", str(exc))
+
+
 async def _http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
     code = _CODE_OF_STATUS.get(status, "internal_error" if status >= 500 else "invalid_request")
@@ -97,6 +103,7 @@ def install_hooks(blueprint: Blueprint) -> None:
     blueprint.register_error_handler(ApiError, _api_error)
     blueprint.register_error_handler(UnknownModule, _unknown)
     blueprint.register_error_handler(CallError, _call_error)
+    blueprint.register_error_handler(DiskWriteError, _disk_write_error)
     blueprint.register_error_handler(StorageError, _storage_error)
     # Quart's own errors in our handlers (body too large, an unexpected exception, which
     # Quart logs) as JSON with a code, like every other error of the API.

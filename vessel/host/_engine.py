@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import logging
 import os
 import platform
 import tempfile
@@ -19,6 +20,8 @@ import wasmtime
 from wasmtime import component as wc
 
 from .._errors import ComponentError, TamperError
+
+_log = logging.getLogger("vessel.host")
 
 #: The WIT interfaces this host speaks (wit/vessel-host.wit).
 GUEST_INTERFACE = "vessel:host/guest@1.0.0"
@@ -120,11 +123,7 @@ def compile_component(engine: wasmtime.Engine, wasm_path: Path, *, module_id: st
     return component
 
 
-def precompile(
-    engine: wasmtime.Engine, module_dir: Path, *, source_hash: str, module_id: str
-) -> wc.Component:
-    """Compile module.wasm and store the artifact (with its record) for later starts."""
-    component = compile_component(engine, module_dir / "module.wasm", module_id=module_id)
+def _store_artifact(component: wc.Component, module_dir: Path, *, source_hash: str) -> None:
     artifact, record = artifact_paths(module_dir)
     data = bytes(component.serialize())
     _write_atomic(artifact, data)
@@ -132,6 +131,14 @@ def precompile(
         key=artifact_key(), source_hash=source_hash, sha256=hashlib.sha256(data).hexdigest()
     )
     _write_atomic(record, msgspec.json.encode(rec))
+
+
+def precompile(
+    engine: wasmtime.Engine, module_dir: Path, *, source_hash: str, module_id: str
+) -> wc.Component:
+    """Compile module.wasm and store the artifact (with its record) for later starts."""
+    component = compile_component(engine, module_dir / "module.wasm", module_id=module_id)
+    _store_artifact(component, module_dir, source_hash=source_hash)
     return component
 
 
@@ -142,7 +149,9 @@ def load_component(
 
     Deserializing native code is only safe for bytes we produced, so the artifact is used
     only when its record names this module's current hash and the artifact's own sha256
-    matches; otherwise the component is compiled from module.wasm and the artifact rewritten.
+    matches; otherwise the component is compiled from module.wasm and the artifact rewritten
+    (best effort: a data dir that cannot take it, a full disk, costs a warning, not the
+    module).
     """
     artifact, record = artifact_paths(module_dir)
     try:
@@ -163,4 +172,16 @@ def load_component(
                 f"module {module_id!r}: precompiled artifact {artifact.name} does not match "
                 "its recorded hash; delete the 'compiled' folder or reinstall the module"
             )
-    return precompile(engine, module_dir, source_hash=source_hash, module_id=module_id)
+    component = compile_component(engine, module_dir / "module.wasm", module_id=module_id)
+    try:
+        _store_artifact(component, module_dir, source_hash=source_hash)
+    except OSError as exc:
+        # The artifact is only a cache: a module must still start when it cannot be
+        # written (a full disk after a wasmtime upgrade used to keep every module down).
+        _log.warning(
+            "module %r: compiled, but its compiled code could not be cached (%s): it "
+            "compiles again at its next start",
+            module_id,
+            exc.strerror or exc,
+        )
+    return component

@@ -8,7 +8,11 @@ functions only when a command asks it to. The exceptions, all in ``on_load``:
   ``testkit loaded`` (info) and prints ``testkit stdout line``;
 * storage key ``trap_in``: names an export (``on_event``, ``on_timer``, ``on_unload``,
   ``on_websocket_message``, ``on_websocket_closed``) that traps when called; the
-  ``trap_in`` command changes it without a restart.
+  ``trap_in`` command changes it without a restart;
+* storage key ``loop_in``: names one of the same exports, which then spins forever when
+  called (until the invocation deadline traps it); the ``loop_in`` command changes it
+  without a restart. Both settings made by command belong to the instance: a replaced
+  instance starts again from the storage keys.
 
 Commands take a JSON object and return JSON. A failing host call makes the command
 return the host's error string unchanged (``capability denied: ...``). Everything is
@@ -28,6 +32,7 @@ from componentize_py_types import Err, Ok
 from wit_world import exports
 from wit_world.imports import host, types
 
+#: The exports ``trap_in`` and ``loop_in`` may name.
 TRAPPABLE = ("on_event", "on_timer", "on_unload", "on_websocket_message", "on_websocket_closed")
 
 
@@ -36,6 +41,7 @@ class _State:
 
     def __init__(self) -> None:
         self.trap_in: str | None = None
+        self.loop_in: str | None = None
         self.events: list[types.Event] = []
         self.fired: list[int] = []
         self.messages: list[list[Any]] = []
@@ -55,9 +61,12 @@ def _spin_forever() -> None:
         pass
 
 
-def _maybe_trap(export: str) -> None:
+def _maybe_misbehave(export: str) -> None:
+    """Trap or spin in ``export`` if ``trap_in`` / ``loop_in`` names it."""
     if STATE.trap_in == export:
         raise RuntimeError(f"deliberate trap in {export}")
+    if STATE.loop_in == export:
+        _spin_forever()
 
 
 def _str(p: Params, key: str, default: str | None = None) -> str:
@@ -285,11 +294,20 @@ def _complete(p: Params) -> Any:
     return {}
 
 
-def _set_trap_in(p: Params) -> Any:
+def _export_param(action: str, p: Params) -> str | None:
     export = p.get("export")
     if export is not None and export not in TRAPPABLE:
-        raise Err(f"trap_in: export must be one of {', '.join(TRAPPABLE)} or null")
-    STATE.trap_in = export
+        raise Err(f"{action}: export must be one of {', '.join(TRAPPABLE)} or null")
+    return export
+
+
+def _set_trap_in(p: Params) -> Any:
+    STATE.trap_in = _export_param("trap_in", p)
+    return {}
+
+
+def _set_loop_in(p: Params) -> Any:
+    STATE.loop_in = _export_param("loop_in", p)
     return {}
 
 
@@ -323,6 +341,7 @@ COMMANDS: dict[str, Handler] = {
     "log": _log,
     "print": _print,
     "trap_in": _set_trap_in,
+    "loop_in": _set_loop_in,
     "defer": _defer,
     "complete": _complete,
 }
@@ -341,14 +360,16 @@ class Guest(exports.Guest):
             _spin_forever()
         trap_in = host.storage_get("trap_in")
         STATE.trap_in = trap_in if trap_in in TRAPPABLE else None
+        loop_in = host.storage_get("loop_in")
+        STATE.loop_in = loop_in if loop_in in TRAPPABLE else None
         host.log("info", "testkit loaded")
         print("testkit stdout line", flush=True)
 
     def on_unload(self) -> None:
-        _maybe_trap("on_unload")
+        _maybe_misbehave("on_unload")
 
     def on_event(self, event: types.Event) -> None:
-        _maybe_trap("on_event")
+        _maybe_misbehave("on_event")
         STATE.events.append(event)
 
     def on_command(self, action: str, params: str) -> str:
@@ -370,7 +391,7 @@ class Guest(exports.Guest):
         return json.dumps(result)
 
     def on_timer(self, handle: int) -> None:
-        _maybe_trap("on_timer")
+        _maybe_misbehave("on_timer")
         STATE.fired.append(handle)
         if handle in STATE.pending:
             token, reply, fail = STATE.pending.pop(handle)
@@ -378,9 +399,9 @@ class Guest(exports.Guest):
             host.complete_reply(token, outcome)
 
     def on_websocket_message(self, handle: int, message: str) -> None:
-        _maybe_trap("on_websocket_message")
+        _maybe_misbehave("on_websocket_message")
         STATE.messages.append([handle, message])
 
     def on_websocket_closed(self, handle: int, reason: str) -> None:
-        _maybe_trap("on_websocket_closed")
+        _maybe_misbehave("on_websocket_closed")
         STATE.closed.append([handle, reason])

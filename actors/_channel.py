@@ -153,6 +153,8 @@ class Channel:
         self._frames_received = 0
         self._bytes_sent = 0
         self._bytes_received = 0
+        #: ``trio.current_time()`` when we last took a frame from the peer (None: never).
+        self.last_received_at: float | None = None
 
     def __repr__(self) -> str:
         return (
@@ -372,6 +374,9 @@ class Channel:
                 raise ProtocolError(str(exc)) from exc
             for frame in frames:
                 self._frames_received += 1
+                # Per frame, not per read: one read can hold hundreds of frames that take
+                # seconds to consume when we are the slow side.
+                self.last_received_at = trio.current_time()
                 await self._dispatch(decode_message(frame), nursery)
 
     async def _dispatch(self, message: Message, nursery: trio.Nursery) -> None:

@@ -480,6 +480,42 @@ async def test_heartbeat_holds_while_peer_answers(autojump_clock: trio.testing.M
             assert scope.cancelled_caught
 
 
+async def test_heartbeat_holds_while_a_flooding_peer_keeps_sending(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A peer that floods notifications faster than we consume them answers our pings,
+    but its Pongs wait behind the flood: a ping times out, yet the peer is not declared
+    lost, because its frames keep arriving (backpressure is not a hang)."""
+    consumed = 0
+
+    async def slow_consumer(method: str, body: msgspec.Raw) -> None:
+        nonlocal consumed
+        await trio.sleep(0.01)  # 100 per second; the peer sends 1000
+        consumed += 1
+
+    sent = 0
+    with trio.fail_after(1000):
+        async with channel_pair(on_notify=slow_consumer) as (peer, us):
+
+            async def flood() -> None:
+                nonlocal sent
+                while True:
+                    await peer.notify("flood", None)
+                    sent += 1
+                    await trio.sleep(0.001)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(flood)
+                await trio.sleep(2)
+                with pytest.raises(trio.TooSlowError):
+                    await us.ping(timeout=0.5)
+                with trio.move_on_after(20) as scope:
+                    await wait_heartbeat_lost(us, interval=1.0, ping_timeout=0.5)
+                assert scope.cancelled_caught
+                nursery.cancel_scope.cancel()
+    assert sent > 5 * consumed > 0
+
+
 async def test_request_flood_beyond_the_cap_is_refused_at_once() -> None:
     """A peer flooding requests gets at most ``max_concurrent_requests`` handler tasks;
     the rest are answered at once with a TooManyRequests error instead of spawning, and

@@ -32,7 +32,7 @@ stamp="$VENV/.vessel-deps-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "==> installing Vessel and its dependencies into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[test,build]"
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[test,build,bench]"
   rm -f "$VENV"/.vessel-deps-*
   touch "$stamp"
 fi

@@ -1,0 +1,151 @@
+"""A benchmark WebSocket client, run as its own process: ``python -m bench._client SPEC``.
+
+SPEC is JSON: ``{"mode": ..., "url": ..., "token": ... | null, ...}``. The process prints
+one JSON line with its result on stdout and exits. The same code drives Vessel and the
+floor servers, so both sides of every ratio pay the same client costs.
+
+Modes:
+
+* ``rtt``: ``n`` sequential round trips of ``frame`` (after ``warmup`` more), latencies.
+* ``pipelined``: ``n`` frames with ``window`` in flight at once; messages per second.
+* ``fanout``: ``connections`` sockets, each subscribed; prints ``ready`` once all are, then
+  counts ``expect`` messages per socket; reports when the last one arrived
+  (``time.monotonic``, which all processes of the machine share).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+from ._stats import latency_summary
+
+MAX_MESSAGE = 8 * 1024 * 1024
+
+
+def _headers(spec: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    token = spec.get("token")
+    return [(b"authorization", f"Bearer {token}".encode())] if token else []
+
+
+async def _handshake(ws: WebSocketConnection, spec: dict[str, Any]) -> None:
+    """Vessel greets with ``ready``; a floor server says nothing."""
+    if spec.get("token"):
+        ready = json.loads(await ws.get_message())
+        if ready.get("type") != "ready":
+            raise RuntimeError(f"expected ready, got {ready}")
+
+
+def _call_frame(spec: dict[str, Any], request_id: str) -> str:
+    frame = dict(spec["frame"])
+    if "request_id" in frame:
+        frame["request_id"] = request_id
+    return json.dumps(frame)
+
+
+async def _rtt(ws: WebSocketConnection, spec: dict[str, Any]) -> dict[str, Any]:
+    samples: list[float] = []
+    for i in range(spec["warmup"] + spec["n"]):
+        frame = _call_frame(spec, str(i))
+        start = time.perf_counter()
+        await ws.send_message(frame)
+        reply = await ws.get_message()
+        elapsed = time.perf_counter() - start
+        if i == 0:
+            _check_reply(reply)
+        if i >= spec["warmup"]:
+            samples.append(elapsed)
+    return latency_summary(samples)
+
+
+def _check_reply(reply: str | bytes) -> None:
+    doc = json.loads(reply)
+    if doc.get("type") == "response" and not doc.get("success"):
+        raise RuntimeError(f"call failed: {doc}")
+
+
+async def _pipelined(ws: WebSocketConnection, spec: dict[str, Any]) -> dict[str, Any]:
+    n, window = spec["n"], spec["window"]
+    frames = [_call_frame(spec, str(i)) for i in range(n)]
+    slots = trio.Semaphore(window)
+    done = trio.Event()
+    received = 0
+
+    async def reader() -> None:
+        nonlocal received
+        while received < n:
+            reply = await ws.get_message()
+            if received == 0:
+                _check_reply(reply)
+            received += 1
+            slots.release()
+        done.set()
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        for frame in frames:
+            await slots.acquire()
+            await ws.send_message(frame)
+        await done.wait()
+    elapsed = time.perf_counter() - start
+    return {"msgs_per_s": n / elapsed, "n": n, "window": window}
+
+
+async def _fanout(spec: dict[str, Any]) -> dict[str, Any]:
+    expect = spec["expect"]
+    last: list[float] = []
+    ready = 0
+    all_ready = trio.Event()
+
+    async def one(index: int) -> None:
+        nonlocal ready
+        async with open_websocket_url(
+            spec["url"], extra_headers=_headers(spec), max_message_size=MAX_MESSAGE
+        ) as ws:
+            await _handshake(ws, spec)
+            if spec.get("subscribe") is not None:
+                await ws.send_message(json.dumps(spec["subscribe"]))
+                while json.loads(await ws.get_message()).get("type") != "response":
+                    pass
+            ready += 1
+            if ready == spec["connections"]:
+                all_ready.set()
+            count = 0
+            while count < expect:
+                message = await ws.get_message()
+                if '"response"' in message[:40]:
+                    continue
+                count += 1
+            last.append(time.monotonic())
+
+    async with trio.open_nursery() as nursery:
+        for index in range(spec["connections"]):
+            nursery.start_soon(one, index)
+        await all_ready.wait()
+        print("ready", flush=True)
+    return {"last": max(last), "connections": spec["connections"], "expect": expect}
+
+
+async def main(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec["mode"] == "fanout":
+        return await _fanout(spec)
+    async with open_websocket_url(
+        spec["url"], extra_headers=_headers(spec), max_message_size=MAX_MESSAGE
+    ) as ws:
+        await _handshake(ws, spec)
+        if spec["mode"] == "rtt":
+            return await _rtt(ws, spec)
+        if spec["mode"] == "pipelined":
+            return await _pipelined(ws, spec)
+    raise ValueError(f"unknown mode {spec['mode']!r}")
+
+
+if __name__ == "__main__":
+    result = trio.run(main, json.loads(sys.argv[1]))
+    print(json.dumps(result), flush=True)

@@ -1,0 +1,566 @@
+"""Each figure of the benchmark, measured with its floor in the same run.
+
+A figure is a :class:`Figure`: what was measured, its floor, and the target ratio. The
+functions here start what they need (``vessel serve`` on a fresh data dir, the floor
+server, client processes) and end it before returning.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from . import _procs
+from ._control import open_control
+from ._inproc import PARAMS
+from ._procs import PYTHON, ROOT, BenchError, Vessel, client, fanout_clients, vessel_serve
+from ._setup import Guest, add_module
+
+#: Restart backoff of a crashed module (vessel._manager.SupervisionPolicy.backoff_initial).
+RESTART_BACKOFF = 0.5
+#: What the hostile neighbour is asked to do, over and over, in the isolation figure.
+HOSTILE_LOOP: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("spin", {}),
+    ("trap", {}),
+    ("flood", {"count": 2000}),
+)
+
+
+@dataclass
+class Figure:
+    """One row of the table. ``higher_is_better`` flips how ratio and target compare."""
+
+    key: str
+    title: str
+    value: float
+    floor: float
+    unit: str
+    target: float
+    higher_is_better: bool = False
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.value / self.floor if self.floor else float("inf")
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": self.ratio, "met": self.met}
+
+
+@dataclass
+class Settings:
+    """How much to measure; ``quick`` is the smoke run the test suite uses."""
+
+    quick: bool
+    rtt_calls: int = 2000
+    pipelined_calls: int = 5000
+    window: int = 64
+    fanout_events: int = 2000
+    repeats: int = 7
+    modules_curve: tuple[int, ...] = (1, 10, 50)
+    clients_curve: tuple[int, ...] = (1, 10, 100)
+    sizes_curve: tuple[int, ...] = (100, 10_000, 1_000_000)
+
+    @classmethod
+    def make(cls, quick: bool) -> Settings:
+        if not quick:
+            return cls(quick=False)
+        return cls(
+            quick=True,
+            rtt_calls=50,
+            pipelined_calls=100,
+            window=8,
+            fanout_events=20,
+            repeats=1,
+            modules_curve=(1, 2),
+            clients_curve=(1, 2),
+            sizes_curve=(100, 10_000),
+        )
+
+
+@dataclass
+class Results:
+    figures: list[Figure] = field(default_factory=list)
+    comparison: dict[str, dict[str, float]] = field(default_factory=dict)
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+
+def _echo_frame(module: str = "bench-echo") -> dict[str, Any]:
+    return {
+        "type": "call",
+        "request_id": "0",
+        "module": module,
+        "name": "echo",
+        "params": PARAMS,
+    }
+
+
+def _rtt_spec(
+    url: str, token: str | None, s: Settings, module: str = "bench-echo"
+) -> dict[str, Any]:
+    return {
+        "mode": "rtt",
+        "url": url,
+        "token": token,
+        "frame": _echo_frame(module),
+        "n": s.rtt_calls,
+        "warmup": max(20, s.rtt_calls // 10),
+    }
+
+
+class Bench:
+    """One benchmark run: the guests, a scratch folder and the settings."""
+
+    def __init__(self, guests: dict[str, Guest], scratch: Path, settings: Settings) -> None:
+        self.guests = guests
+        self.scratch = scratch
+        self.s = settings
+        self._dirs = 0
+        self.results = Results()
+
+    def data_dir(self, modules: dict[str, str]) -> Path:
+        """A fresh data dir holding ``modules`` (id -> guest name)."""
+        self._dirs += 1
+        path = self.scratch / f"data-{self._dirs}"
+        path.mkdir()
+        for module_id, guest in modules.items():
+            add_module(path, self.guests[guest], module_id)
+        return path
+
+    def echo_dir(self) -> Path:
+        return self.data_dir({"bench-echo": "bench-echo"})
+
+    # -- the in-process side -----------------------------------------------------------
+
+    async def inproc_guest(self, n: int) -> dict[str, float]:
+        module_dir = self.echo_dir() / "modules" / "bench-echo"
+        argv = [PYTHON, "-m", "bench._inproc", "guest", str(module_dir), str(n)]
+        return await _procs.run_json(argv)
+
+    async def extism(self, n: int) -> dict[str, float]:
+        return await _procs.run_json([PYTHON, "-m", "bench._inproc", "extism", str(n)])
+
+    # -- calls -------------------------------------------------------------------------
+
+    async def calls(self) -> None:
+        s = self.s
+        guest = await self.inproc_guest(max(s.rtt_calls, 200))
+        peer = await self.extism(max(s.rtt_calls, 200))
+        async with _procs.floor_server() as floor_url:
+            floor_ws = floor_url.replace("http://", "ws://") + "/echo"
+            echo = await client(_rtt_spec(floor_ws, None, s))
+            pipelined_floor = await client(
+                {
+                    **_rtt_spec(floor_ws, None, s),
+                    "mode": "pipelined",
+                    "n": s.pipelined_calls,
+                    "window": s.window,
+                }
+            )
+        async with vessel_serve(self.echo_dir()) as vessel:
+            await vessel.wait_started(1)
+            rtt = await client(_rtt_spec(vessel.ws_url, vessel.token, s))
+            pipelined = await client(
+                {
+                    **_rtt_spec(vessel.ws_url, vessel.token, s),
+                    "mode": "pipelined",
+                    "n": s.pipelined_calls,
+                    "window": s.window,
+                }
+            )
+        figures = self.results.figures
+        floor_p50 = echo["p50_us"] + guest["p50_us"]
+        floor_p99 = echo["p99_us"] + guest["p99_us"]
+        note = (
+            f"floor = bare WS echo ({echo['p50_us']:.0f}/{echo['p99_us']:.0f} µs) "
+            f"+ in-process on-command ({guest['p50_us']:.0f}/{guest['p99_us']:.0f} µs)"
+        )
+        figures.append(
+            Figure(
+                "call_p50", "call round trip p50", rtt["p50_us"], floor_p50, "µs", 1.5, note=note
+            )
+        )
+        figures.append(
+            Figure(
+                "call_p99", "call round trip p99", rtt["p99_us"], floor_p99, "µs", 2.5, note=note
+            )
+        )
+        # Pipelined, the guest's time adds to the transport's per message.
+        floor_rate = 1 / (1 / pipelined_floor["msgs_per_s"] + guest["mean_us"] / 1e6)
+        figures.append(
+            Figure(
+                "call_throughput",
+                f"call throughput, {s.window} in flight on one socket",
+                pipelined["msgs_per_s"],
+                floor_rate,
+                "calls/s",
+                0.6,
+                higher_is_better=True,
+                note=f"floor = 1 / (1/pipelined WS echo {pipelined_floor['msgs_per_s']:.0f}/s "
+                "+ in-process on-command mean)",
+            )
+        )
+        self.results.comparison = {
+            "Vessel: WS client → module process → guest, round trip": rtt,
+            "Vessel: guest on-command called in-process (no isolation)": guest,
+            "Extism Python host SDK: echo plugin called in-process": peer,
+            "bare Quart-Trio WS echo round trip": echo,
+        }
+
+    # -- fan-out -----------------------------------------------------------------------
+
+    async def _vessel_fanout(self, vessel: Vessel, clients: int, events: int, size: int) -> float:
+        """Delivered messages per second: ``events`` events to ``clients`` subscribers."""
+        specs = _spread(
+            {
+                "mode": "fanout",
+                "url": vessel.ws_url,
+                "token": vessel.token,
+                "expect": events,
+                "subscribe": {
+                    "type": "subscribe",
+                    "request_id": "s",
+                    "module": "bench-echo",
+                    "name": "burst",
+                },
+            },
+            clients,
+        )
+        async with open_control(vessel) as control:
+
+            async def trigger() -> None:
+                await control.call("bench-echo", "burst", {"count": events, "size": size})
+
+            start, results = await fanout_clients(specs, trigger)
+        return _rate(clients * events, start, results)
+
+    async def _floor_fanout(self, floor_url: str, clients: int, events: int, size: int) -> float:
+        specs = _spread(
+            {
+                "mode": "fanout",
+                "url": floor_url.replace("http://", "ws://") + "/fanout",
+                "token": None,
+                "expect": events,
+                "subscribe": None,
+            },
+            clients,
+        )
+
+        async def trigger() -> None:
+            async with httpx.AsyncClient() as http:
+                response = await http.post(
+                    f"{floor_url}/burst", json={"count": events, "size": size}, timeout=60
+                )
+                response.raise_for_status()
+
+        start, results = await fanout_clients(specs, trigger)
+        return _rate(clients * events, start, results)
+
+    async def fanout(self) -> None:
+        s = self.s
+        clients = 10 if not s.quick else 2
+        async with _procs.floor_server() as floor_url:
+            floor = [
+                await self._floor_fanout(floor_url, clients, s.fanout_events, 100)
+                for _ in range(min(3, s.repeats))
+            ]
+            floor_curve = [
+                await self._floor_fanout(floor_url, n, s.fanout_events, 100)
+                for n in s.clients_curve
+            ]
+            floor_sizes = [
+                await self._floor_fanout(floor_url, 1, _events_for(size, s), size)
+                for size in s.sizes_curve
+            ]
+        async with vessel_serve(self.echo_dir()) as vessel:
+            await vessel.wait_started(1)
+            ours = [
+                await self._vessel_fanout(vessel, clients, s.fanout_events, 100)
+                for _ in range(min(3, s.repeats))
+            ]
+            curve = [
+                await self._vessel_fanout(vessel, n, s.fanout_events, 100) for n in s.clients_curve
+            ]
+            sizes = [
+                await self._vessel_fanout(vessel, 1, _events_for(size, s), size)
+                for size in s.sizes_curve
+            ]
+        self.results.figures.append(
+            Figure(
+                "fanout",
+                f"event fan-out to {clients} clients",
+                statistics.median(ours),
+                statistics.median(floor),
+                "msgs/s",
+                0.75,
+                higher_is_better=True,
+                note="a module emits 100 B events; floor = bare Quart-Trio broadcast of the same "
+                "frames",
+            )
+        )
+        self.results.curves["fanout_vs_clients"] = {
+            "x": [float(n) for n in s.clients_curve],
+            "vessel": curve,
+            "floor": floor_curve,
+        }
+        self.results.curves["events_vs_payload"] = {
+            "x": [float(n) for n in s.sizes_curve],
+            "vessel": sizes,
+            "floor": floor_sizes,
+        }
+
+    # -- starting ----------------------------------------------------------------------
+
+    async def bare_child(self, module_dir: Path) -> float:
+        """Seconds from spawn to a bare child's ``ready`` (see bench/_bare_child.py)."""
+        start = time.monotonic()
+        process = await trio.lowlevel.open_process(
+            [PYTHON, str(ROOT / "bench" / "_bare_child.py"), str(module_dir)],
+            stdin=-1,
+            stdout=-1,
+        )
+        try:
+            assert process.stdout is not None
+            assert process.stdin is not None
+            with trio.fail_after(60):
+                got = await process.stdout.receive_some(64)
+            if not got.startswith(b"ready"):
+                raise BenchError(f"the bare child said {got!r}")
+            return time.monotonic() - start
+        finally:
+            if process.stdin is not None:
+                await process.stdin.aclose()
+            await process.wait()
+
+    async def _bare_child_limited(self, module_dir: Path, limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            await self.bare_child(module_dir)
+
+    async def starting(self) -> None:
+        s = self.s
+        ha_dir = self.data_dir({"home-assistant": "home-assistant"})
+        module_dir = ha_dir / "modules" / "home-assistant"
+        floor = statistics.median([await self.bare_child(module_dir) for _ in range(s.repeats)])
+        cold: list[float] = []
+        respawn: list[float] = []
+        async with vessel_serve(ha_dir) as vessel:
+            await vessel.wait_started(1)
+            async with (
+                open_control(vessel) as control,
+                httpx.AsyncClient(
+                    base_url=vessel.url, headers={"authorization": f"Bearer {vessel.token}"}
+                ) as http,
+            ):
+                for _ in range(s.repeats):
+                    (await http.post("/api/modules/home-assistant/disable")).raise_for_status()
+                    await control.lifecycle_event("home-assistant", {"stopped", "disabled"})
+                    start = time.monotonic()
+                    (await http.post("/api/modules/home-assistant/enable")).raise_for_status()
+                    await control.lifecycle_event("home-assistant", {"started", "restarted"})
+                    cold.append(time.monotonic() - start)
+                # Kills in a row back off exponentially (0.5 s, 1 s, 2 s ...) and count
+                # against the restart intensity: a restart between two measured kills
+                # resets both, so each kill is the first crash of a healthy module.
+                for _ in range(s.repeats):
+                    (await http.post("/api/modules/home-assistant/restart")).raise_for_status()
+                    pid = (await http.get("/api/modules/home-assistant")).json()["pid"]
+                    start = time.monotonic()
+                    os.kill(pid, signal.SIGKILL)  # a module process this run's daemon started
+                    await control.lifecycle_event("home-assistant", {"restarted"})
+                    await control.call("home-assistant", "status", {})
+                    respawn.append(time.monotonic() - start)
+        figures = self.results.figures
+        figures.append(
+            Figure(
+                "cold_start",
+                "cold start: spawn → on-load done (Home Assistant)",
+                statistics.median(cold) * 1000,
+                floor * 1000,
+                "ms",
+                1.3,
+                note="enable request → started event; floor = bare child: python + import "
+                "wasmtime + load precompiled + instantiate",
+            )
+        )
+        figures.append(
+            Figure(
+                "respawn",
+                "kill -9 → serving again",
+                statistics.median(respawn) * 1000,
+                (RESTART_BACKOFF + floor) * 1000,
+                "ms",
+                1.3,
+                note=f"SIGKILL → restarted and a call answered; floor = {RESTART_BACKOFF} s "
+                "backoff + cold-start floor",
+            )
+        )
+        await self._daemon_start()
+
+    async def _daemon_start(self) -> None:
+        s = self.s
+        count = 10 if not s.quick else 2
+        data_dir = self.data_dir({f"echo-{i}": "bench-echo" for i in range(count)})
+        module_dir = data_dir / "modules" / "echo-0"
+        phases: list[float] = []
+        totals: list[float] = []
+        floors: list[float] = []
+        for _ in range(max(1, min(3, s.repeats))):
+            start = time.monotonic()
+            limiter = trio.CapacityLimiter(2)
+            async with trio.open_nursery() as nursery:
+                for _ in range(count):
+                    nursery.start_soon(self._bare_child_limited, module_dir, limiter)
+            floors.append(time.monotonic() - start)
+            async with vessel_serve(data_dir) as vessel:
+                last = await vessel.wait_started(count)
+                assert vessel.starting_modules_at is not None
+                phases.append(last - vessel.starting_modules_at)
+                totals.append(last - vessel.spawned_at)
+        self.results.figures.append(
+            Figure(
+                "daemon_start",
+                f"daemon start with {count} modules → all running",
+                statistics.median(phases) * 1000,
+                statistics.median(floors) * 1000,
+                "ms",
+                1.0,
+                note=f"from the daemon starting its modules to all {count} started "
+                f"(from exec of vessel serve: {statistics.median(totals) * 1000:.0f} ms, "
+                "which adds the daemon's own boot: Python, imports, database); floor = "
+                f"{count} bare children, 2 at a time",
+            )
+        )
+
+    # -- memory ------------------------------------------------------------------------
+
+    async def memory(self) -> None:
+        data_dir = self.echo_dir()
+        module_dir = data_dir / "modules" / "bench-echo"
+        process = await trio.lowlevel.open_process(
+            [PYTHON, str(ROOT / "bench" / "_bare_child.py"), str(module_dir)],
+            stdin=-1,
+            stdout=-1,
+        )
+        try:
+            assert process.stdout is not None
+            assert process.stdin is not None
+            with trio.fail_after(60):
+                await process.stdout.receive_some(64)
+            floor = _memory(process.pid)
+        finally:
+            assert process.stdin is not None
+            await process.stdin.aclose()
+            await process.wait()
+        async with vessel_serve(data_dir) as vessel:
+            await vessel.wait_started(1)
+            async with open_control(vessel) as control:
+                await control.call("bench-echo", "echo", PARAMS)  # touched once, then idle
+            await trio.sleep(0.5)
+            ours = _memory(vessel.pids["bench-echo"])
+        self.results.figures.append(
+            Figure(
+                "memory",
+                "private memory (USS) of an idle module process",
+                ours["uss"] / 2**20,
+                floor["uss"] / 2**20,
+                "MiB",
+                1.5,
+                note="pages only this process holds (Private_Clean + Private_Dirty); a "
+                "module process forked from the fork server shares the interpreter and "
+                "libraries with it, which RssAnon counts in every process: RssAnon "
+                f"{ours['rss_anon'] / 2**20:.1f} MiB vs the bare child's "
+                f"{floor['rss_anon'] / 2**20:.1f} MiB",
+            )
+        )
+
+    # -- isolation ---------------------------------------------------------------------
+
+    async def isolation(self) -> None:
+        s = self.s
+        data_dir = self.data_dir({"bench-echo": "bench-echo", "bench-hostile": "bench-hostile"})
+        async with vessel_serve(data_dir) as vessel:
+            await vessel.wait_started(2)
+            quiet = await client(_rtt_spec(vessel.ws_url, vessel.token, s))
+            async with open_control(vessel) as control, trio.open_nursery() as nursery:
+
+                async def hostile() -> None:
+                    while True:
+                        for name, params in HOSTILE_LOOP:
+                            await control.call("bench-hostile", name, params, check=False)
+
+                nursery.start_soon(hostile)
+                noisy = await client(_rtt_spec(vessel.ws_url, vessel.token, s))
+                nursery.cancel_scope.cancel()
+        self.results.figures.append(
+            Figure(
+                "isolation",
+                "healthy module's p99 call latency beside a hostile neighbour",
+                noisy["p99_us"],
+                quiet["p99_us"],
+                "µs",
+                2.0,
+                note="neighbour loops spin (100 ms deadline), trap, flood 2000 events; "
+                "floor = the same p99 without it",
+            )
+        )
+
+    # -- scaling -----------------------------------------------------------------------
+
+    async def modules_curve(self) -> None:
+        s = self.s
+        p50: list[float] = []
+        for count in s.modules_curve:
+            modules = {"bench-echo": "bench-echo"}
+            modules.update({f"idle-{i}": "bench-echo" for i in range(count - 1)})
+            async with vessel_serve(self.data_dir(modules)) as vessel:
+                await vessel.wait_started(count, timeout=600)
+                p50.append((await client(_rtt_spec(vessel.ws_url, vessel.token, s)))["p50_us"])
+        self.results.curves["rtt_vs_modules"] = {
+            "x": [float(n) for n in s.modules_curve],
+            "vessel": p50,
+        }
+
+
+def _rate(messages: int, start: float, results: list[dict[str, Any]]) -> float:
+    """Messages per second from the trigger to the last client's last message."""
+    last = max(float(r["last"]) for r in results)
+    return messages / (last - start)
+
+
+def _events_for(size: int, s: Settings) -> int:
+    """Fewer events for bigger payloads: about the same bytes per measurement."""
+    return max(5 if s.quick else 20, min(s.fanout_events, 2_000_000 // max(size, 1)))
+
+
+def _spread(spec: dict[str, Any], clients: int) -> list[dict[str, Any]]:
+    """``clients`` connections over at most 10 client processes."""
+    processes = min(clients, 10)
+    return [
+        {**spec, "connections": clients // processes + (1 if i < clients % processes else 0)}
+        for i in range(processes)
+    ]
+
+
+def _memory(pid: int) -> dict[str, int]:
+    """RssAnon (from /proc/<pid>/status) and USS (private pages, smaps_rollup), bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss_anon = next(
+        int(line.split()[1]) for line in status.splitlines() if line.startswith("RssAnon:")
+    )
+    uss = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            uss += int(line.split()[1])
+    return {"rss_anon": rss_anon * 1024, "uss": uss * 1024}

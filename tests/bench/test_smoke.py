@@ -1,0 +1,61 @@
+"""The benchmark harness keeps working: a tiny-iteration run of ``python -m bench --quick``.
+
+Every step runs for real (vessel serve, the floor server, client processes, Extism), but
+the numbers are not looked at: timing belongs in the benchmark's table, not in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import trio
+
+ROOT = Path(__file__).resolve().parents[2]
+FIGURES = {
+    "call_p50",
+    "call_p99",
+    "call_throughput",
+    "fanout",
+    "cold_start",
+    "respawn",
+    "daemon_start",
+    "memory",
+    "isolation",
+}
+CURVES = {"rtt_vs_modules", "fanout_vs_clients", "events_vs_payload"}
+
+
+async def test_quick_run_produces_every_figure_table_json_and_plot(tmp_path: Path) -> None:
+    """A quick run exits 0 and reports every figure with a floor, every curve, the peer
+    comparison, one table row per figure and one PNG per curve."""
+    with trio.fail_after(300):
+        result = await trio.run_process(
+            [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+            cwd=ROOT,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    output = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+
+    doc = json.loads((tmp_path / "results.json").read_text())
+    figures = {f["key"]: f for f in doc["figures"]}
+    assert set(figures) == FIGURES
+    for figure in figures.values():
+        for name in ("value", "floor", "ratio", "target"):
+            assert math.isfinite(figure[name]), (figure["key"], name)
+            assert figure[name] > 0, (figure["key"], name)
+        assert isinstance(figure["met"], bool)
+        assert f"| {figure['title']} |" in output
+    assert set(doc["curves"]) == CURVES
+    for curve in doc["curves"].values():
+        assert len(curve["vessel"]) == len(curve["x"]) >= 2
+        assert all(v > 0 for v in curve["vessel"])
+    assert any("Extism" in name for name in doc["comparison"])
+    assert doc["machine"]["cores"] >= 1
+    for key in CURVES:
+        assert (tmp_path / f"{key}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

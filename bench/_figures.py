@@ -402,7 +402,7 @@ class Bench:
                 (RESTART_BACKOFF + floor) * 1000,
                 "ms",
                 1.3,
-                note=f"SIGKILL → restarted and a call answered; floor = {RESTART_BACKOFF} s "
+                note=f"SIGKILL of a healthy module → restarted and a call answered; floor = {RESTART_BACKOFF} s "
                 "backoff + cold-start floor",
             )
         )

@@ -402,8 +402,8 @@ class Bench:
                 (RESTART_BACKOFF + floor) * 1000,
                 "ms",
                 1.3,
-                note=f"SIGKILL of a healthy module → restarted and a call answered; floor = {RESTART_BACKOFF} s "
-                "backoff + cold-start floor",
+                note="SIGKILL of a healthy module → restarted and a call answered; "
+                f"floor = {RESTART_BACKOFF} s backoff + cold-start floor",
             )
         )
         await self._daemon_start()

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import signal
 import statistics
+import subprocess
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -326,23 +329,8 @@ class Bench:
     async def bare_child(self, module_dir: Path) -> float:
         """Seconds from spawn to a bare child's ``ready`` (see bench/_bare_child.py)."""
         start = time.monotonic()
-        process = await trio.lowlevel.open_process(
-            [PYTHON, str(ROOT / "bench" / "_bare_child.py"), str(module_dir)],
-            stdin=-1,
-            stdout=-1,
-        )
-        try:
-            assert process.stdout is not None
-            assert process.stdin is not None
-            with trio.fail_after(60):
-                got = await process.stdout.receive_some(64)
-            if not got.startswith(b"ready"):
-                raise BenchError(f"the bare child said {got!r}")
+        async with _bare_child_running(module_dir):
             return time.monotonic() - start
-        finally:
-            if process.stdin is not None:
-                await process.stdin.aclose()
-            await process.wait()
 
     async def _bare_child_limited(self, module_dir: Path, limiter: trio.CapacityLimiter) -> None:
         async with limiter:
@@ -447,22 +435,8 @@ class Bench:
 
     async def memory(self) -> None:
         data_dir = self.echo_dir()
-        module_dir = data_dir / "modules" / "bench-echo"
-        process = await trio.lowlevel.open_process(
-            [PYTHON, str(ROOT / "bench" / "_bare_child.py"), str(module_dir)],
-            stdin=-1,
-            stdout=-1,
-        )
-        try:
-            assert process.stdout is not None
-            assert process.stdin is not None
-            with trio.fail_after(60):
-                await process.stdout.receive_some(64)
-            floor = _memory(process.pid)
-        finally:
-            assert process.stdin is not None
-            await process.stdin.aclose()
-            await process.wait()
+        async with _bare_child_running(data_dir / "modules" / "bench-echo") as pid:
+            floor = _memory(pid)
         async with vessel_serve(data_dir) as vessel:
             await vessel.wait_started(1)
             async with open_control(vessel) as control:
@@ -531,6 +505,32 @@ class Bench:
             "x": [float(n) for n in s.modules_curve],
             "vessel": p50,
         }
+
+
+@asynccontextmanager
+async def _bare_child_running(module_dir: Path) -> AsyncIterator[int]:
+    """A bare child (bench/_bare_child.py) holding its instance; yields its pid once it
+    said ``ready``, and ends it (closing its stdin) on the way out."""
+    process = await trio.lowlevel.open_process(
+        [PYTHON, str(ROOT / "bench" / "_bare_child.py"), str(module_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        with trio.fail_after(60):
+            got = await process.stdout.receive_some(64)
+        if not got.startswith(b"ready"):
+            raise BenchError(f"the bare child said {got!r}")
+        yield process.pid
+    finally:
+        if process.stdin is not None:
+            await process.stdin.aclose()
+        with trio.move_on_after(10):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 def _rate(messages: int, start: float, results: list[dict[str, Any]]) -> float:

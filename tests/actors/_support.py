@@ -8,6 +8,11 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from actors import ProcessSpec
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
@@ -25,6 +30,32 @@ def child_env() -> dict[str, str]:
 def child_argv(*args: str) -> list[str]:
     """Command line running the test child app (see ``_child_app.py``)."""
     return [sys.executable, str(CHILD_APP), *args]
+
+
+def kid_spec(argv: list[str], /, **overrides: Any) -> ProcessSpec:
+    """The spec of a test child named ``kid`` running ``argv``: quick heartbeats and short
+    stop escalation; ``overrides`` replace any field."""
+    options: dict[str, Any] = {
+        "name": "kid",
+        "argv": argv,
+        "env": child_env(),
+        "heartbeat_interval": 0.2,
+        # Generous: a child slow to start on a loaded machine must not be killed early.
+        "heartbeat_timeout": 5.0,
+        "stop_timeout": 2.0,
+        "term_timeout": 2.0,
+    }
+    options.update(overrides)
+    return ProcessSpec(**options)
+
+
+async def parent_handler(method: str, body: msgspec.Raw) -> Any:
+    """Answers a child's request with what it asked (method and decoded body)."""
+    return {"method": method, "body": msgspec.msgpack.decode(body)}
+
+
+def decode(raw: msgspec.Raw) -> Any:
+    return msgspec.msgpack.decode(raw)
 
 
 def process_state(pid: int) -> str | None:

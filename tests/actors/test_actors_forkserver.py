@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 import trio
 
@@ -33,7 +32,16 @@ from actors import (
 )
 
 from ..procs import alive, descendants_of, proc_stat
-from ._support import CHILD_APP, HERE, child_argv, child_env, is_running
+from ._support import (
+    CHILD_APP,
+    HERE,
+    child_argv,
+    child_env,
+    decode,
+    is_running,
+    kid_spec,
+    parent_handler,
+)
 
 PRELOAD = ("tests.actors._preloaded",)
 APP = "tests.actors._child_app"
@@ -45,26 +53,7 @@ def fork_argv(*args: str, module: str = APP) -> list[str]:
 
 
 def spec(*flags: str, **overrides: Any) -> ProcessSpec:
-    options: dict[str, Any] = {
-        "name": "kid",
-        "argv": fork_argv("--name", "kid", *flags),
-        "env": child_env(),
-        "heartbeat_interval": 0.2,
-        # Generous: a child slow to start on a loaded machine must not be killed early.
-        "heartbeat_timeout": 5.0,
-        "stop_timeout": 2.0,
-        "term_timeout": 2.0,
-    }
-    options.update(overrides)
-    return ProcessSpec(**options)
-
-
-async def parent_handler(method: str, body: msgspec.Raw) -> Any:
-    return {"method": method, "body": msgspec.msgpack.decode(body)}
-
-
-def decode(raw: msgspec.Raw) -> Any:
-    return msgspec.msgpack.decode(raw)
+    return kid_spec(fork_argv("--name", "kid", *flags), **overrides)
 
 
 def _collect(lines: list[tuple[str, str]], stream: str, line: str) -> None:

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from typing import Any
 
-import msgspec
 import pytest
 import trio
 
@@ -28,30 +27,19 @@ from actors import (
     open_process_actor,
 )
 
-from ._support import INTERMEDIATE_PARENT, child_argv, child_env, is_running
+from ._support import (
+    INTERMEDIATE_PARENT,
+    child_argv,
+    child_env,
+    decode,
+    is_running,
+    kid_spec,
+    parent_handler,
+)
 
 
 def spec(*flags: str, **overrides: Any) -> ProcessSpec:
-    options: dict[str, Any] = {
-        "name": "kid",
-        "argv": child_argv("--name", "kid", *flags),
-        "env": child_env(),
-        "heartbeat_interval": 0.2,
-        # Generous: a child slow to start on a loaded machine must not be killed early.
-        "heartbeat_timeout": 5.0,
-        "stop_timeout": 2.0,
-        "term_timeout": 2.0,
-    }
-    options.update(overrides)
-    return ProcessSpec(**options)
-
-
-async def parent_handler(method: str, body: msgspec.Raw) -> Any:
-    return {"method": method, "body": msgspec.msgpack.decode(body)}
-
-
-def decode(raw: msgspec.Raw) -> Any:
-    return msgspec.msgpack.decode(raw)
+    return kid_spec(child_argv("--name", "kid", *flags), **overrides)
 
 
 async def test_request_reply_with_a_child_and_clean_stop() -> None:

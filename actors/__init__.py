@@ -5,6 +5,7 @@ Layout (private modules, this namespace re-exports the public API):
 * ``_framing``   sans-IO length-prefixed frames
 * ``_wire``      the msgpack message dialog between two ends of a channel
 * ``_channel``   request/reply + notifications + heartbeats over a pair of trio streams
+* ``_lane``      the child's blocking end of an extra channel ("lane"), for one thread
 * ``_heartbeat`` liveness checking on top of a channel's ping
 * ``_process``   a child OS process as an actor: spawn, pipes, heartbeat, stop escalation
 * ``_forkserver`` a fork server ("zygote") that starts children pre-imported; the server
@@ -47,9 +48,12 @@ from ._framing import MAX_FRAME_SIZE as MAX_FRAME_SIZE
 from ._framing import FrameDecoder as FrameDecoder
 from ._framing import encode_frame as encode_frame
 from ._heartbeat import wait_heartbeat_lost as wait_heartbeat_lost
+from ._lane import BlockingChannel as BlockingChannel
+from ._lane import LaneTimeout as LaneTimeout
 from ._mailbox import Mailbox as Mailbox
 from ._mailbox import MailboxStatistics as MailboxStatistics
 from ._process import CHANNEL_FDS_ENV as CHANNEL_FDS_ENV
+from ._process import LANE_FDS_ENV as LANE_FDS_ENV
 from ._process import MAX_OUTPUT_LINE as MAX_OUTPUT_LINE
 from ._process import STOP_METHOD as STOP_METHOD
 from ._process import ChildProcess as ChildProcess

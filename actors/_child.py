@@ -14,7 +14,8 @@ import trio
 
 from ._channel import Channel, NotifyHandler, RequestHandler
 from ._errors import ActorError, ProtocolError
-from ._process import CHANNEL_FDS_ENV, STOP_METHOD
+from ._lane import BlockingChannel
+from ._process import CHANNEL_FDS_ENV, LANE_FDS_ENV, STOP_METHOD
 from ._util import collapse_single_exception
 
 __all__ = ["PARENT_LOST_EXIT_CODE", "ParentLink", "open_parent_channel"]
@@ -36,16 +37,33 @@ class ParentLink:
     ``stop_requested`` is set when the parent asks the child to stop (and when the
     parent is lost, if ``on_parent_lost`` returned instead of exiting): finish the work
     in hand, then leave the ``open_parent_channel`` block and exit.
+
+    ``lanes`` are the extra channels the parent asked for (``ProcessSpec.lanes``), each
+    for one thread of ours to serve with blocking calls. They stay open until the
+    process exits: a thread may still be using one when the block is left.
     """
 
     channel: Channel
     stop_requested: trio.Event
+    lanes: tuple[BlockingChannel, ...] = ()
 
 
 def _exit_now() -> NoReturn:
     # os._exit, not sys.exit: a guest may be stuck in a worker thread, and neither
     # exceptions nor atexit handlers can get it out. Nobody is left to read output.
     os._exit(PARENT_LOST_EXIT_CODE)
+
+
+def _fd_pair(variable: str, value: str) -> tuple[int, int]:
+    try:
+        read_fd, write_fd = (int(part) for part in value.split(","))
+    except ValueError:
+        raise ActorError(f"{variable}={value!r} is not '<read_fd>,<write_fd>'") from None
+    for fd in (read_fd, write_fd):
+        # Our own children must not hold the parent's pipe, or they would keep it
+        # alive after we die and the parent would never see end-of-stream.
+        os.set_inheritable(fd, False)
+    return read_fd, write_fd
 
 
 def _channel_fds() -> tuple[int, int]:
@@ -55,15 +73,12 @@ def _channel_fds() -> tuple[int, int]:
             f"{CHANNEL_FDS_ENV} is not set: this process was not started by "
             "actors.open_process_actor"
         )
-    try:
-        read_fd, write_fd = (int(part) for part in value.split(","))
-    except ValueError:
-        raise ActorError(f"{CHANNEL_FDS_ENV}={value!r} is not '<read_fd>,<write_fd>'") from None
-    for fd in (read_fd, write_fd):
-        # Our own children must not hold the parent's pipe, or they would keep it
-        # alive after we die and the parent would never see end-of-stream.
-        os.set_inheritable(fd, False)
-    return read_fd, write_fd
+    return _fd_pair(CHANNEL_FDS_ENV, value)
+
+
+def _lane_fds() -> list[tuple[int, int]]:
+    value = os.environ.pop(LANE_FDS_ENV, "")
+    return [_fd_pair(LANE_FDS_ENV, pair) for pair in value.split(";") if pair]
 
 
 @asynccontextmanager
@@ -76,8 +91,9 @@ async def open_parent_channel(
 ) -> AsyncIterator[ParentLink]:
     """Connect to the parent that started us with :func:`open_process_actor`.
 
-    Reads ``ACTORS_CHANNEL_FDS`` (and removes it from the environment), serves a
-    :class:`Channel` over those pipes and yields a :class:`ParentLink`. The stop
+    Reads ``ACTORS_CHANNEL_FDS`` and ``ACTORS_LANE_FDS`` (and removes them from the
+    environment), serves a :class:`Channel` over the first pipes, opens a
+    :class:`BlockingChannel` for each lane and yields a :class:`ParentLink`. The stop
     notification sets ``link.stop_requested``; other notifications go to ``on_notify``.
 
     When the parent's end reaches end-of-stream or breaks (the parent died, even by
@@ -85,6 +101,10 @@ async def open_parent_channel(
     ``os._exit(70)`` at once, because the process must never outlive its parent.
     """
     read_fd, write_fd = _channel_fds()
+    lanes = tuple(
+        BlockingChannel(lane_read, lane_write, name=f"{name}/lane{index}")
+        for index, (lane_read, lane_write) in enumerate(_lane_fds(), start=1)
+    )
     stop_requested = trio.Event()
     original_ppid = os.getppid()
     leaving = False
@@ -102,7 +122,7 @@ async def open_parent_channel(
         on_request=on_request,
         on_notify=route_notification,
     )
-    link = ParentLink(channel, stop_requested)
+    link = ParentLink(channel, stop_requested, lanes)
 
     def parent_lost(why: str) -> None:
         nonlocal leaving

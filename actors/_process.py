@@ -24,6 +24,7 @@ from ._util import collapse_single_exception
 
 __all__ = [
     "CHANNEL_FDS_ENV",
+    "LANE_FDS_ENV",
     "MAX_OUTPUT_LINE",
     "STOP_METHOD",
     "ChildProcess",
@@ -41,8 +42,14 @@ STOP_METHOD = "actors.stop"
 CHANNEL_FDS_ENV = "ACTORS_CHANNEL_FDS"
 """Environment variable telling the child its channel's ``"<read_fd>,<write_fd>"``."""
 
+LANE_FDS_ENV = "ACTORS_LANE_FDS"
+"""Environment variable telling the child its lanes' fds: ``"<read>,<write>;<read>,<write>"``."""
+
 MAX_OUTPUT_LINE = 64 * 1024
 """Lines of child output longer than this many bytes are truncated."""
+
+#: Most lanes one child can have (each is two fds passed to it).
+MAX_LANES = 4
 
 # After SIGKILL only an uninterruptible sleep (a hung NFS read) delays the exit; do not
 # let that hang our own shutdown forever.
@@ -64,6 +71,10 @@ class ProcessSpec:
     stderr (``stream`` is ``"stdout"`` or ``"stderr"``); by default lines are logged.
     ``title``: the child's name in ``ps``/``top`` when a fork server starts it (15 bytes
     are kept); defaults to ``name``.
+    ``lanes``: how many extra channels ("lanes", see ``actors._lane``) to open beside the
+    main one, each its own pair of pipes; :attr:`ProcessActor.lanes` on this side,
+    :attr:`ParentLink.lanes` (blocking, for one thread each) in the child. Requests and
+    notifications on a lane go to the same handlers as the main channel's.
     """
 
     name: str
@@ -76,10 +87,13 @@ class ProcessSpec:
     stop_timeout: float = 3.0
     term_timeout: float = 2.0
     on_output: Callable[[str, str], None] | None = None
+    lanes: int = 0
 
     def __post_init__(self) -> None:
         if not self.argv:
             raise ValueError(f"ProcessSpec {self.name!r}: argv must not be empty")
+        if not 0 <= self.lanes <= MAX_LANES:
+            raise ValueError(f"ProcessSpec {self.name!r}: lanes must be 0..{MAX_LANES}")
         for field in ("heartbeat_interval", "heartbeat_timeout", "stop_timeout", "term_timeout"):
             if not getattr(self, field) > 0:
                 raise ValueError(f"ProcessSpec {self.name!r}: {field} must be > 0")
@@ -134,13 +148,22 @@ class ChildProcess(Protocol):
 class ProcessActor:
     """A running child process and the channel to it. Made by :func:`open_process_actor`."""
 
-    def __init__(self, spec: ProcessSpec, process: ChildProcess, channel: Channel) -> None:
+    def __init__(
+        self,
+        spec: ProcessSpec,
+        process: ChildProcess,
+        channel: Channel,
+        lanes: tuple[Channel, ...] = (),
+    ) -> None:
         self.spec = spec
         self.name = spec.name
         self.pid: int = process.pid
         #: Started by a fork server (not a plain spawn).
         self.forked = isinstance(process, ForkedProcess)
         self.channel = channel
+        #: The extra channels of ``spec.lanes``, in order; served and closed like
+        #: ``channel``, but never pinged (the main channel's heartbeat speaks for the child).
+        self.lanes = lanes
         self.exit_info: ExitInfo | None = None
         self._process = process
         self._exited = trio.Event()
@@ -260,7 +283,8 @@ class ProcessActor:
             log = logger.info if self._reason is not None else logger.warning
             log("%r (%s)", self, description)
             # Fail in-flight requests now, even if a grandchild keeps the pipe open.
-            self.channel.abort(f"{self.name}: process {self.exit_info.reason}")
+            for channel in (self.channel, *self.lanes):
+                channel.abort(f"{self.name}: process {self.exit_info.reason}")
             self._exited.set()
 
     async def _serve_background(self, *, task_status: trio.TaskStatus[None]) -> None:
@@ -277,6 +301,8 @@ class ProcessActor:
                     self._output_streams_open += 1
                     nursery.start_soon(self._pump_output, kind, stream)
                 await nursery.start(self._serve_channel)
+                for lane in self.lanes:
+                    await nursery.start(self._serve_lane, lane)
                 nursery.start_soon(self._watch_heartbeat)
                 task_status.started()
 
@@ -299,6 +325,15 @@ class ProcessActor:
             with trio.move_on_after(self.spec.stop_timeout):
                 await self._exited.wait()
             self.kill("channel closed by the child")
+
+    async def _serve_lane(self, lane: Channel, *, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            await lane.run(task_status=task_status)
+        except ProtocolError as exc:
+            logger.error("%r sent an undecodable frame on %s, killing it: %s", self, lane.name, exc)
+            self.kill(f"protocol error: {exc}")
+        # A lane that ends on its own needs nothing more: when the child is gone, so is
+        # the main channel, and that is what the owner watches.
 
     async def _watch_heartbeat(self) -> None:
         try:
@@ -354,15 +389,25 @@ def _absolute_cwd(cwd: str | None) -> str:
     return os.path.abspath(cwd if cwd is not None else os.getcwd())
 
 
+def _fd_env(child_fds: Sequence[int]) -> dict[str, str]:
+    """The variables that tell the child which of its fds are which: the main channel's
+    pair first, then one pair per lane."""
+    pairs = [f"{child_fds[i]},{child_fds[i + 1]}" for i in range(0, len(child_fds), 2)]
+    env = {CHANNEL_FDS_ENV: pairs[0]}
+    if len(pairs) > 1:
+        env[LANE_FDS_ENV] = ";".join(pairs[1:])
+    return env
+
+
 async def _fork(
-    spec: ProcessSpec, forkserver: ForkServer, env: dict[str, str], fds: tuple[int, int]
+    spec: ProcessSpec, forkserver: ForkServer, env: dict[str, str], fds: Sequence[int]
 ) -> ChildProcess | None:
     """Start the child from the fork server; None when a plain spawn must do it."""
     if not forkserver.accepts(spec.argv, env):
         logger.debug("%s: %s cannot be forked; spawning it", spec.name, list(spec.argv))
         return None
-    # The fork server hands the channel's fds to the child as 3 and 4.
-    forked_env = {**env, CHANNEL_FDS_ENV: "3,4"}
+    # The fork server hands the fds to the child as 3, 4, 5, ... in order.
+    forked_env = {**env, **_fd_env(range(3, 3 + len(fds)))}
     try:
         return await forkserver.spawn(
             spec.argv,
@@ -377,24 +422,40 @@ async def _fork(
         return None
 
 
+def _pipe_pair() -> tuple[int, int, int, int]:
+    """Two pipes for one channel: (parent read, parent write, child read, child write)."""
+    up_read, up_write = os.pipe()
+    try:
+        down_read, down_write = os.pipe()
+    except BaseException:
+        os.close(up_read)
+        os.close(up_write)
+        raise
+    return up_read, down_write, down_read, up_write
+
+
 async def _spawn(
     spec: ProcessSpec,
     on_request: RequestHandler,
     on_notify: NotifyHandler | None,
     forkserver: ForkServer | None = None,
-) -> tuple[ChildProcess, Channel]:
+) -> tuple[ChildProcess, Channel, tuple[Channel, ...]]:
     # os.pipe() fds are close-on-exec, so only this child inherits its ends (via
     # pass_fds, or the fork server); any other process holding them would hide the EOF
     # that tells each side that the other one died.
-    parent_read, child_write = os.pipe()
-    child_read, parent_write = os.pipe()
-    env = dict(os.environ if spec.env is None else spec.env)
-    process: ChildProcess | None = None
+    parent_fds: list[tuple[int, int]] = []  # (read, write) per channel, main first
+    child_fds: list[int] = []  # read, write, read, write, ... in the same order
     try:
+        for _ in range(1 + spec.lanes):
+            parent_read, parent_write, child_read, child_write = _pipe_pair()
+            parent_fds.append((parent_read, parent_write))
+            child_fds += (child_read, child_write)
+        env = dict(os.environ if spec.env is None else spec.env)
+        process: ChildProcess | None = None
         if forkserver is not None:
-            process = await _fork(spec, forkserver, env, (child_read, child_write))
+            process = await _fork(spec, forkserver, env, child_fds)
         if process is None:
-            env[CHANNEL_FDS_ENV] = f"{child_read},{child_write}"
+            env.update(_fd_env(child_fds))
             process = await trio.lowlevel.open_process(
                 list(spec.argv),
                 stdin=subprocess.DEVNULL,
@@ -402,28 +463,32 @@ async def _spawn(
                 stderr=subprocess.PIPE,
                 env=env,
                 cwd=spec.cwd,
-                pass_fds=(child_read, child_write),
+                pass_fds=child_fds,
                 # Out of the terminal's process group: a Ctrl-C meant for the daemon must
                 # not kill the children before the daemon can stop them in order.
                 start_new_session=True,
             )
     except BaseException as exc:
-        os.close(parent_read)
-        os.close(parent_write)
+        for pair in parent_fds:
+            for fd in pair:
+                os.close(fd)
         if isinstance(exc, OSError):
             raise SpawnError(f"cannot start {spec.name!r} ({spec.argv[0]!r}): {exc}") from exc
         raise
     finally:
-        os.close(child_read)
-        os.close(child_write)
-    channel = Channel(
-        trio.lowlevel.FdStream(parent_write),
-        trio.lowlevel.FdStream(parent_read),
-        name=spec.name,
-        on_request=on_request,
-        on_notify=on_notify,
-    )
-    return process, channel
+        for fd in child_fds:
+            os.close(fd)
+    channels = [
+        Channel(
+            trio.lowlevel.FdStream(parent_write),
+            trio.lowlevel.FdStream(parent_read),
+            name=spec.name if index == 0 else f"{spec.name}/lane{index}",
+            on_request=on_request,
+            on_notify=on_notify,
+        )
+        for index, (parent_read, parent_write) in enumerate(parent_fds)
+    ]
+    return process, channels[0], tuple(channels[1:])
 
 
 @asynccontextmanager
@@ -445,8 +510,8 @@ async def open_process_actor(
     :meth:`ForkServer.accepts` the command, and spawned the plain way otherwise or when
     the fork server is unavailable.
     """
-    process, channel = await _spawn(spec, on_request, on_notify, forkserver)
-    actor = ProcessActor(spec, process, channel)
+    process, channel, lanes = await _spawn(spec, on_request, on_notify, forkserver)
+    actor = ProcessActor(spec, process, channel, lanes)
     logger.debug("started %r", actor)
     with collapse_single_exception():
         async with trio.open_nursery() as nursery:

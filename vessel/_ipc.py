@@ -17,11 +17,12 @@ from ._manifest import Manifest
 
 # daemon -> module process (requests)
 GUEST_START = "guest.start"
+#: On the lane (the module process's second channel, read by the guest's own thread).
 GUEST_COMMAND = "guest.command"
 GUEST_STATS = "guest.stats"
 # daemon -> module process (notifications)
 GUEST_EVENT = "guest.event"
-# module process -> daemon (requests)
+# module process -> daemon (requests; the guest's host calls come over the lane)
 BUS_SUBSCRIBE = "bus.subscribe"
 BUS_RESET = "bus.reset"
 MODULE_CALL = "module.call"
@@ -57,6 +58,10 @@ class CommandRequest(msgspec.Struct, forbid_unknown_fields=True):
     params: str
     #: Module ids this call passed through (for cycle detection), outermost first.
     chain: list[str] = []
+    #: ``time.monotonic()`` at which the daemon stops waiting for the answer. Module
+    #: processes run on the daemon's host, where CLOCK_MONOTONIC is one clock for every
+    #: process, so the module can skip a command nobody waits for any more.
+    deadline: float | None = None
 
 
 class CommandResult(msgspec.Struct):
@@ -64,7 +69,7 @@ class CommandResult(msgspec.Struct):
     value: str
     #: Set when the guest trapped or missed its deadline (the instance was replaced).
     trapped: bool = False
-    #: Set when a deferred reply was not completed within limits.reply_timeout_ms.
+    #: Set when the module process did not start the command before its deadline.
     timed_out: bool = False
 
 

@@ -35,8 +35,6 @@ from ._wasm_module import LogLine, WasmModule
 
 log = logging.getLogger("vessel.manager")
 
-#: Extra time the daemon gives a module beyond its own invocation deadline.
-CALL_GRACE = 2.0
 #: Log lines a follower may fall behind by before lines are dropped for it.
 FOLLOW_QUEUE = 1000
 
@@ -302,13 +300,7 @@ class ModuleManager:
             raise CallError("unknown_module", f"no module {module_id!r} is installed")
         if entry.state is not ModuleState.RUNNING:
             raise CallError("module_unavailable", f"module {module_id!r} is {entry.state.value}")
-        limits = entry.module.manifest.limits
-        # The module process enforces both bounds itself; ours only catches a module
-        # process that stopped answering altogether.
-        limit = max(limits.invocation_timeout_ms, limits.reply_timeout_ms) / 1000 + CALL_GRACE
-        return await entry.module.command(
-            name, params, chain, timeout=min(timeout, limit) if timeout else limit
-        )
+        return await entry.module.command(name, params, chain, timeout=timeout)
 
     # -- logs ------------------------------------------------------------------------
 

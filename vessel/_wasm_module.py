@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -116,6 +117,8 @@ class WasmModule:
             # What ps/top show for a forked module process (comm keeps 15 bytes).
             title=f"vessel:{self.id}",
             on_output=self._child_output,
+            # The lane carries commands to the guest's thread and its host calls back.
+            lanes=1,
         )
         begun = trio.current_time()
         self._fatal = None
@@ -179,16 +182,25 @@ class WasmModule:
 
     # -- calls from the daemon ---------------------------------------------------------
 
-    async def command(self, name: str, params: str, chain: list[str], *, timeout: float) -> str:
+    async def command(
+        self, name: str, params: str, chain: list[str], *, timeout: float | None = None
+    ) -> str:
+        """Call the guest's ``on-command``; waits at most ``limits.reply_timeout_ms`` (or
+        ``timeout``, if shorter) for the answer, deferred or not."""
         proc = self.proc
         if proc is None or self.started_at is None:
             raise CallError("module_unavailable", f"module {self.id!r} is not running")
-        request = _ipc.CommandRequest(action=name, params=params, chain=chain)
+        reply_timeout = self.manifest.limits.reply_timeout_ms / 1000
+        limit = reply_timeout if timeout is None else min(timeout, reply_timeout)
+        request = _ipc.CommandRequest(
+            action=name, params=params, chain=chain, deadline=time.monotonic() + limit
+        )
         try:
-            raw = await proc.request(_ipc.GUEST_COMMAND, request, timeout=timeout)
+            raw = await proc.lanes[0].request(_ipc.GUEST_COMMAND, request, timeout=limit)
         except trio.TooSlowError:
+            which = " (limits.reply_timeout_ms)" if limit == reply_timeout else ""
             raise CallError(
-                "timeout", f"module {self.id!r} did not answer {name!r} within {timeout:g} s"
+                "timeout", f"module {self.id!r} did not answer {name!r} within {limit:g} s{which}"
             ) from None
         except ChannelBroken:
             raise CallError(

@@ -1,9 +1,11 @@
 """A child process for the actors tests, started by ``open_process_actor``.
 
 It serves a few requests that make it misbehave on cue (see ``on_request``), and
-``introspect``, which describes how the process was started. Flags: ``--ignore-stop``
-never honours the stop notification; ``--ignore-sigterm`` ignores SIGTERM; ``--name NAME``
-names its channel. Runs as a script or, from a fork server, as ``-m tests.actors._child_app``.
+``introspect``, which describes how the process was started. Each lane it was given
+(``ProcessSpec.lanes``) is served by a thread of its own (see ``serve_lane``).
+Flags: ``--ignore-stop`` never honours the stop notification; ``--ignore-sigterm``
+ignores SIGTERM; ``--name NAME`` names its channel. Runs as a script or, from a fork
+server, as ``-m tests.actors._child_app``.
 """
 
 from __future__ import annotations
@@ -12,13 +14,71 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import trio
 
-from actors import CHANNEL_FDS_ENV, ParentLink, open_parent_channel
+from actors import (
+    CHANNEL_FDS_ENV,
+    BlockingChannel,
+    ChannelBroken,
+    Notify,
+    ParentLink,
+    RemoteError,
+    open_parent_channel,
+)
+
+
+def serve_lane(lane: BlockingChannel) -> None:
+    """One thread, blocking calls: the way a lane is meant to be served.
+
+    ``echo`` answers its body; ``whoami`` the lane's name and thread; ``call_parent``
+    asks the parent (over this lane) and answers what it said; ``notify_parent`` sends
+    the body back as notifications ``note`` (a list: one each) and answers how many;
+    ``raise`` answers an error; ``hold`` answers nothing until the next request, whose
+    answer goes first (the parent sees replies out of order); a notification ``say`` is
+    answered with a notification ``heard``.
+    """
+    held: list[int] = []
+    try:
+        while True:
+            message = lane.receive()
+            if isinstance(message, Notify):
+                if message.method == "say":
+                    lane.notify("heard", msgspec.msgpack.decode(message.body))
+                continue
+            assert message is not None
+            value = msgspec.msgpack.decode(message.body)
+            match message.method:
+                case "echo":
+                    lane.reply(message.id, value)
+                case "whoami":
+                    lane.reply(message.id, [lane.name, threading.current_thread().name])
+                case "call_parent":
+                    try:
+                        answer = msgspec.msgpack.decode(lane.request("hello", value, timeout=5))
+                    except RemoteError as exc:
+                        answer = f"error: {exc.message}"
+                    lane.reply(message.id, answer)
+                case "notify_parent":
+                    for item in value:
+                        lane.notify("note", item)
+                    lane.reply(message.id, len(value))
+                case "raise":
+                    lane.reply_error(message.id, ValueError(value))
+                case "hold":
+                    held.append(message.id)
+                case _:
+                    lane.reply_error(message.id, LookupError(f"no such method: {message.method}"))
+            if message.method != "hold":
+                for request_id in held:
+                    lane.reply(request_id, "released")
+                held.clear()
+    except ChannelBroken:
+        return  # the parent is gone or we are leaving
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -68,6 +128,8 @@ async def main(args: argparse.Namespace) -> None:
 
     async with open_parent_channel(name=args.name, on_request=on_request) as link:
         links.append(link)
+        for lane in link.lanes:
+            threading.Thread(target=serve_lane, args=(lane,), name=lane.name, daemon=True).start()
         if args.ignore_stop:
             await trio.sleep_forever()
         await link.stop_requested.wait()

@@ -32,7 +32,7 @@ from vessel._manager import ModuleState, SupervisionPolicy
 from vessel._paths import database_path
 from vessel._storage import Storage
 from vessel._wasm_module import LogLine
-from vessel.host._process import MAX_REPLACEMENTS
+from vessel.host._guest_thread import MAX_REPLACEMENTS
 
 from ._figures import Figures, Row
 from ._healthy import HEALTHY, Health, healthy_modules, watch_healthy

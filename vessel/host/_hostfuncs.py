@@ -1,8 +1,9 @@
 """The ``vessel:host/host@1.0.0`` functions, as seen from inside a module process.
 
-Each function runs on the guest's worker thread while the guest waits, checks the
-module's capabilities, and hops to the trio loop (``trio.from_thread``) for I/O or for an
-RPC to the daemon. None of them raises into wasm: a raised Python exception would trap
+Each function runs on the guest's thread while the guest waits and checks the module's
+capabilities. RPCs to the daemon and emitted events go over the lane, from this thread,
+with blocking calls; timers, sockets and HTTP belong to the trio loop, reached through
+the portal. None of them raises into wasm: a raised Python exception would trap
 the guest, so every failure is returned as the WIT ``err`` value (or ``none`` / handle 0
 where the WIT has no error channel) and, for denials, logged.
 """
@@ -14,7 +15,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import trio
 from wasmtime import component as wc
 
 from .. import _ipc
@@ -24,9 +24,10 @@ from .._errors import CapabilityDenied
 from ._hosterrors import HostCallError
 
 if TYPE_CHECKING:
-    from actors import Channel
+    from actors import BlockingChannel
 
     from ._http import HttpService
+    from ._portal import TrioPortal
     from ._timers import TimerService
     from ._websockets import WebSocketService
 
@@ -47,7 +48,8 @@ class HostFunctions:
         *,
         module_id: str,
         capabilities: Capabilities,
-        channel: Channel,
+        lane: BlockingChannel,
+        portal: TrioPortal,
         timers: TimerService,
         websockets: WebSocketService,
         http: HttpService,
@@ -61,7 +63,8 @@ class HostFunctions:
         self._max_event_rate = max_event_rate
         self._rate = RateLimit(max_event_rate)
         self._caps = capabilities
-        self._channel = channel
+        self._lane = lane
+        self._portal = portal
         self._timers = timers
         self._websockets = websockets
         self._http = http
@@ -99,17 +102,13 @@ class HostFunctions:
         return message
 
     def _rpc(self, method: str, body: Any) -> msgspec.Raw:
-        return trio.from_thread.run(
-            lambda: self._channel.request(method, body, timeout=RPC_TIMEOUT)
-        )
+        return self._lane.request(method, body, timeout=RPC_TIMEOUT)
 
     def _notify(self, method: str, body: Any) -> None:
-        """A one-way message to the daemon: queued by the trio loop without waiting for the
-        daemon; waits for room only when the send queue is full (backpressure, not loss)."""
-        try:
-            trio.from_thread.run_sync(self._channel.notify_nowait, method, body)
-        except trio.WouldBlock:
-            trio.from_thread.run(lambda: self._channel.notify(method, body))
+        """A one-way message to the daemon, written with the invocation's other frames
+        (at the latest when the guest thread next waits); blocks only while the pipe is
+        full (backpressure, not loss)."""
+        self._lane.notify(method, body)
 
     def _rpc_error(self, method: str, body: Any) -> str | None:
         """An RPC whose reply carries no value: ``None`` on success, else the reason."""
@@ -188,7 +187,7 @@ class HostFunctions:
             return self._denied(exc)
         headers = [(str(k), str(v)) for k, v in req.headers]
         try:
-            status, resp_headers, body = trio.from_thread.run(
+            status, resp_headers, body = self._portal.run(
                 self._http.fetch, req.method, req.url, headers, req.body
             )
         except HostCallError as exc:
@@ -205,7 +204,7 @@ class HostFunctions:
         except CapabilityDenied as exc:
             return self._denied(exc)
         try:
-            handle: int = trio.from_thread.run(self._websockets.connect, url)
+            handle: int = self._portal.run(self._websockets.connect, url)
         except HostCallError as exc:
             return str(exc)
         return handle
@@ -213,7 +212,7 @@ class HostFunctions:
     def websocket_send(self, handle: int, message: str) -> str | None:
         try:
             self._caps.check_websocket()
-            trio.from_thread.run(self._websockets.send, handle, message)
+            self._portal.run(self._websockets.send, handle, message)
         except CapabilityDenied as exc:
             return self._denied(exc)
         except HostCallError as exc:
@@ -223,7 +222,7 @@ class HostFunctions:
     def websocket_close(self, handle: int) -> str | None:
         try:
             self._caps.check_websocket()
-            trio.from_thread.run(self._websockets.close, handle)
+            self._portal.run(self._websockets.close, handle)
         except CapabilityDenied as exc:
             return self._denied(exc)
         except HostCallError as exc:
@@ -270,7 +269,7 @@ class HostFunctions:
             return 0
         create = self._timers.set_interval if repeat else self._timers.set_timeout
         try:
-            handle: int = trio.from_thread.run_sync(create, ms)
+            handle: int = self._portal.run_sync(create, ms)
         except HostCallError as exc:
             self._log("warning", str(exc))
             return 0
@@ -287,7 +286,7 @@ class HostFunctions:
             self._caps.check_timers()
         except CapabilityDenied:
             return  # nothing of this module's can be live to clear
-        trio.from_thread.run_sync(self._timers.clear, handle)
+        self._portal.run_sync(self._timers.clear, handle)
 
     # -- logging -----------------------------------------------------------------------
 

@@ -1,11 +1,11 @@
-"""The module process: a trio loop for I/O and one worker thread for the guest.
+"""The module process: a trio loop for I/O, and the guest on a thread of its own.
 
-Work for the guest (commands from the daemon, bus events, timer fires, WebSocket frames)
-enters one bounded mailbox and is handed to the guest one item at a time on a worker
-thread, so the trio loop keeps answering heartbeats and reading sockets while the guest
-computes. A trap replaces the instance (host resources of the old one are released and
-``on-load`` runs again); too many traps in a row end the process, and the daemon's
-supervisor takes over with backoff.
+The daemon's commands reach the guest over a lane (a second pipe pair) that the guest's
+thread reads and answers itself (``_guest_thread``); everything else is the trio loop's:
+the main channel (start, stats, heartbeats, events, log lines), timers, WebSockets and
+HTTP. Bus events, timer fires and socket frames are queued for the guest's thread, which
+takes them in turn with the commands, one invocation at a time, so the loop keeps
+answering heartbeats and reading sockets while the guest computes.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import contextlib
 import logging
 import os
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,46 +26,26 @@ from actors import Channel, ParentLink, open_parent_channel
 from .. import _ipc
 from .._capabilities import Capabilities
 from .._events import Event
+from ._guest_thread import Delivery, GuestLoadError, GuestThread
 from ._hostfuncs import HostFunctions
 from ._http import HttpService
-from ._runtime import GuestRuntime, GuestTrap, Limits
+from ._portal import TrioPortal
+from ._runtime import GuestRuntime, Limits
 from ._timers import TimerService
 from ._websockets import WebSocketService
+
+__all__ = ["GuestLoadError", "ModuleProcess", "serve_module_process"]
 
 log = logging.getLogger("vessel.host")
 
 #: Events, timer fires and socket frames waiting for the guest; beyond this they are
-#: dropped and counted (commands are never dropped: they wait, and have their own timeout).
+#: dropped and counted (commands are never dropped: they wait in the lane, and the daemon
+#: bounds how long).
 MAILBOX_SIZE = 1024
-#: More instance replacements than this within REPLACEMENT_PERIOD end the process.
-MAX_REPLACEMENTS = 3
-REPLACEMENT_PERIOD = 60.0
 #: Guest output: longer lines are cut; more lines per second than this are dropped.
 MAX_LINE = 8192
 MAX_LINES_PER_SECOND = 200
 UNLOAD_GRACE = 1.0
-
-
-class GuestLoadError(Exception):
-    """``on-load`` returned an error or trapped: the module cannot start."""
-
-
-@dataclass
-class _Command:
-    request: _ipc.CommandRequest
-    done: trio.Event = field(default_factory=trio.Event)
-    result: _ipc.CommandResult | None = None
-    #: Set by defer-reply: the answer comes later through complete-reply.
-    token: int | None = None
-    #: The caller gave up before the guest got to it: skip it.
-    abandoned: bool = False
-
-
-@dataclass
-class _Delivery:
-    export: str
-    args: tuple[Any, ...]
-    timer: int | None = None
 
 
 class _OutputLines:
@@ -112,28 +90,21 @@ class ModuleProcess:
     def __init__(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         self._token = trio.lowlevel.current_trio_token()
+        self._portal = TrioPortal(self._token)
         self._link: ParentLink | None = None
-        self._runtime: GuestRuntime | None = None
+        self._guest: GuestThread | None = None
         self._module_id = "?"
-        self._send, self._receive = trio.open_memory_channel[_Command | _Delivery](MAILBOX_SIZE)
-        self._guest_lock = trio.CapacityLimiter(1)
-        self._chain: list[str] = []
-        self._current: _Command | None = None
-        self._deferred: dict[int, _Command] = {}
-        self._last_token = 0
-        self._reply_timeout = 30.0
-        self._replacements: deque[float] = deque()
         self._output = _OutputLines()
         self._log_window = (0.0, 0)
         self._stopping = False
         self._timers: TimerService | None = None
         self._websockets: WebSocketService | None = None
-        self.invocations = 0
-        self.traps = 0
         self.dropped_events = 0
         self.dropped_log_lines = 0
 
     def attach(self, link: ParentLink) -> None:
+        if len(link.lanes) != 1:
+            raise RuntimeError(f"a module process needs 1 lane, the daemon gave {len(link.lanes)}")
         self._link = link
 
     @property
@@ -144,8 +115,6 @@ class ModuleProcess:
     # -- the daemon's requests ---------------------------------------------------------
 
     async def on_request(self, method: str, body: msgspec.Raw) -> Any:
-        if method == _ipc.GUEST_COMMAND:
-            return await self._command(_ipc.decode(body, _ipc.CommandRequest))
         if method == _ipc.GUEST_STATS:
             return self._stats()
         if method == _ipc.GUEST_START:
@@ -155,15 +124,15 @@ class ModuleProcess:
     async def on_notify(self, method: str, body: msgspec.Raw) -> None:
         if method == _ipc.GUEST_EVENT:
             event = _ipc.decode(body, Event)
-            self._deliver(_Delivery("on-event", (_event_record(event),)))
+            self._deliver(Delivery("on-event", (_event_record(event),)))
 
     async def _start(self, params: _ipc.StartParams) -> _ipc.StartResult:
-        if self._runtime is not None:
+        if self._guest is not None:
             raise RuntimeError("module already started")
+        assert self._link is not None
         manifest = params.manifest
         self._module_id = manifest.id
         limits = manifest.limits
-        self._reply_timeout = limits.reply_timeout_ms / 1000
         self._timers = TimerService(self._fire_timer, max_timers=limits.max_timers)
         self._websockets = WebSocketService(
             self._ws_message, self._ws_closed, max_connections=limits.max_websockets
@@ -172,17 +141,30 @@ class ModuleProcess:
         await self._nursery.start(self._timers.run)
         await self._nursery.start(self._websockets.run)
         await self._nursery.start(http.run)
+        lane = self._link.lanes[0]
+        guest = GuestThread(
+            module_id=manifest.id,
+            lane=lane,
+            portal=self._portal,
+            log=self.log,
+            claim_timer=self._timers.claim,
+            release_resources=self._release_instance_resources,
+            flush_log=self._flush_log,
+            mailbox_size=MAILBOX_SIZE,
+            reply_timeout=limits.reply_timeout_ms / 1000,
+        )
         host = HostFunctions(
             module_id=manifest.id,
             capabilities=Capabilities.from_manifest(manifest),
-            channel=self.channel,
+            lane=lane,
+            portal=self._portal,
             timers=self._timers,
             websockets=self._websockets,
             http=http,
             log=self.log,
-            current_chain=lambda: list(self._chain),
-            defer_reply=self.defer_reply,
-            complete_reply=self.complete_reply,
+            current_chain=guest.current_chain,
+            defer_reply=guest.defer_reply,
+            complete_reply=guest.complete_reply,
             max_event_rate=manifest.limits.max_event_rate,
         )
         runtime = GuestRuntime(
@@ -197,54 +179,35 @@ class ModuleProcess:
             on_output=self._on_output,
         )
         started = time.monotonic()
-        await trio.to_thread.run_sync(runtime.load, limiter=self._guest_lock)
-        self._runtime = runtime
-        await trio.to_thread.run_sync(self._load_instance, limiter=self._guest_lock)
-        self._nursery.start_soon(self._serve_mailbox)
+        # Set first: a timer that on-load sets may fire before it returns, and its fire
+        # must wait in the mailbox, not be lost.
+        self._guest = guest
+        await trio.to_thread.run_sync(guest.load, runtime)
+        guest.start()
         return _ipc.StartResult(
             pid=os.getpid(), load_seconds=time.monotonic() - started, compiled=runtime.compiled
         )
 
-    async def _command(self, request: _ipc.CommandRequest) -> _ipc.CommandResult:
-        if self._runtime is None or self._stopping:
-            raise RuntimeError(f"module {self._module_id!r} is not serving commands")
-        job = _Command(request)
-        with trio.move_on_after(self._reply_timeout):
-            await self._send.send(job)
-            await job.done.wait()
-        if job.result is None:
-            job.abandoned = True
-            if job.token is not None:
-                self._deferred.pop(job.token, None)
-            return _ipc.CommandResult(
-                ok=False,
-                value=f"module {self._module_id!r} did not answer {request.action!r} within "
-                f"{self._reply_timeout:g} s (limits.reply_timeout_ms)",
-                timed_out=True,
-            )
-        return job.result
-
     def _stats(self) -> _ipc.GuestStats:
+        guest = self._guest
         return _ipc.GuestStats(
             pid=os.getpid(),
             memory_rss_anon=_rss_anon(),
-            invocations=self.invocations,
-            traps=self.traps,
-            instance_replacements=len(self._replacements),
+            invocations=guest.invocations if guest else 0,
+            traps=guest.traps if guest else 0,
+            instance_replacements=guest.replacements if guest else 0,
             timers=self._timers.live if self._timers else 0,
             websockets=self._websockets.live if self._websockets else 0,
-            queued=self._send.statistics().current_buffer_used,
+            queued=guest.queued if guest else 0,
             dropped_events=self.dropped_events,
         )
 
     # -- deliveries from the host's own services (trio thread) ---------------------------
 
-    def _deliver(self, item: _Delivery) -> None:
-        if self._stopping:
+    def _deliver(self, item: Delivery) -> None:
+        if self._stopping or self._guest is None:
             return
-        try:
-            self._send.send_nowait(item)
-        except trio.WouldBlock:
+        if not self._guest.deliver(item):
             self.dropped_events += 1
             if item.timer is not None and self._timers is not None:
                 self._timers.claim(item.timer)  # a dropped fire must still be claimed
@@ -252,144 +215,27 @@ class ModuleProcess:
     def _fire_timer(self, handle: int) -> None:
         # TimerService fires an interval again only after this fire is claimed, so a slow
         # guest has at most one fire per timer waiting, never a burst.
-        self._deliver(_Delivery("on-timer", (handle,), timer=handle))
+        self._deliver(Delivery("on-timer", (handle,), timer=handle))
 
     def _ws_message(self, handle: int, text: str) -> None:
-        self._deliver(_Delivery("on-websocket-message", (handle, text)))
+        self._deliver(Delivery("on-websocket-message", (handle, text)))
 
     def _ws_closed(self, handle: int, reason: str) -> None:
-        self._deliver(_Delivery("on-websocket-closed", (handle, reason)))
-
-    # -- the guest's mailbox -----------------------------------------------------------
-
-    async def _serve_mailbox(self) -> None:
-        async for item in self._receive:
-            if item_timer := isinstance(item, _Delivery) and item.timer:
-                # False: the guest cleared it after it fired; it must not see it.
-                assert self._timers is not None
-                if not self._timers.claim(item_timer):
-                    continue
-            if isinstance(item, _Command) and item.abandoned:
-                continue
-            try:
-                await trio.to_thread.run_sync(self._run, item, limiter=self._guest_lock)
-            finally:
-                if isinstance(item, _Command) and item.token is None:
-                    item.done.set()
-
-    def _run(self, item: _Command | _Delivery) -> None:
-        """Worker thread: one guest invocation."""
-        runtime = self._runtime
-        assert runtime is not None
-        self.invocations += 1
-        try:
-            if isinstance(item, _Command):
-                self._chain = item.request.chain
-                self._current = item
-                result = runtime.call("on-command", item.request.action, item.request.params)
-                if item.token is None:
-                    item.result = _ipc.CommandResult(ok=result.tag == "ok", value=result.payload)
-            elif runtime.has_export(item.export):
-                error = runtime.call(item.export, *item.args)
-                if error is not None:
-                    self.log("warning", f"{item.export} returned an error: {error}")
-        except GuestTrap as trap:
-            self.traps += 1
-            if isinstance(item, _Command):
-                # A trapped command is answered now, deferred or not.
-                if item.token is not None:
-                    trio.from_thread.run_sync(self._deferred.pop, item.token, None)
-                item.token = None
-                item.result = _ipc.CommandResult(
-                    ok=False, value=f"module {self._module_id!r}: {trap}", trapped=True
-                )
-            self._replace_instance(str(trap))
-        finally:
-            self._chain = []
-            self._current = None
-
-    def _load_instance(self) -> None:
-        """Worker thread: instantiate and run on-load; GuestLoadError if it fails."""
-        runtime = self._runtime
-        assert runtime is not None
-        try:
-            runtime.instantiate()
-            error = runtime.call("on-load")
-        except GuestTrap as trap:
-            raise GuestLoadError(str(trap)) from None
-        if error is not None:
-            raise GuestLoadError(f"on-load returned an error: {error}")
-
-    def _replace_instance(self, reason: str) -> None:
-        """Worker thread: release the dead instance's resources and start a fresh one."""
-        now = time.monotonic()
-        self._replacements.append(now)
-        while self._replacements and now - self._replacements[0] > REPLACEMENT_PERIOD:
-            self._replacements.popleft()
-        self.log("error", f"{reason}; replacing the instance")
-        if len(self._replacements) > MAX_REPLACEMENTS:
-            self._fatal(
-                f"{len(self._replacements)} traps within {REPLACEMENT_PERIOD:.0f} s "
-                f"(last: {reason})"
-            )
-        trio.from_thread.run(self._release_instance_resources, reason)
-        try:
-            self._load_instance()
-        except GuestLoadError as exc:
-            self._fatal(f"could not replace the instance after a trap: {exc}")
+        self._deliver(Delivery("on-websocket-closed", (handle, reason)))
 
     async def _release_instance_resources(self, reason: str) -> None:
-        # Timers, sockets and subscriptions belong to the instance that made them; the
-        # new instance's on-load sets up its own.
+        # Called by the guest thread after a trap, before the new instance's on-load.
         assert self._timers is not None
         assert self._websockets is not None
-        self._fail_deferred("the instance was replaced before it completed the reply")
         self._timers.clear_all()
         await self._websockets.close_all()
         await self.channel.request(_ipc.BUS_RESET, None, timeout=10)
         await self.channel.notify(_ipc.INSTANCE_REPLACED, _ipc.InstanceReplaced(reason=reason))
 
-    def _fatal(self, reason: str) -> None:
-        """Worker thread: report why, make sure the daemon has it, and end the process."""
-        self.log("fatal", reason)
-        # The ping returns after the daemon has read the log line above (frames are
-        # ordered); if the daemon is gone already we exit all the same.
-        with contextlib.suppress(Exception):
-            trio.from_thread.run(lambda: self.channel.ping(timeout=2.0))
-        os._exit(3)
-
-    # -- deferred replies (the defer-reply / complete-reply extension) --------------------
-
-    def defer_reply(self) -> int | str:
-        """Worker thread, inside on-command: answer this command later."""
-        command = self._current
-        if command is None:
-            return "defer-reply: only possible while handling on-command"
-        if command.token is None:
-            self._last_token += 1
-            command.token = self._last_token
-            trio.from_thread.run_sync(self._deferred.__setitem__, command.token, command)
-        return command.token
-
-    def complete_reply(self, token: int, ok: bool, value: str) -> str | None:
-        """Worker thread: the answer to a deferred command."""
-        return trio.from_thread.run_sync(self._complete, token, ok, value)
-
-    def _complete(self, token: int, ok: bool, value: str) -> str | None:
-        command = self._deferred.pop(token, None)
-        if command is None:
-            return f"complete-reply: unknown or expired reply token {token}"
-        command.result = _ipc.CommandResult(ok=ok, value=value)
-        command.done.set()
-        return None
-
-    def _fail_deferred(self, reason: str) -> None:
-        deferred, self._deferred = self._deferred, {}
-        for command in deferred.values():
-            command.result = _ipc.CommandResult(
-                ok=False, value=f"module {self._module_id!r}: {reason}"
-            )
-            command.done.set()
+    async def _flush_log(self) -> None:
+        # A ping is answered only after the daemon has read every frame sent before it,
+        # so the log lines queued on the channel have reached it when this returns.
+        await self.channel.ping(timeout=2.0)
 
     # -- logging -----------------------------------------------------------------------
 
@@ -429,13 +275,12 @@ class ModuleProcess:
     async def shutdown(self) -> None:
         """Stop taking work, let the current invocation finish, run on-unload (bounded)."""
         self._stopping = True
-        self._fail_deferred("the module stopped before it completed the reply")
-        runtime = self._runtime
-        if runtime is None:
+        guest = self._guest
+        if guest is None:
             return
-        timeout = 2 * UNLOAD_GRACE + 10.0
-        with trio.move_on_after(timeout):
-            await trio.to_thread.run_sync(self._unload, limiter=self._guest_lock)
+        guest.stop()
+        with trio.move_on_after(2 * UNLOAD_GRACE + 10.0):
+            await guest.finished.wait()
         if self._websockets is not None:
             with trio.move_on_after(UNLOAD_GRACE):
                 await self._websockets.close_all()
@@ -445,17 +290,6 @@ class ModuleProcess:
         # before it, so it flushes them. Found by tests/adversarial (loop in on-unload).
         with contextlib.suppress(Exception):
             await self.channel.ping(timeout=UNLOAD_GRACE)
-
-    def _unload(self) -> None:
-        runtime = self._runtime
-        assert runtime is not None
-        try:
-            error = runtime.call("on-unload")
-        except GuestTrap as trap:
-            self.log("error", str(trap))
-            return
-        if error is not None:
-            self.log("warning", f"on-unload returned an error: {error}")
 
 
 def _event_record(event: Event) -> wc.Record:

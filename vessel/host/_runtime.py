@@ -243,15 +243,44 @@ class GuestRuntime:
         self._funcs = {}
 
 
+class _FixedFuncType:
+    """A function's parameter and result types, fetched from wasmtime once."""
+
+    __slots__ = ("_source", "params", "result")
+
+    def __init__(self, source: wc.FuncType) -> None:
+        self._source = source  # owns the C objects the types below point into
+        self.params = source.params
+        self.result = source.result
+
+
 def _cache_type(func: wc.Func, store: wasmtime.Store) -> None:
     """Make ``func`` reuse its type instead of fetching it from wasmtime on every call.
 
     wasmtime-py's ``Func.__call__`` asks for the function's type (a C call plus Python
-    wrappers for every parameter type) each time; an export's type never changes for the
-    life of its instance, so the first answer is kept on the object.
+    wrappers for every parameter type) each time, and a result/option/variant type asks
+    again for its cases on every value it converts: most of the Python time of a call
+    (bench/, profiled). An export's type never changes for the life of its instance, so
+    the first answers are kept on the objects. wasmtime is pinned to one major version
+    (pyproject.toml) because this leans on how its ``Func.__call__`` uses the type.
     """
-    func_type = func.type(store)
-    func.type = lambda store: func_type  # type: ignore[method-assign]
+    fixed = _FixedFuncType(func.type(store))
+    for _name, param in fixed.params:
+        _fix_cases(param)
+    if fixed.result is not None:
+        _fix_cases(fixed.result)
+    func.type = lambda store: fixed  # type: ignore[method-assign,assignment,return-value]
+
+
+def _fix_cases(ty: wc.ValType) -> None:
+    if isinstance(ty, wc.ResultType | wc.OptionType | wc.VariantType):
+        cases = ty._cases()
+        tagged = ty._tagged()
+        ty._cases = lambda: cases  # type: ignore[method-assign]
+        ty._tagged = lambda: tagged  # type: ignore[method-assign]
+        for _name, case in cases:
+            if case is not None:
+                _fix_cases(case)
 
 
 def _describe_trap(exc: wasmtime.WasmtimeError, deadline_fired: bool) -> str:

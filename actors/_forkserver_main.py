@@ -296,8 +296,16 @@ def _become_child(server: _Server, request: SpawnRequest, fds: list[int]) -> NoR
         stdout, stderr, *passed = fds
         devnull = os.open(os.devnull, os.O_RDWR)
         _place_fds([devnull, stdout, stderr, *passed])
-        os.environ.clear()
-        os.environ.update(request.env)
+        # The same environment as clear() + update(request.env), changing only what
+        # differs (usually a handful of variables: the owner forwards its own, which are
+        # the server's). Every entry replaced frees and allocates objects on pages the
+        # child shares with the server, and each such page is copied: clearing and
+        # refilling cost a Vessel module process about 0.2 MiB of private memory.
+        for key in [key for key in os.environ if key not in request.env]:
+            del os.environ[key]
+        for key, value in request.env.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
         time.tzset()  # the time module read TZ when the server imported it
         os.chdir(request.cwd)
         if server.path0 is not None and sys.path and sys.path[0] == server.path0:
@@ -375,6 +383,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     sock = socket.socket(fileno=args.fd)
     sock.set_inheritable(False)
 
+    # No collection while importing: a collection frees cyclic garbage, and what a child
+    # allocates later fills those holes, on pages it shares with the server, so each is
+    # copied. The garbage stays, frozen with the rest, in pages every child shares.
+    # (What the Python docs advise for fork without exec; a Vessel module process keeps
+    # about 0.3 MiB less private memory than after gc.collect() + gc.freeze().)
+    gc.disable()
     started = time.perf_counter()
     preloaded: list[str] = []
     failed: dict[str, str] = {}
@@ -400,9 +414,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         os._exit(1)
 
     # Objects that exist now are shared with every child; keep the collector from
-    # touching them (and so copying their pages) in each one.
-    gc.collect()
+    # touching them (and so copying their pages) in each one. The server itself collects
+    # again from here on: what its loop allocates is not shared for long.
     gc.freeze()
+    gc.enable()
     server = _Server(sock)
     if server._send(Ready(pid=server.pid, preloaded=preloaded, failed=failed, seconds=seconds)):
         server.serve()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import itertools
 import logging
 import math
@@ -60,6 +61,8 @@ NotifyHandler = Callable[[str, msgspec.Raw], Awaitable[None]]
 
 # Pipes hold 64 KiB by default; reading more per call buys nothing.
 _READ_SIZE = 65536
+# Reads in a row that found data without waiting before the reader lets other tasks run.
+_READS_BEFORE_YIELD = 8
 # Coalescing pays off for many small frames; past this size a write is already efficient
 # and a bigger batch would only delay the first frame in it.
 _MAX_BATCH_BYTES = 256 * 1024
@@ -136,6 +139,11 @@ class Channel:
         #: other streams, which always go through it).
         self._fd = send_stream.fileno() if isinstance(send_stream, trio.lowlevel.FdStream) else None
         self._receive_stream = receive_stream
+        #: The pipe to read straight from (None for other streams): see _receive.
+        self._read_fd = (
+            receive_stream.fileno() if isinstance(receive_stream, trio.lowlevel.FdStream) else None
+        )
+        self._reads_in_a_row = 0
         self._on_request = on_request
         self._on_notify = on_notify
         self._max_frame_size = max_frame_size
@@ -392,11 +400,41 @@ class Channel:
         if self._run_scope is not None:
             self._run_scope.cancel()
 
+    async def _receive(self) -> bytes | bytearray:
+        """The next bytes from the peer, like ``receive_some``, with fewer task switches.
+
+        ``FdStream.receive_some`` yields to the scheduler before every read, even when
+        the data is already there: one more trip through the run loop per message
+        (bench/: a call round trip took ~8 of them in the daemon). Reading the pipe
+        first and waiting only when it is empty leaves one; to stay fair to other tasks
+        when the peer keeps the pipe full, it still yields after a run of reads that
+        never had to wait.
+        """
+        fd = self._read_fd
+        if fd is None:
+            return await self._receive_stream.receive_some(_READ_SIZE)
+        if self._reads_in_a_row >= _READS_BEFORE_YIELD:
+            self._reads_in_a_row = 0
+            await trio.lowlevel.checkpoint()
+        while True:
+            try:
+                data = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                self._reads_in_a_row = 0
+                await trio.lowlevel.wait_readable(fd)
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    raise trio.ClosedResourceError("the pipe was already closed") from None
+                raise trio.BrokenResourceError(f"reading the pipe failed: {exc!r}") from exc
+            self._reads_in_a_row += 1
+            return data
+
     async def _reader(self, nursery: trio.Nursery) -> None:
         decoder = FrameDecoder(self._max_frame_size)
         while True:
             try:
-                data = await self._receive_stream.receive_some(_READ_SIZE)
+                data = await self._receive()
             except trio.ClosedResourceError:
                 return
             except (trio.BrokenResourceError, OSError) as exc:

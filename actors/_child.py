@@ -96,6 +96,9 @@ async def open_parent_channel(
     :class:`BlockingChannel` for each lane and yields a :class:`ParentLink`. The stop
     notification sets ``link.stop_requested``; other notifications go to ``on_notify``.
 
+    The channel runs before the block's body does: a request may reach ``on_request``
+    before the body has stored the link anywhere.
+
     When the parent's end reaches end-of-stream or breaks (the parent died, even by
     SIGKILL) or our parent pid changes, ``on_parent_lost`` is called once — by default
     ``os._exit(70)`` at once, because the process must never outlive its parent.

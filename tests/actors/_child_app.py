@@ -83,9 +83,13 @@ def serve_lane(lane: BlockingChannel) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     links: list[ParentLink] = []
+    linked = trio.Event()
     channel_write_fd = int(os.environ[CHANNEL_FDS_ENV].split(",")[1])
 
     async def on_request(method: str, body: msgspec.Raw) -> Any:
+        # The channel serves requests as soon as it runs, which may be before the body
+        # of `async with open_parent_channel` below has recorded the link.
+        await linked.wait()
         value = msgspec.msgpack.decode(body)
         match method:
             case "echo":
@@ -128,6 +132,7 @@ async def main(args: argparse.Namespace) -> None:
 
     async with open_parent_channel(name=args.name, on_request=on_request) as link:
         links.append(link)
+        linked.set()
         for lane in link.lanes:
             threading.Thread(target=serve_lane, args=(lane,), name=lane.name, daemon=True).start()
         if args.ignore_stop:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,8 +21,11 @@ from actors import (
     FrameTooLarge,
     ProtocolError,
     RemoteError,
+    Reply,
     wait_heartbeat_lost,
 )
+from actors._channel import _READ_SIZE, _READS_BEFORE_YIELD
+from actors._wire import encode_message
 
 
 class Point(msgspec.Struct):
@@ -568,3 +573,43 @@ def test_max_concurrent_requests_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_concurrent_requests"):
         Channel(left.send_stream, right.receive_stream, name="x", on_request=no_requests,
                 max_concurrent_requests=0)  # fmt: skip
+
+
+async def test_a_pipe_kept_full_by_the_peer_does_not_starve_other_tasks() -> None:
+    """The reader reads a pipe without yielding while data is there (one task switch
+    less per message), but not for ever: with more waiting than it reads in a row, it
+    lets other tasks run before it has read it all. (Replies nobody waits for need no
+    other task, so without that yield nothing else would run until the pipe ran dry.)"""
+    reads = 2 * _READS_BEFORE_YIELD
+    parent_read, peer_write = os.pipe()
+    peer_read, parent_write = os.pipe()
+    fcntl.fcntl(peer_write, fcntl.F_SETPIPE_SZ, reads * _READ_SIZE)
+    frame = bytes(encode_message(Reply(999, msgspec.Raw(b"\xc0"))))
+    total = reads * _READ_SIZE // len(frame)
+    os.write(peer_write, frame * total)
+    channel = Channel(
+        trio.lowlevel.FdStream(parent_write),
+        trio.lowlevel.FdStream(parent_read),
+        name="flooded",
+        on_request=no_requests,
+    )
+    # Frames read by the end of each step of the channel's task: where it yielded.
+    steps: list[int] = []
+
+    class WatchReader(trio.abc.Instrument):
+        def after_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task.name.endswith("Channel.run"):
+                steps.append(channel.statistics().frames_received)
+
+    trio.lowlevel.add_instrument(WatchReader())
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(channel.run)
+                while channel.statistics().frames_received < total:
+                    await trio.lowlevel.checkpoint()
+                await channel.aclose()
+    finally:
+        os.close(peer_write)
+        os.close(peer_read)
+    assert any(0 < count < total for count in steps), steps

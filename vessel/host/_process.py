@@ -92,6 +92,8 @@ class ModuleProcess:
         self._token = trio.lowlevel.current_trio_token()
         self._portal = TrioPortal(self._token)
         self._link: ParentLink | None = None
+        # The channel serves requests as soon as it runs, possibly before attach().
+        self._attached = trio.Event()
         self._guest: GuestThread | None = None
         self._module_id = "?"
         self._output = _OutputLines()
@@ -106,6 +108,7 @@ class ModuleProcess:
         if len(link.lanes) != 1:
             raise RuntimeError(f"a module process needs 1 lane, the daemon gave {len(link.lanes)}")
         self._link = link
+        self._attached.set()
 
     @property
     def channel(self) -> Channel:
@@ -115,6 +118,7 @@ class ModuleProcess:
     # -- the daemon's requests ---------------------------------------------------------
 
     async def on_request(self, method: str, body: msgspec.Raw) -> Any:
+        await self._attached.wait()
         if method == _ipc.GUEST_STATS:
             return self._stats()
         if method == _ipc.GUEST_START:

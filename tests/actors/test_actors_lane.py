@@ -89,6 +89,8 @@ async def test_requests_from_the_parent_are_answered_in_one_batch() -> None:
             async with trio.open_nursery() as nursery:
                 for n in range(3):
                     nursery.start_soon(ask, n)
+                # All three are in the pipe: the lane never has to wait (and flush) for one.
+                await trio.testing.wait_all_tasks_blocked()
 
                 def answer_three() -> None:
                     for _ in range(3):

@@ -110,7 +110,8 @@ async def test_a_command_nobody_waits_for_is_not_run(tmp_path: Path, make_module
                     await call(daemon, "alpha", "echo", {})
                     break
                 except CallError as exc:
-                    assert exc.code == "timeout", exc
+                    if exc.code != "timeout":
+                        raise
             # ...the queued storage_set turns out skipped, not run late.
             assert await call(daemon, "alpha", "storage_get", {"key": "late"}) == {"value": None}
             logs = [line.message for line in daemon.manager.logs("alpha")]

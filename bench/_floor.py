@@ -3,7 +3,15 @@
 ``python -m bench._floor`` serves, on 127.0.0.1 and a free port (printed as
 ``listening <url>``):
 
-* ``/echo``: a WebSocket that sends every message straight back (the call floor);
+* ``/echo``: a WebSocket that sends every message straight back (the transport's share
+  of the call floor);
+* ``/guest`` (with ``--guest <module_dir>``): a WebSocket that hands every message to the
+  guest's ``on-command("echo", message)``, called in-process on the loop's thread through
+  Vessel's own GuestRuntime, and sends back what it answers. That is the call floor in
+  one piece: the bare transport plus the same guest export called in-process, measured
+  together, so the guest's share is paid under the same conditions as in the round trip
+  it is compared with (a guest called once per round trip, after the CPU went idle, not
+  thousands of times in a tight loop: see docs/performance.md);
 * ``/fanout``: a WebSocket that receives broadcasts; ``POST /burst`` with
   ``{"count", "size"}`` encodes ``count`` event frames shaped like Vessel's (once each, for
   every client) and hands them to each client's sender task (the fan-out floor).
@@ -14,10 +22,13 @@ ratio shows what Vessel adds on top of its own web stack, not a different stack.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import trio
 from hypercorn.config import Config
@@ -33,6 +44,25 @@ _clients: set[trio.MemorySendChannel[str]] = set()
 async def echo() -> None:
     while True:
         await websocket.send(await websocket.receive())
+
+
+_guest: list[Any] = []  # the GuestRuntime, with --guest
+
+
+@app.websocket("/guest")
+async def guest() -> None:
+    runtime = _guest[0]
+    while True:
+        message = await websocket.receive()
+        text = message if isinstance(message, str) else message.decode()
+        result = runtime.call("on-command", "echo", text)
+        await websocket.send(result.payload)
+
+
+def _load_guest(module_dir: Path) -> Any:
+    from ._inproc import guest_runtime
+
+    return guest_runtime(module_dir)
 
 
 @app.websocket("/fanout")
@@ -79,6 +109,11 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench._floor")
+    parser.add_argument("--guest", type=Path, help="serve /guest with this module's guest")
+    args = parser.parse_args()
+    if args.guest is not None:
+        _guest.append(_load_guest(args.guest))
     try:
         trio.run(main)
     except KeyboardInterrupt:

@@ -46,7 +46,9 @@ def _host_function_names() -> list[str]:
     return re.findall(r"^\s*([a-z][a-z-]*): func", body, re.MULTILINE)
 
 
-def guest(module_dir: Path, n: int) -> dict[str, float]:
+def guest_runtime(module_dir: Path) -> Any:
+    """The module's guest, loaded and instantiated through Vessel's own GuestRuntime,
+    ``on-load`` done; host functions trap (the floors never call them)."""
     from vessel._manifest import load_module_dir
     from vessel.host._runtime import GuestRuntime, Limits
 
@@ -62,6 +64,11 @@ def guest(module_dir: Path, n: int) -> dict[str, float]:
     runtime.load()
     runtime.instantiate()
     runtime.call("on-load")
+    return runtime
+
+
+def guest(module_dir: Path, n: int) -> dict[str, float]:
+    runtime = guest_runtime(module_dir)
     params = json.dumps(PARAMS)
 
     def call() -> None:

@@ -152,10 +152,11 @@ async def vessel_serve(
 
 
 @asynccontextmanager
-async def floor_server() -> AsyncIterator[str]:
-    """The bare Quart-Trio floor server (bench/_floor.py); yields its http URL."""
+async def floor_server(guest: Path | None = None) -> AsyncIterator[str]:
+    """The bare Quart-Trio floor server (bench/_floor.py); yields its http URL. With
+    ``guest`` (a module dir) it also serves ``/guest``, the guest called in-process."""
     process = await trio.lowlevel.open_process(
-        [PYTHON, "-m", "bench._floor"],
+        [PYTHON, "-m", "bench._floor", *(["--guest", str(guest)] if guest else [])],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

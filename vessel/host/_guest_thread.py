@@ -213,20 +213,26 @@ class GuestThread:
     def _next(self) -> Request | Notify | Delivery | None:
         """The next piece of work, taking turns between the lane and the mailbox; waits
         (None after a wake-up) when there is none."""
+        lane = self._lane
+        if not lane.backlog:
+            # No command known to be waiting: what the last invocation wrote (its answer,
+            # its events) goes out before anything else is looked at. While commands
+            # are queued, answers are written in batches instead.
+            lane.flush()
         for from_lane in (self._lane_turn, not self._lane_turn):
             if from_lane:
-                message = self._lane.receive(timeout=0)
+                message = lane.receive(timeout=0)
                 if message is not None:
                     self._lane_turn = False
                     return message
             elif self._mailbox:
                 self._lane_turn = True
                 return self._mailbox.popleft()
-        self._lane.flush()
-        self._poller.poll()
-        # Reset before looking again: a delivery queued after this sets it anew.
-        with contextlib.suppress(BlockingIOError):
-            os.eventfd_read(self._wakeup)
+        ready = self._poller.poll()
+        if any(fd == self._wakeup for fd, _events in ready):
+            # Reset before looking again: a delivery queued after this sets it anew.
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(self._wakeup)
         return None
 
     def _command(self, request: Request) -> None:

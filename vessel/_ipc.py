@@ -83,6 +83,9 @@ class GuestStats(msgspec.Struct):
     websockets: int
     queued: int
     dropped_events: int
+    #: USS: Private_Clean + Private_Dirty, what this process alone holds (RssAnon also
+    #: counts pages a forked module process shares with the fork server).
+    memory_private: int = 0
 
 
 class Subscribe(msgspec.Struct, forbid_unknown_fields=True):

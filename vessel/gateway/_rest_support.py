@@ -153,8 +153,9 @@ def call_params(body: bytes) -> str:
 
 
 async def memory_of(manager: ModuleManager, module_ids: list[str]) -> dict[str, int]:
-    """RssAnon bytes of the running modules among ``module_ids``, asked concurrently and
-    bounded by ``STATS_TIMEOUT`` overall; a module that did not answer in time is absent."""
+    """Private memory (USS) in bytes of the running modules among ``module_ids``, asked
+    concurrently and bounded by ``STATS_TIMEOUT`` overall; a module that did not answer
+    in time is absent."""
     found: dict[str, int] = {}
 
     async def one(module_id: str) -> None:
@@ -163,7 +164,7 @@ async def memory_of(manager: ModuleManager, module_ids: list[str]) -> dict[str, 
         except UnknownModule:  # removed meanwhile
             return
         if stats is not None:
-            found[module_id] = stats.memory_rss_anon
+            found[module_id] = stats.memory_private
 
     running = [m for m in module_ids if _state(manager, m) is ModuleState.RUNNING]
     with trio.move_on_after(STATS_TIMEOUT):

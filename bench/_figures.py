@@ -27,6 +27,7 @@ from ._control import open_control
 from ._inproc import PARAMS
 from ._procs import PYTHON, ROOT, BenchError, Vessel, client, fanout_clients, vessel_serve
 from ._setup import Guest, add_module
+from ._stats import median_of
 
 #: Restart backoff of a crashed module (vessel._manager.SupervisionPolicy.backoff_initial).
 RESTART_BACKOFF = 0.5
@@ -68,8 +69,10 @@ class Settings:
     """How much to measure; ``quick`` is the smoke run the test suite uses."""
 
     quick: bool
-    rtt_calls: int = 2000
+    rtt_calls: int = 3000
     pipelined_calls: int = 5000
+    #: The call figures alternate Vessel and its floor this many times (see calls()).
+    call_rounds: int = 9
     window: int = 64
     fanout_events: int = 2000
     repeats: int = 7
@@ -85,6 +88,7 @@ class Settings:
             quick=True,
             rtt_calls=50,
             pipelined_calls=100,
+            call_rounds=1,
             window=8,
             fanout_events=20,
             repeats=1,
@@ -159,33 +163,46 @@ class Bench:
     # -- calls -------------------------------------------------------------------------
 
     async def calls(self) -> None:
+        """The call figures, Vessel and its floor taking turns.
+
+        Both servers run at once and the clients alternate between them, ``call_rounds``
+        times; each figure is the median of its rounds. Measured one after the other,
+        a burst of load from elsewhere on this shared machine lands on one side only
+        (the same code gave 1.36x and 1.91x in two runs an hour apart).
+        """
         s = self.s
         echo_dir = self.echo_dir()
         guest = await self.inproc_guest(max(s.rtt_calls, 200))
         peer = await self.extism(max(s.rtt_calls, 200))
-        async with _procs.floor_server(echo_dir / "modules" / "bench-echo") as floor_url:
-            floor_ws = floor_url.replace("http://", "ws://")
-            echo = await client(_rtt_spec(floor_ws + "/echo", None, s))
-            inproc = await client(_rtt_spec(floor_ws + "/guest", None, s))
-            pipelined_floor = await client(
-                {
-                    **_rtt_spec(floor_ws + "/guest", None, s),
-                    "mode": "pipelined",
-                    "n": s.pipelined_calls,
-                    "window": s.window,
-                }
-            )
-        async with vessel_serve(echo_dir) as vessel:
+        rtt_spec = {"n": max(s.rtt_calls // s.call_rounds, 20)}
+        pipelined_spec = {
+            "mode": "pipelined",
+            "n": max(s.pipelined_calls // s.call_rounds, 20),
+            "window": s.window,
+        }
+        runs: dict[str, list[dict[str, float]]] = {
+            "inproc": [],
+            "rtt": [],
+            "pipelined_floor": [],
+            "pipelined": [],
+        }
+        async with (
+            _procs.floor_server(echo_dir / "modules" / "bench-echo") as floor_url,
+            vessel_serve(echo_dir) as vessel,
+        ):
             await vessel.wait_started(1)
-            rtt = await client(_rtt_spec(vessel.ws_url, vessel.token, s))
-            pipelined = await client(
-                {
-                    **_rtt_spec(vessel.ws_url, vessel.token, s),
-                    "mode": "pipelined",
-                    "n": s.pipelined_calls,
-                    "window": s.window,
-                }
-            )
+            floor_ws = floor_url.replace("http://", "ws://")
+            floor = _rtt_spec(floor_ws + "/guest", None, s)
+            ours = _rtt_spec(vessel.ws_url, vessel.token, s)
+            echo = await client(_rtt_spec(floor_ws + "/echo", None, s))
+            for _ in range(s.call_rounds):
+                runs["inproc"].append(await client({**floor, **rtt_spec}))
+                runs["rtt"].append(await client({**ours, **rtt_spec}))
+                runs["pipelined_floor"].append(await client({**floor, **pipelined_spec}))
+                runs["pipelined"].append(await client({**ours, **pipelined_spec}))
+        inproc, rtt, pipelined_floor, pipelined = (
+            median_of(runs[key]) for key in ("inproc", "rtt", "pipelined_floor", "pipelined")
+        )
         figures = self.results.figures
         for key, label, pct, target in (
             ("call_p50", "call round trip p50", "p50_us", 1.5),
@@ -193,6 +210,7 @@ class Bench:
         ):
             parts = echo[pct] + guest[pct]
             note = (
+                f"medians of {s.call_rounds} rounds, Vessel and floor taking turns; "
                 f"floor = the bare Quart-Trio server calling the same guest export "
                 f"in-process for each message ({inproc[pct]:.0f} µs); the sum of the parts "
                 f"measured apart, bare WS echo {echo[pct]:.0f} µs + on-command in a tight "
@@ -211,7 +229,7 @@ class Bench:
                 0.6,
                 higher_is_better=True,
                 note=f"floor = the same {s.window} in flight to the bare server calling the "
-                "guest in-process",
+                f"guest in-process; medians of {s.call_rounds} rounds, taking turns",
             )
         )
         self.results.comparison = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
 
@@ -23,3 +24,8 @@ def latency_summary(samples_s: Sequence[float]) -> dict[str, float]:
         "mean_us": sum(samples_s) / len(samples_s) * 1e6,
         "n": float(len(samples_s)),
     }
+
+
+def median_of(runs: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over several runs of the same measurement (same keys)."""
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}

@@ -29,6 +29,9 @@ MODULE_CALL = "module.call"
 STORAGE_GET = "storage.get"
 STORAGE_SET = "storage.set"
 STORAGE_DELETE = "storage.delete"
+#: Answered with nothing, on the lane: when the answer is back, the daemon has read every
+#: frame the guest thread sent before it (its last log lines, before the process exits).
+LANE_SYNC = "lane.sync"
 # module process -> daemon (notifications)
 #: An event, already checked by the module process (vessel/_emit_rules.py): one-way, so
 #: emitting costs no round trip; the order of one module's events is the pipe's order.

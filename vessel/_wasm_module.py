@@ -262,6 +262,8 @@ class WasmModule:
             if self._subscription is not None:
                 self._subscription.add(pattern)
             return None
+        if method == _ipc.LANE_SYNC:
+            return None
         if method == _ipc.BUS_RESET:
             if self._subscription is not None:
                 for pattern in list(self._subscription.patterns):

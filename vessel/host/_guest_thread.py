@@ -339,22 +339,30 @@ class GuestThread:
                 self._lane.reply_error(message.id, RuntimeError(f"module {self._id!r} is stopping"))
         self._lane.flush()
         runtime = self._runtime
-        if runtime is None:
-            return
-        try:
-            error = runtime.call("on-unload")
-        except GuestTrap as trap:
-            self._log("error", str(trap))
-            return
-        if error is not None:
-            self._log("warning", f"on-unload returned an error: {error}")
+        if runtime is not None:
+            try:
+                error = runtime.call("on-unload")
+            except GuestTrap as trap:
+                self._log("error", str(trap))
+            else:
+                if error is not None:
+                    self._log("warning", f"on-unload returned an error: {error}")
+        # What on-unload logged is on the lane; the process exits soon after this, and
+        # the daemon stops reading the lane once it has.
+        self._sync()
+
+    def _sync(self) -> None:
+        """Return once the daemon has read everything sent on the lane so far."""
+        with contextlib.suppress(Exception):
+            self._lane.request(_ipc.LANE_SYNC, None, timeout=2.0)
 
     def _fatal(self, reason: str) -> NoReturn:
         """Report why, make sure the daemon has it, and end the process."""
         self._log("fatal", reason)
-        with contextlib.suppress(Exception):
-            self._lane.flush()
-        # If the daemon is gone already we exit all the same.
+        # The line is on the lane (this is the guest's thread), lines from the trio loop
+        # on the channel: make sure the daemon has read both. If it is gone already we
+        # exit all the same.
+        self._sync()
         with contextlib.suppress(Exception):
             self._portal.run(self._flush_log)
         os._exit(FATAL_EXIT_CODE)

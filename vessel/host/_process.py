@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import msgspec
 import trio
 from wasmtime import component as wc
 
-from actors import Channel, ParentLink, open_parent_channel
+from actors import ActorError, Channel, ParentLink, open_parent_channel
 
 from .. import _ipc
 from .._capabilities import Capabilities
@@ -94,6 +95,43 @@ def _memory() -> tuple[int, int]:
     return rss_anon, private
 
 
+class _LogLimit:
+    """At most MAX_LINES_PER_SECOND log lines a second (fatal ones always), counted
+    across the threads that log; the lines dropped are reported once a second."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._window_start = 0.0
+        self._count = 0
+        self._dropped = 0
+
+    def admit(self, level: str) -> tuple[bool, int]:
+        """(send this line?, lines dropped since the last report, to report now)."""
+        with self._lock:
+            now = time.monotonic()
+            report = 0
+            if now - self._window_start >= 1.0:
+                report, self._dropped = self._dropped, 0
+                self._window_start, self._count = now, 0
+            if self._count >= MAX_LINES_PER_SECOND and level != "fatal":
+                self._dropped += 1
+                return False, report
+            self._count += 1
+            return True, report
+
+    def dropped_elsewhere(self) -> None:
+        with self._lock:
+            self._dropped += 1
+
+
+def _log_entry(level: str, message: str, source: str) -> _ipc.Log:
+    return _ipc.Log(level=level, message=message[: MAX_LINE * 2], source=source)
+
+
+def _dropped_lines(count: int) -> _ipc.Log:
+    return _ipc.Log(level="warning", message=f"{count} log lines dropped (rate limit)")
+
+
 class ModuleProcess:
     """Serves one module for the daemon until it asks us to stop (or dies)."""
 
@@ -107,12 +145,12 @@ class ModuleProcess:
         self._guest: GuestThread | None = None
         self._module_id = "?"
         self._output = _OutputLines()
-        self._log_window = (0.0, 0)
+        self._loop_thread = threading.current_thread()
+        self._log_limit = _LogLimit()
         self._stopping = False
         self._timers: TimerService | None = None
         self._websockets: WebSocketService | None = None
         self.dropped_events = 0
-        self.dropped_log_lines = 0
 
     def attach(self, link: ParentLink) -> None:
         if len(link.lanes) != 1:
@@ -256,31 +294,39 @@ class ModuleProcess:
     # -- logging -----------------------------------------------------------------------
 
     def log(self, level: str, message: str, source: str = "host") -> None:
-        """Send one log line to the daemon; callable from any thread, never blocks."""
-        self._token.run_sync_soon(self._send_log, level, message, source)
+        """Send one log line to the daemon; callable from any thread.
+
+        From the thread running the guest the line goes over the lane, in order with
+        what the same invocation sends there (its events, its answer): a client that
+        got the answer to a command can read the lines it logged. From the trio loop
+        (timers, sockets) it goes over the channel, without blocking.
+        """
+        if threading.current_thread() is self._loop_thread:
+            self._send_log(level, message, source)
+        else:
+            admitted, dropped = self._log_limit.admit(level)
+            lane = self._link.lanes[0] if self._link is not None else None
+            if lane is None:
+                self._token.run_sync_soon(self._send_log, level, message, source)
+                return
+            with contextlib.suppress(ActorError):  # the daemon is gone: nobody to tell
+                if dropped:
+                    lane.notify(_ipc.LOG, _dropped_lines(dropped))
+                if admitted:
+                    lane.notify(_ipc.LOG, _log_entry(level, message, source))
 
     def _send_log(self, level: str, message: str, source: str) -> None:
-        now = time.monotonic()
-        start, count = self._log_window
-        if now - start >= 1.0:
-            if self.dropped_log_lines:
-                dropped, self.dropped_log_lines = self.dropped_log_lines, 0
-                self._notify_log("warning", f"{dropped} log lines dropped (rate limit)", "host")
-            start, count = now, 0
-        if count >= MAX_LINES_PER_SECOND and level != "fatal":
-            self.dropped_log_lines += 1
-            self._log_window = (start, count)
-            return
-        self._log_window = (start, count + 1)
-        self._notify_log(level, message[: MAX_LINE * 2], source)
+        admitted, dropped = self._log_limit.admit(level)
+        if dropped:
+            self._notify_log(_dropped_lines(dropped))
+        if admitted:
+            self._notify_log(_log_entry(level, message, source))
 
-    def _notify_log(self, level: str, message: str, source: str) -> None:
+    def _notify_log(self, entry: _ipc.Log) -> None:
         try:
-            self.channel.notify_nowait(
-                _ipc.LOG, _ipc.Log(level=level, message=message, source=source)
-            )
+            self.channel.notify_nowait(_ipc.LOG, entry)
         except trio.WouldBlock:
-            self.dropped_log_lines += 1
+            self._log_limit.dropped_elsewhere()
 
     def _on_output(self, stream: str, data: bytes) -> None:
         for line in self._output.feed(stream, data):

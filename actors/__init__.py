@@ -24,6 +24,7 @@ from __future__ import annotations
 from ._channel import Channel as Channel
 from ._channel import ChannelStatistics as ChannelStatistics
 from ._channel import NotifyHandler as NotifyHandler
+from ._channel import PendingRequest as PendingRequest
 from ._channel import RequestHandler as RequestHandler
 from ._child import PARENT_LOST_EXIT_CODE as PARENT_LOST_EXIT_CODE
 from ._child import ParentLink as ParentLink

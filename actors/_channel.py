@@ -52,7 +52,7 @@ from ._wire import (
     encode_message,
 )
 
-__all__ = ["Channel", "ChannelStatistics", "NotifyHandler", "RequestHandler"]
+__all__ = ["Channel", "ChannelStatistics", "NotifyHandler", "PendingRequest", "RequestHandler"]
 
 logger = logging.getLogger("actors")
 
@@ -105,6 +105,42 @@ class _Call:
             self.value = value
             self.error = error
             self.done.set()
+
+
+class PendingRequest:
+    """A request sent by :meth:`Channel.send_request`; await :meth:`result` once."""
+
+    __slots__ = ("_call", "_channel", "_deadline", "_id", "_unsent")
+
+    def __init__(
+        self,
+        channel: Channel,
+        request_id: int,
+        call: _Call,
+        unsent: bytearray | None,
+        deadline: float,
+    ) -> None:
+        self._channel = channel
+        self._id = request_id
+        self._call = call
+        self._unsent = unsent
+        self._deadline = deadline
+
+    async def result(self) -> msgspec.Raw:
+        """The reply's raw body; raises what :meth:`Channel.request` raises."""
+        call = self._call
+        try:
+            with trio.fail_at(self._deadline):
+                if self._unsent is not None:
+                    frame, self._unsent = self._unsent, None
+                    await self._channel._enqueue(frame)
+                await call.done.wait()
+        finally:
+            self._channel._pending.pop(self._id, None)
+        if call.error is not None:
+            raise call.error
+        assert call.value is not None
+        return call.value
 
 
 class Channel:
@@ -257,21 +293,37 @@ class Channel:
         :class:`trio.TooSlowError` after ``timeout`` seconds (a reply arriving later is
         dropped). Waiting in a full send queue counts against ``timeout``.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return await self.send_request(method, body, timeout=timeout).result()
+
+    def send_request(
+        self, method: str, body: Any, *, timeout: float | None = None
+    ) -> PendingRequest:
+        """Send a request now, without waiting, and return its :class:`PendingRequest`.
+
+        :meth:`request` in two halves, for a caller that has more to do before it waits
+        (or that would otherwise start a task only to send): the frame is written, or
+        queued, before this returns. The reply must then be awaited with
+        :meth:`PendingRequest.result`, exactly once; ``timeout`` counts from now. Raises
+        what :meth:`request` raises before it would wait.
+        """
         self._raise_if_closed()
         request_id = next(self._request_ids)
         frame = encode_message(Request(request_id, method, encode_body(body)), self._max_frame_size)
         call = _Call()
         self._pending[request_id] = call
-        try:
-            with trio.fail_after(math.inf if timeout is None else timeout):
-                await self._enqueue(frame)
-                await call.done.wait()
-        finally:
-            del self._pending[request_id]
-        if call.error is not None:
-            raise call.error
-        assert call.value is not None
-        return call.value
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        unsent: bytearray | None = None
+        if not self._write_now(frame):
+            try:
+                self._outbox_send.send_nowait(frame)
+            except trio.WouldBlock:
+                unsent = frame  # result() waits for room in the queue
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                del self._pending[request_id]
+                self._raise_if_closed()
+                raise
+        return PendingRequest(self, request_id, call, unsent, deadline)
 
     async def notify(self, method: str, body: Any) -> None:
         """Send a one-way message, waiting for room in the send queue if it is full."""

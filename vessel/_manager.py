@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,19 +288,35 @@ class ModuleManager:
         timeout: float | None = None,
     ) -> str:
         """Route a call to a module; raises CallError with a stable code."""
+        return await self.begin_call(module_id, name, version, params, chain, timeout=timeout)
+
+    def begin_call(
+        self,
+        module_id: str,
+        name: str,
+        version: int,
+        params: str,
+        chain: list[str] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Coroutine[Any, Any, str]:
+        """:meth:`call` in two halves, for a caller that would otherwise start a task
+        only to send it: a WASM module's command is on its way when this returns, and the
+        returned coroutine (await it, always) waits for the answer. Raises CallError at
+        once for what needs no answer from the module (unknown, not running, a cycle)."""
         chain = chain or []
         if module_id in chain:
             path = " → ".join([*chain, module_id])
             raise CallError("module_error", f"call cycle detected: {path}")
         native = self._native.get(module_id)
         if native is not None:
-            return await native.command(name, params, chain)
+            return native.command(name, params, chain)
         entry = self._entries.get(module_id)
         if entry is None:
             raise CallError("unknown_module", f"no module {module_id!r} is installed")
         if entry.state is not ModuleState.RUNNING:
             raise CallError("module_unavailable", f"module {module_id!r} is {entry.state.value}")
-        return await entry.module.command(name, params, chain, timeout=timeout)
+        return entry.module.begin_command(name, params, chain, timeout=timeout)
 
     # -- logs ------------------------------------------------------------------------
 

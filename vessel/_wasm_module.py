@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +22,10 @@ import msgspec
 import trio
 
 from actors import (
+    ActorError,
     ChannelBroken,
     ForkServer,
+    PendingRequest,
     ProcessActor,
     ProcessSpec,
     RemoteError,
@@ -187,6 +189,14 @@ class WasmModule:
     ) -> str:
         """Call the guest's ``on-command``; waits at most ``limits.reply_timeout_ms`` (or
         ``timeout``, if shorter) for the answer, deferred or not."""
+        return await self.begin_command(name, params, chain, timeout=timeout)
+
+    def begin_command(
+        self, name: str, params: str, chain: list[str], *, timeout: float | None = None
+    ) -> Coroutine[Any, Any, str]:
+        """:meth:`command` in two halves: the command is on its way to the module process
+        when this returns; the coroutine it returns (await it, always) waits for the
+        answer. Raises CallError at once when the module is not running."""
         proc = self.proc
         if proc is None or self.started_at is None:
             raise CallError("module_unavailable", f"module {self.id!r} is not running")
@@ -196,11 +206,20 @@ class WasmModule:
             action=name, params=params, chain=chain, deadline=time.monotonic() + limit
         )
         try:
-            raw = await proc.lanes[0].request(_ipc.GUEST_COMMAND, request, timeout=limit)
-        except trio.TooSlowError:
-            which = " (limits.reply_timeout_ms)" if limit == reply_timeout else ""
+            pending = proc.lanes[0].send_request(_ipc.GUEST_COMMAND, request, timeout=limit)
+        except ActorError:  # the channel is gone: the process is ending
             raise CallError(
-                "timeout", f"module {self.id!r} did not answer {name!r} within {limit:g} s{which}"
+                "module_unavailable", f"module {self.id!r} stopped while handling {name!r}"
+            ) from None
+        which = " (limits.reply_timeout_ms)" if limit == reply_timeout else ""
+        return self._command_result(pending, name, f"{limit:g} s{which}")
+
+    async def _command_result(self, pending: PendingRequest, name: str, limit: str) -> str:
+        try:
+            raw = await pending.result()
+        except trio.TooSlowError:
+            raise CallError(
+                "timeout", f"module {self.id!r} did not answer {name!r} within {limit}"
             ) from None
         except ChannelBroken:
             raise CallError(

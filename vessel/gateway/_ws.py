@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 from quart import Blueprint, websocket
@@ -119,6 +120,11 @@ class _Outbox:
         self._frames.clear()
         self._chars = 0
         self._room.unpark_all()
+
+
+async def _raise(exc: Exception) -> str:
+    """An answer that is this error (a call refused before it was sent)."""
+    raise exc
 
 
 def _peer(conn: Websocket) -> str:
@@ -307,15 +313,22 @@ class _Client:
             )
         else:
             self.in_flight.add(rid)
-            nursery.start_soon(self._call, call)
+            # Sent from here, not from the call's task: starting a task first would put
+            # a trip through the scheduler between the client's frame and the module.
+            answer: Coroutine[Any, Any, str]
+            try:
+                answer = self.state.daemon.manager.begin_call(
+                    call.module, call.name, call.version, bytes(call.params).decode()
+                )
+            except Exception as exc:
+                answer = _raise(exc)
+            nursery.start_soon(self._call, call, answer)
 
-    async def _call(self, call: proto.Call) -> None:
+    async def _call(self, call: proto.Call, answer: Coroutine[Any, Any, str]) -> None:
         rid = call.request_id
         target = f"{call.module}.{call.name}@{call.version}"
         try:
-            result = await self.state.daemon.manager.call(
-                call.module, call.name, call.version, bytes(call.params).decode()
-            )
+            result = await answer
         except CallError as exc:
             log.info("%s: call %s failed: %s: %s", self.peer, target, exc.code, exc.message)
             frame = proto.failure(rid, exc.code, exc.message)

@@ -613,3 +613,31 @@ async def test_a_pipe_kept_full_by_the_peer_does_not_starve_other_tasks() -> Non
         os.close(peer_write)
         os.close(peer_read)
     assert any(0 < count < total for count in steps), steps
+
+
+async def test_send_request_sends_at_once_and_result_waits_for_the_reply() -> None:
+    """send_request has the frame on its way before it returns (the peer's handler runs
+    while the caller has not awaited anything); result() gives the reply, and its
+    timeout counts from the send."""
+    handled: list[Any] = []
+
+    async def handler(method: str, body: msgspec.Raw) -> Any:
+        handled.append(decode(body))
+        if method == "slow":
+            await trio.sleep_forever()
+        return decode(body) * 2
+
+    async with channel_pair(on_request=handler) as (client, _server):
+        with trio.fail_after(5):
+            pending = client.send_request("double", 21)
+            await trio.testing.wait_all_tasks_blocked()
+            assert handled == [21]
+            assert decode(await pending.result()) == 42
+            slow = client.send_request("slow", 1, timeout=0.2)
+            await trio.sleep(0.2)  # all of its timeout, spent before result() is awaited
+            with pytest.raises(trio.TooSlowError):
+                await slow.result()
+            assert client.statistics().pending_requests == 0
+            await client.aclose()
+            with pytest.raises(ChannelClosed):
+                client.send_request("after", None)

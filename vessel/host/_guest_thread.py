@@ -126,9 +126,17 @@ class GuestThread:
     def load(self, runtime: GuestRuntime) -> None:
         """Load the component, instantiate it and run ``on-load`` (on any one thread,
         before :meth:`start`); raises :class:`GuestLoadError` if the guest fails."""
-        runtime.load()
-        self._runtime = runtime
-        self._load_instance()
+        try:
+            runtime.load()
+            self._runtime = runtime
+            self._load_instance()
+        except BaseException:
+            # What on-load logged is on the lane, and the daemon ends the process on
+            # this error: make sure it has read the lines first (tests/sdk: a guest's
+            # traceback from on_load was lost).
+            self._sync()
+            raise
+        self._lane.flush()
 
     def start(self) -> None:
         """Start serving commands and deliveries on the guest's thread."""

@@ -24,14 +24,25 @@ Guards (autouse)
 
     The watchdog is a backstop that ends the run, not a timeout: tests must still bound
     each of their own waits with ``trio.fail_after``.
+
+Several cores (pytest-xdist)
+    ``scripts/test`` runs the suite with one worker process per core (``-n auto``). Each
+    worker is its own subreaper with its own leak guard and watchdog, so the guards hold
+    per worker. Workers share ``.cache/guests``: builds are serialized by the toolchain's
+    lock, compiling an artifact by a lock here, so a guest is built and compiled once.
+    ``LONG_FIRST`` starts the longest tests first; each worker hands its adversarial
+    figures to the controller, which prints the table. Every test must therefore keep
+    to its own tmp dir and 127.0.0.1 port 0, as they already must.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import faulthandler
+import fcntl
 import hashlib
 import json
 import os
@@ -50,6 +61,7 @@ import msgspec
 import pytest
 import wasmtime
 
+from tests.adversarial._figures import FIGURES, Row
 from tests.procs import Proc, cmdline, proc_stat
 from vessel._toolchain import build_module
 from vessel.host import _engine
@@ -94,6 +106,17 @@ def _compute_hash(manifest_bytes: bytes, wasm_path: Path) -> str:
     return compute_hash(manifest_bytes, wasm_path.read_bytes())
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) across processes."""
+    with path.open("a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 @dataclass
 class _Artifact:
     path: Path
@@ -116,6 +139,11 @@ class GuestCache:
 
     def _compile(self, name: str) -> _Artifact:
         cache_dir = self.wasm[name].parent
+        # pytest-xdist workers share the cache: one compiles, the others wait and reuse it.
+        with _locked(cache_dir / "compiled.lock"):
+            return self._compile_locked(name, cache_dir)
+
+    def _compile_locked(self, name: str, cache_dir: Path) -> _Artifact:
         source_hash = _sha256_file(self.wasm[name])
         artifact, record = _engine.artifact_paths(cache_dir)
         try:
@@ -381,3 +409,58 @@ def _watchdog(request: pytest.FixtureRequest) -> Iterator[None]:
     finally:
         timer.cancel()
         faulthandler.cancel_dump_traceback_later()
+
+
+# -- running on several cores ----------------------------------------------------------
+
+#: Test files that hold the longest tests (componentize-py builds, compiling components,
+#: the benchmark smoke run, the browser, the adversarial scenarios), longest first. They
+#: are collected before every other file so that with pytest-xdist (scripts/test: one
+#: worker per core, tests handed out in order as workers free up) the long tests start
+#: early, spread over the workers, and the short ones fill in after them, instead of the
+#: run ending on one long test. Only the order changes: a file missing here starts later.
+LONG_FIRST = (
+    "tests/cli/test_ctl_toolchain.py",
+    "tests/bench/test_smoke.py",
+    "tests/gateway/test_rest_modules.py",
+    "tests/test_toolchain.py",
+    "tests/runtime/test_lifecycle.py",
+    "tests/web/test_dashboard.py",
+    "tests/adversarial/test_hostile_clients.py",
+    "tests/sdk/test_docs.py",
+    "tests/cli/test_ctl_e2e.py",
+    "tests/sdk/test_build.py",
+    "tests/adversarial/test_durability.py",
+    "tests/core/test_install.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(LONG_FIRST)}
+
+    def key(item: pytest.Item) -> int:
+        return rank.get(item.nodeid.split("::", 1)[0], len(rank))
+
+    items.sort(key=key)  # stable: the order within each file is kept
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands its adversarial figures to the controller."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["adversarial_figures"] = [dataclasses.asdict(row) for row in FIGURES.rows]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """The xdist controller collects each worker's adversarial figures."""
+    rows = getattr(node, "workeroutput", {}).get("adversarial_figures", [])
+    FIGURES.rows.extend(Row(**row) for row in rows)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not FIGURES.rows:
+        return
+    terminalreporter.section("adversarial figures")
+    for line in FIGURES.render():
+        terminalreporter.write_line(line)

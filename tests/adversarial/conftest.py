@@ -1,4 +1,5 @@
-"""Adversarial suite: a session-wide figures collector and the summary table."""
+"""Adversarial suite: a session-wide figures collector (tests/conftest.py prints the table,
+and gathers it from every pytest-xdist worker)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,3 @@ from ._figures import FIGURES, Figures
 def figures() -> Figures:
     """The session's collector; each scenario adds one row."""
     return FIGURES
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not FIGURES.rows:
-        return
-    terminalreporter.section("adversarial figures")
-    for line in FIGURES.render():
-        terminalreporter.write_line(line)

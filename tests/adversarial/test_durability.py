@@ -16,6 +16,7 @@ limit that only imitates one (RLIMIT_FSIZE gives EFBIG, per file).
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import random
 import re
@@ -42,6 +43,15 @@ from ._netprobe import netprobe_manifest, netprobe_wasm
 
 ROUNDS = 3
 WRITER = "writer"
+#: A SIGKILL can land while httpx is sending a request body: the request fails with the
+#: TransportError the tests expect, and the body's async generator is left unfinished, so
+#: trio warns when it is garbage collected, whenever that happens to be. The tests that
+#: kill mid-request ignore just that warning and collect at their end, so that it never
+#: falls into a later test. It is the client's leftover, not the daemon's.
+ABANDONED_BODIES = (
+    r"ignore:Async generator 'httpx\._\w+\.\w+\.__aiter__' was garbage collected"
+    ":ResourceWarning"
+)
 #: Config keys the overwriter sets and deletes in turn, across every round.
 OVERWRITTEN = 3
 
@@ -106,6 +116,7 @@ async def _writes(
 
 
 @pytest.mark.watchdog(110)
+@pytest.mark.filterwarnings(ABANDONED_BODIES)
 async def test_sigkill_during_writes_loses_no_acknowledged_write(
     tmp_path: Path, make_module_dir: Any, figures: Figures
 ) -> None:
@@ -168,6 +179,7 @@ async def test_sigkill_during_writes_loses_no_acknowledged_write(
     row.data_lost += len(lost)
     assert not lost, (seed, sorted(lost)[:10])
     assert len(possible) == OVERWRITTEN, possible
+    gc.collect()  # abandoned request bodies: finalized here, under ABANDONED_BODIES
 
 
 def _read_only_serve(data: Path, serve: list[str]) -> list[str]:
@@ -568,6 +580,7 @@ async def _check_installs(c: httpx.AsyncClient, data: Path, state: Installs, row
 
 
 @pytest.mark.watchdog(110)
+@pytest.mark.filterwarnings(ABANDONED_BODIES)
 async def test_sigkill_during_installs_leaves_no_half_installed_module(
     tmp_path: Path, figures: Figures
 ) -> None:
@@ -607,3 +620,4 @@ async def test_sigkill_during_installs_leaves_no_half_installed_module(
         await stop_daemon(daemon)
     row.bad_inputs += sum(len(v) for v in state.attempted.values())
     assert len(state.acked) > len(KILL_MOMENTS), (seed, state.acked)
+    gc.collect()  # abandoned request bodies: finalized here, under ABANDONED_BODIES

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
-import subprocess
 import sys
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,59 +63,14 @@ def entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-# ── a real Python guest, built once and cached ──────────────────────────────
-
-GUEST_APP = """
-from wit_world import exports
-from wit_world.imports import types
-
-
-class Guest(exports.Guest):
-    def on_load(self) -> None:
-        pass
-
-    def on_unload(self) -> None:
-        pass
-
-    def on_event(self, event: types.Event) -> None:
-        pass
-
-    def on_command(self, action: str, params: str) -> str:
-        return params
-
-    def on_timer(self, handle: int) -> None:
-        pass
-
-    def on_websocket_message(self, handle: int, message: str) -> None:
-        pass
-
-    def on_websocket_closed(self, handle: int, reason: str) -> None:
-        pass
-"""
+# ── a real Python guest ─────────────────────────────────────────────────────
 
 
 @pytest.fixture(scope="session")
-def real_guest() -> bytes:
-    """An 18 MB componentize-py component of the real world, cached by source, WIT and
-    componentize-py version under .cache/test-guests so reruns skip the ~10 s build."""
-    digest = hashlib.sha256(GUEST_APP.encode())
-    for wit in sorted(_paths.wit_dir().glob("*.wit")):
-        digest.update(wit.read_bytes())
-    digest.update(importlib.metadata.version("componentize-py").encode())
-    cached = REPO / ".cache" / "test-guests" / f"{digest.hexdigest()}.wasm"
-    if not cached.exists():
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "app.py").write_text(GUEST_APP)
-            tool = Path(sys.executable).parent / "componentize-py"
-            cmd = [str(tool), "-d", str(_paths.wit_dir()), "-w", "vessel-module"]
-            cmd += ["componentize", "app", "-o", "out.wasm"]
-            done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=600)
-            assert done.returncode == 0, done.stderr[-2000:]
-            # Rename into place so a concurrent run never reads a half-written file.
-            os.replace(Path(tmp) / "out.wasm", cached.with_suffix(".tmp"))
-            os.replace(cached.with_suffix(".tmp"), cached)
-    return cached.read_bytes()
+def real_guest(built_guests: Mapping[str, Path]) -> bytes:
+    """An 18 MB componentize-py component of the real world: the bundled example module,
+    which the session builds once anyway (tests/conftest.py, cached by its sources)."""
+    return built_guests["example"].read_bytes()
 
 
 # ── install ─────────────────────────────────────────────────────────────────

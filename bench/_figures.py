@@ -183,25 +183,33 @@ class Bench:
         runs: dict[str, list[dict[str, float]]] = {
             "inproc": [],
             "rtt": [],
+            "rtt_sleeping": [],
             "pipelined_floor": [],
             "pipelined": [],
         }
         async with (
             _procs.floor_server(echo_dir / "modules" / "bench-echo") as floor_url,
             vessel_serve(echo_dir) as vessel,
+            # The same daemon without its active wait for fast answers (the default is
+            # on; docs/performance.md): what it buys, measured in the same rounds.
+            vessel_serve(self.echo_dir(), env={"VESSEL_ACTIVE_WAIT_US": "0"}) as sleeping,
         ):
             await vessel.wait_started(1)
+            await sleeping.wait_started(1)
             floor_ws = floor_url.replace("http://", "ws://")
             floor = _rtt_spec(floor_ws + "/guest", None, s)
             ours = _rtt_spec(vessel.ws_url, vessel.token, s)
+            ours_sleeping = _rtt_spec(sleeping.ws_url, sleeping.token, s)
             echo = await client(_rtt_spec(floor_ws + "/echo", None, s))
             for _ in range(s.call_rounds):
                 runs["inproc"].append(await client({**floor, **rtt_spec}))
                 runs["rtt"].append(await client({**ours, **rtt_spec}))
+                runs["rtt_sleeping"].append(await client({**ours_sleeping, **rtt_spec}))
                 runs["pipelined_floor"].append(await client({**floor, **pipelined_spec}))
                 runs["pipelined"].append(await client({**ours, **pipelined_spec}))
-        inproc, rtt, pipelined_floor, pipelined = (
-            median_of(runs[key]) for key in ("inproc", "rtt", "pipelined_floor", "pipelined")
+        inproc, rtt, rtt_sleeping, pipelined_floor, pipelined = (
+            median_of(runs[key])
+            for key in ("inproc", "rtt", "rtt_sleeping", "pipelined_floor", "pipelined")
         )
         figures = self.results.figures
         for key, label, pct, target in (
@@ -211,6 +219,8 @@ class Bench:
             parts = echo[pct] + guest[pct]
             note = (
                 f"medians of {s.call_rounds} rounds, Vessel and floor taking turns; "
+                f"with the daemon's active wait off (--active-wait-us 0) "
+                f"{rtt_sleeping[pct]:.0f} µs = {rtt_sleeping[pct] / inproc[pct]:.2f}x; "
                 f"floor = the bare Quart-Trio server calling the same guest export "
                 f"in-process for each message ({inproc[pct]:.0f} µs); the sum of the parts "
                 f"measured apart, bare WS echo {echo[pct]:.0f} µs + on-command in a tight "
@@ -234,6 +244,7 @@ class Bench:
         )
         self.results.comparison = {
             "Vessel: WS client → module process → guest, round trip": rtt,
+            "the same, the daemon's active wait off (--active-wait-us 0)": rtt_sleeping,
             "no isolation: bare Quart-Trio server calling the guest in-process, round trip": (
                 inproc
             ),

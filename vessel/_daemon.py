@@ -14,6 +14,7 @@ import trio
 
 from actors import ForkServer, ForkServerLaunch, Supervisor, launch_forkserver, open_forkserver
 
+from ._active_wait import DEFAULT_LIMIT
 from ._bus import EventBus
 from ._errors import DataDirError, VesselError
 from ._install import install_from_dir
@@ -44,6 +45,8 @@ class DaemonConfig:
     #: Start module processes from a pre-imported fork server (much faster, less
     #: memory); off, each is a fresh ``python -m vessel.host``. For debugging.
     forkserver: bool = field(default_factory=forkserver_default)
+    #: Longest active wait for a module's answer, seconds (``vessel._active_wait``); 0: off.
+    active_wait: float = DEFAULT_LIMIT
 
 
 @dataclass
@@ -165,6 +168,7 @@ async def open_daemon(
                 supervisor=supervisor,
                 policy=config.policy,
                 forkserver=forkserver_in_use,
+                active_wait=config.active_wait,
             )
             await manager.start_all()
             yield Daemon(config, storage, bus, supervisor, manager, token, forkserver_in_use)

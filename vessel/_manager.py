@@ -22,6 +22,7 @@ import trio
 
 from actors import ChildSpec, ForkServer, Restart, Supervisor, SupervisorEvent
 
+from ._active_wait import DEFAULT_LIMIT
 from ._bus import EventBus
 from ._errors import CallError, UnknownModule
 from ._events import Event, now_ms
@@ -77,9 +78,11 @@ class ModuleManager:
         supervisor: Supervisor,
         policy: SupervisionPolicy | None = None,
         forkserver: ForkServer | None = None,
+        active_wait: float = DEFAULT_LIMIT,
     ) -> None:
         self.data_dir = data_dir
         self._forkserver = forkserver
+        self._active_wait = active_wait
         self._storage = storage
         self._bus = bus
         self._supervisor = supervisor
@@ -146,6 +149,7 @@ class ModuleManager:
             router=self.call,
             on_log=self._fan_out,
             forkserver=self._forkserver,
+            active_wait=self._active_wait,
         )
 
     def _spec(self, module: WasmModule) -> ChildSpec:

@@ -33,6 +33,7 @@ from actors import (
 )
 
 from . import _ipc
+from ._active_wait import DEFAULT_LIMIT, ActiveWait
 from ._bus import EventBus, Subscription
 from ._capabilities import Capabilities
 from ._emit_rules import DAEMON_RATE_SLACK, RateLimit, emit_problem, rate_exceeded
@@ -82,8 +83,10 @@ class WasmModule:
         router: Router,
         on_log: Callable[[str, LogLine], None] | None = None,
         forkserver: ForkServer | None = None,
+        active_wait: float = DEFAULT_LIMIT,
     ) -> None:
         self.source = source
+        self._active_wait = ActiveWait(active_wait)
         self._forkserver = forkserver
         self.id = source.id
         self.manifest = source.manifest
@@ -215,8 +218,15 @@ class WasmModule:
         return self._command_result(pending, name, f"{limit:g} s{which}")
 
     async def _command_result(self, pending: PendingRequest, name: str, limit: str) -> str:
+        active_wait = self._active_wait
+        sent = time.perf_counter()
         try:
-            raw = await pending.result()
+            try:
+                raw = await pending.result(spin=active_wait.budget())
+            finally:
+                # Timeouts count too: a module that stops answering fast stops being
+                # waited for actively.
+                active_wait.record(time.perf_counter() - sent)
         except trio.TooSlowError:
             raise CallError(
                 "timeout", f"module {self.id!r} did not answer {name!r} within {limit}"

@@ -22,9 +22,10 @@ FAST = SupervisionPolicy(max_restarts=2, period=30.0, backoff_initial=0.05, back
 
 @asynccontextmanager
 async def running_daemon(
-    data_dir: Path, *, policy: SupervisionPolicy = FAST
+    data_dir: Path, *, policy: SupervisionPolicy = FAST, **options: Any
 ) -> AsyncIterator[Daemon]:
-    config = DaemonConfig(data_dir=data_dir, install_bundled=False, policy=policy)
+    """A daemon on ``data_dir``; ``options`` are more DaemonConfig fields."""
+    config = DaemonConfig(data_dir=data_dir, install_bundled=False, policy=policy, **options)
     async with open_daemon(config) as daemon:
         yield daemon
 

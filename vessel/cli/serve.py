@@ -19,6 +19,7 @@ import trio
 
 from actors import ForkServerLaunch
 
+from .._active_wait import DEFAULT_LIMIT
 from .._daemon import DaemonConfig, forkserver_default, launch_host_forkserver, open_daemon
 from .._errors import VesselError
 from .._paths import default_data_dir
@@ -111,7 +112,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="start each module process as a fresh interpreter instead of forking it from "
         "the pre-imported fork server (slower; for debugging; env VESSEL_FORKSERVER=0)",
     )
+    p.add_argument(
+        "--active-wait-us",
+        type=_microseconds,
+        # A string default goes through type= too, so a bad env value is reported here.
+        default=os.environ.get("VESSEL_ACTIVE_WAIT_US", ""),
+        metavar="MICROSECONDS",
+        help="wait actively (a busy core, no sleep) up to this long for a module that "
+        "usually answers within it: a faster round trip for fast commands "
+        f"(env VESSEL_ACTIVE_WAIT_US; default {DEFAULT_LIMIT * 1e6:.0f}; 0 turns it off)",
+    )
     return parser
+
+
+def _microseconds(text: str) -> float:
+    """``--active-wait-us``: whole microseconds, as seconds; empty means the default."""
+    if not text.strip():
+        return DEFAULT_LIMIT
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of microseconds: {text!r}") from None
+    if not 0 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1000000 microseconds, got {value}")
+    return value / 1e6
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         data_dir=args.data_dir or default_data_dir(),
         install_bundled=not args.no_bundled,
         forkserver=args.forkserver,
+        active_wait=args.active_wait_us,
     )
     # Started before the gateway's imports (Quart, Hypercorn: the bulk of this
     # command's start), so the fork server imports on another core meanwhile and is

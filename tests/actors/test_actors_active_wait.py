@@ -1,0 +1,121 @@
+"""PendingRequest.result(spin=...): waiting actively for a reply, and its bounds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+
+from actors import Channel
+
+from .test_actors_channel import channel_pair, decode
+
+
+class StepTimes(trio.abc.Instrument):
+    """When each watched task took a step (perf_counter)."""
+
+    def __init__(self) -> None:
+        self.steps: dict[trio.lowlevel.Task, list[float]] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task in self.steps:
+            self.steps[task].append(time.perf_counter())
+
+
+async def _answer_after(method: str, body: msgspec.Raw) -> Any:
+    await trio.sleep(decode(body))
+    return "answer"
+
+
+async def _result(
+    client: Channel, delay: float, spin: float, steps: StepTimes, out: list[Any]
+) -> None:
+    steps.steps[trio.lowlevel.current_task()] = []
+    pending = client.send_request("after", delay)
+    out.append(decode(await pending.result(spin=spin)))
+
+
+@pytest.fixture
+async def steps() -> Any:
+    instrument = StepTimes()
+    trio.lowlevel.add_instrument(instrument)
+    yield instrument
+    trio.lowlevel.remove_instrument(instrument)
+
+
+async def test_spin_keeps_the_waiting_task_turning_and_others_running(steps: StepTimes) -> None:
+    """The waiter takes a step at every turn of the loop until the reply is there
+    (a plain wait takes two); the server's handler, another task, still answers."""
+    answers: list[Any] = []
+    async with channel_pair(on_request=_answer_after) as (client, _server):
+        with trio.fail_after(5):
+            await _result(client, 0.05, 1.0, steps, answers)
+    assert answers == ["answer"]
+    (times,) = steps.steps.values()
+    assert len(times) > 20, f"spun only {len(times)} steps"
+
+
+async def test_spin_stops_after_its_budget(steps: StepTimes) -> None:
+    """Past ``spin`` the waiter sleeps like any other until the reply wakes it."""
+    answers: list[Any] = []
+    async with channel_pair(on_request=_answer_after) as (client, _server):
+        with trio.fail_after(5):
+            begun = time.perf_counter()
+            await _result(client, 0.4, 0.02, steps, answers)
+    assert answers == ["answer"]
+    (times,) = steps.steps.values()
+    assert times[-1] - begun >= 0.4
+    # Generous for a loaded machine: the budget is 0.02 s, the reply comes at 0.4 s.
+    late = [t - begun for t in times if 0.2 < t - begun < 0.39]
+    assert not late, f"still spinning {late} s after the start"
+    assert len(times) > 5, "did not spin at all"
+
+
+async def test_only_one_task_spins_at_a_time(steps: StepTimes) -> None:
+    answers: list[Any] = []
+    async with channel_pair(on_request=_answer_after) as (client, _server):
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_result, client, 0.1, 1.0, steps, answers)
+                nursery.start_soon(_result, client, 0.1, 1.0, steps, answers)
+    assert answers == ["answer", "answer"]
+    counts = sorted(len(times) for times in steps.steps.values())
+    assert counts[0] <= 3, counts
+    assert counts[1] > 20, counts
+
+
+async def test_a_spinning_wait_honours_timeout_and_cancellation(steps: StepTimes) -> None:
+    """The request's timeout and an outer cancel scope end a spin as they end a wait;
+    the next wait may spin again (the slot was given back)."""
+    async with channel_pair(on_request=_answer_after) as (client, _server):
+        with trio.fail_after(5):
+            begun = time.perf_counter()
+            timed = client.send_request("after", 10, timeout=0.05)
+            with pytest.raises(trio.TooSlowError):
+                await timed.result(spin=2.0)
+            with trio.move_on_after(0.05) as moved:
+                await client.send_request("after", 10).result(spin=2.0)
+            assert moved.cancelled_caught
+            assert time.perf_counter() - begun < 1.0
+            answers: list[Any] = []
+            await _result(client, 0.05, 1.0, steps, answers)
+    assert answers == ["answer"]
+    (times,) = steps.steps.values()
+    assert len(times) > 20
+
+
+def test_no_spinning_on_a_single_core() -> None:
+    """With one usable core the peer that is to answer needs it: spin is ignored."""
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "import actors._channel as c; print(c._CAN_SPIN)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "False"

@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 import trio
 
+from ._cpu import SpareCore
 from ._errors import (
     ActorError,
     ChannelBroken,
@@ -135,8 +136,9 @@ class PendingRequest:
         goes to sleep in the kernel while it does: a reply that comes within ``spin`` is
         seen at the next turn of the loop instead of after a wake-up of this process
         (tens of microseconds on a VM, see docs/performance.md). It costs a core for up
-        to ``spin``; only one task of a run spins at a time, and never on a machine
-        with one usable core, where it would only delay the peer it waits for.
+        to ``spin``; only one task of a run spins at a time, and never when the
+        machine's other processes leave no core idle (``actors._cpu``) or there is only
+        one usable core: there it would only delay the peer it waits for.
         """
         call = self._call
         try:
@@ -162,13 +164,34 @@ _spinner: trio.lowlevel.RunVar[trio.lowlevel.Task | None] = trio.lowlevel.RunVar
 )
 # Spinning on a single usable core takes the CPU from the very process that is to answer.
 _CAN_SPIN = len(os.sched_getaffinity(0)) > 1
+_spare_core = SpareCore()
+
+
+@dataclass
+class SpinStatistics:
+    """What became of the active waits asked for in this process (tests, benchmarks)."""
+
+    #: Waits that spun.
+    spun: int = 0
+    #: Not spun: another task was spinning.
+    taken: int = 0
+    #: Not spun: the machine had no core to spare (or only one usable core).
+    no_spare_core: int = 0
+
+
+spin_statistics = SpinStatistics()
 
 
 async def _spin_until(done: trio.Event, seconds: float) -> None:
     """Yield to the scheduler until ``done`` is set or ``seconds`` have passed (real
     time: a test's mock clock does not advance while tasks are runnable)."""
-    if not _CAN_SPIN or _spinner.get() is not None:
+    if _spinner.get() is not None:
+        spin_statistics.taken += 1
         return
+    if not _CAN_SPIN or not _spare_core():
+        spin_statistics.no_spare_core += 1
+        return
+    spin_statistics.spun += 1
     _spinner.set(trio.lowlevel.current_task())
     try:
         end = time.perf_counter() + seconds

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 import trio
 
-from actors import Channel
+from actors import Channel, _channel
+from actors._cpu import SpareCore
 
 from .test_actors_channel import channel_pair, decode
 
@@ -38,6 +41,17 @@ async def _result(
     steps.steps[trio.lowlevel.current_task()] = []
     pending = client.send_request("after", delay)
     out.append(decode(await pending.result(spin=spin)))
+
+
+@pytest.fixture(autouse=True)
+def idle_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spin tests need a core to spare, whatever else runs beside the suite: the
+    active wait reads the machine's load from a /proc/stat that says it is idle."""
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 100 1000 0 0 0 0 0 0\n")
+    spare = SpareCore(stat=stat, interval=0.0)
+    spare()  # the first look only takes the starting point
+    monkeypatch.setattr(_channel, "_spare_core", spare)
 
 
 @pytest.fixture
@@ -119,3 +133,51 @@ def test_no_spinning_on_a_single_core() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "False"
+
+
+def _stat_line(busy: int, idle: int) -> str:
+    return f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\n"
+
+
+def test_spare_core_reads_the_other_processes_load(tmp_path: Path) -> None:
+    """Busy time of the machine minus this process's own, in cores, against the usable
+    cores less the one the waiting task takes."""
+    stat = tmp_path / "stat"
+    stat.write_text(_stat_line(1000, 5000))
+    spare = SpareCore(cores=2, stat=stat, interval=0.0, own_cpu=lambda: 0.0)
+    assert spare() is False  # the first look only takes the starting point
+    assert spare() is True  # nothing was busy since
+    begun = time.monotonic()
+    time.sleep(0.1)
+    # 0.4 s of CPU time in ~0.1 s: the other processes keep more than one core busy.
+    stat.write_text(_stat_line(1000 + int(0.4 * os.sysconf("SC_CLK_TCK")), 5000))
+    assert spare() is False
+    assert spare.others is not None
+    assert spare.others > 0.4 / (time.monotonic() - begun) - 0.01
+    assert spare() is True  # and then idle again
+
+
+def test_spare_core_is_false_when_the_load_cannot_be_read(tmp_path: Path) -> None:
+    for text in (None, "garbage\n", "cpu  a b c d e\n"):
+        stat = tmp_path / "stat"
+        if text is None:
+            stat.unlink(missing_ok=True)
+        else:
+            stat.write_text(text)
+        spare = SpareCore(cores=2, stat=stat, interval=0.0)
+        assert (spare(), spare()) == (False, False)
+
+
+def test_spare_core_sees_real_processes_keeping_every_core_busy() -> None:
+    """As many busy-looping processes as there are cores: no core to spare."""
+    cores = len(os.sched_getaffinity(0))
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        spare = SpareCore(interval=0.0)
+        spare()
+        time.sleep(0.5)
+        assert spare() is False, f"others {spare.others} of {cores} cores"
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait(timeout=10)

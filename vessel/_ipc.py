@@ -9,7 +9,7 @@ Schema evolution: new fields get defaults; an existing field never changes type.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import msgspec
 
@@ -96,7 +96,11 @@ class Subscribe(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Refused(msgspec.Struct, forbid_unknown_fields=True):
+    #: Why the last of them was refused.
     reason: str
+    #: Emits refused during one invocation, reported together (a flooding guest must
+    #: not cost the daemon a message per refused event).
+    count: Annotated[int, msgspec.Meta(ge=1)] = 1
 
 
 class Emit(msgspec.Struct, forbid_unknown_fields=True):

@@ -325,7 +325,7 @@ class WasmModule:
         if method == _ipc.BUS_EMIT:
             self._emit(_ipc.decode(body, _ipc.Emit))
         elif method == _ipc.BUS_REFUSED:
-            self.events_refused += 1
+            self.events_refused += _ipc.decode(body, _ipc.Refused).count
         elif method == _ipc.LOG:
             entry = _ipc.decode(body, _ipc.Log)
             if entry.level == "fatal":

@@ -217,3 +217,30 @@ async def test_websocket_messages_both_ways(
         assert state["messages"] == [[handle, "echo:hi"]]
         assert state["closed"][0][0] == handle
         assert "1000" in state["closed"][0][1]
+
+
+async def test_a_flood_of_refused_emits_is_one_message_to_the_daemon(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """Past limits.max_event_rate the guest's emits fail at once; the daemon still
+    counts every refusal, from one message per invocation, not one per event (a
+    flooding guest must not cost the daemon a message each)."""
+    make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={},
+                    limits={"max_event_rate": 20})  # fmt: skip
+    async with running_daemon(tmp_path) as daemon:
+        module = daemon.manager.get("alpha")
+        assert module.proc is not None
+        lane = module.proc.lanes[0]
+        with trio.fail_after(30):
+            before = lane.statistics().frames_received
+            answer = await call(daemon, "alpha", "emit", {"name": "burst", "count": 500})
+            refused = answer["refused"]
+            assert 400 < refused < 500
+            # The refusals travel one-way and may trail the answer: a bounded wait.
+            while module.events_refused != refused:
+                await trio.sleep(0.01)
+            emitted = 500 - refused
+            frames = lane.statistics().frames_received - before
+            # The emitted events, the answer and one report of the refusals.
+            assert frames == emitted + 2, (frames, emitted)
+            assert module.events_emitted == emitted

@@ -111,6 +111,9 @@ class GuestThread:
         self._replacements: deque[float] = deque()
         self.invocations = 0
         self.traps = 0
+        #: Called on the guest thread after every invocation (the host functions report
+        #: what they collected during it).
+        self.after_invocation: Callable[[], None] = lambda: None
 
     # -- the trio loop's side ------------------------------------------------------------
 
@@ -287,6 +290,7 @@ class GuestThread:
         finally:
             self._current = None
             self._chain = []
+            self.after_invocation()
 
     def _deliver(self, item: Delivery) -> None:
         # False: the guest cleared the timer after it fired; it must not see the fire.
@@ -303,6 +307,8 @@ class GuestThread:
             self.traps += 1
             self._replace_instance(str(trap))
             return
+        finally:
+            self.after_invocation()
         if error is not None:
             self._log("warning", f"{item.export} returned an error: {error}")
 
@@ -314,6 +320,8 @@ class GuestThread:
             error = runtime.call("on-load")
         except GuestTrap as trap:
             raise GuestLoadError(str(trap)) from None
+        finally:
+            self.after_invocation()
         if error is not None:
             raise GuestLoadError(f"on-load returned an error: {error}")
 
@@ -355,6 +363,7 @@ class GuestThread:
             else:
                 if error is not None:
                     self._log("warning", f"on-unload returned an error: {error}")
+            self.after_invocation()
         # What on-unload logged is on the lane; the process exits soon after this, and
         # the daemon stops reading the lane once it has.
         self._sync()

@@ -62,6 +62,8 @@ class HostFunctions:
         self._id = module_id
         self._max_event_rate = max_event_rate
         self._rate = RateLimit(max_event_rate)
+        self._refused = 0
+        self._refused_reason = ""
         self._caps = capabilities
         self._lane = lane
         self._portal = portal
@@ -133,7 +135,8 @@ class HostFunctions:
             problem = rate_exceeded(self._max_event_rate)
         try:
             if problem is not None:
-                self._notify(_ipc.BUS_REFUSED, _ipc.Refused(reason=problem))
+                self._refused += 1
+                self._refused_reason = problem
                 return problem
             body = _ipc.Emit(
                 name=event.name, data=event.data, version=event.version, retained=retained
@@ -142,6 +145,13 @@ class HostFunctions:
         except Exception as exc:
             return _remote_message(exc)
         return None
+
+    def report_refused(self) -> None:
+        """Tell the daemon how many emits were refused since the last report (the guest
+        thread calls this after every invocation): one message for a whole flood."""
+        if self._refused:
+            count, self._refused = self._refused, 0
+            self._notify(_ipc.BUS_REFUSED, _ipc.Refused(reason=self._refused_reason, count=count))
 
     def emit(self, event: Any) -> str | None:
         return self._emit(event, retained=False)

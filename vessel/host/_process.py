@@ -219,6 +219,7 @@ class ModuleProcess:
             complete_reply=guest.complete_reply,
             max_event_rate=manifest.limits.max_event_rate,
         )
+        guest.after_invocation = host.report_refused
         runtime = GuestRuntime(
             module_id=manifest.id,
             module_dir=Path(params.module_dir),

@@ -139,11 +139,18 @@ def _emit(p: Params) -> Any:
         data=json.dumps(p.get("data")),
         timestamp=0,
     )
-    if p.get("retained", False):
-        host.emit_retained(event)
-    else:
-        host.emit(event)
-    return {}
+    emit = host.emit_retained if p.get("retained", False) else host.emit
+    if "count" not in p:
+        emit(event)
+        return {}
+    # A burst from one invocation: refusals (rate limit) are counted, not raised.
+    refused = 0
+    for _ in range(_uint(p, "count", 32)):
+        try:
+            emit(event)
+        except Err:
+            refused += 1
+    return {"refused": refused}
 
 
 def _call(p: Params) -> Any:

@@ -55,6 +55,10 @@ from ._forkserver_wire import (
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
+# What this interpreter found at its start: a signal its owner ignores (``nohup``, a
+# background job of a script) stays ignored in a process the owner spawns with
+# ``python -m``, and so in the ones forked here on its behalf.
+_STARTING_DISPOSITIONS = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 #: The kernel keeps 15 bytes of a task's name (``comm``) plus the terminating NUL.
 _COMM_LENGTH = 15
 #: Exit status of a child whose server died before it could arm PR_SET_PDEATHSIG
@@ -281,10 +285,11 @@ def _become_child(server: _Server, request: SpawnRequest, fds: list[int]) -> NoR
         server.sock.close()
         os.close(server.wake_r)
         os.close(server.wake_w)
-        # The dispositions a fresh interpreter has (it ignores SIGPIPE and SIGXFSZ).
+        # The dispositions a fresh interpreter has (it ignores SIGPIPE and SIGXFSZ, and
+        # keeps ignoring what its spawner ignored).
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig, disposition in _STARTING_DISPOSITIONS.items():
+            signal.signal(sig, disposition)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         # Like start_new_session: a signal for the server's group is not for us.

@@ -114,6 +114,27 @@ async def test_a_forked_child_serves_requests_and_stops_cleanly(forkserver: Fork
     assert forkserver.spawned == 1
 
 
+async def test_a_signal_the_owner_ignored_stays_ignored_in_forked_children() -> None:
+    """A daemon started with SIGINT ignored (nohup, a script's background job) spawns
+    children that ignore it too; forked ones must not get Python's Ctrl-C handler
+    instead (they did: two e2e tests failed when the suite ran in the background)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        # The server inherits the disposition when it is executed, at once.
+        launched = launch_forkserver(PRELOAD, name="ignoring-zygote", env=child_env())
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    with trio.fail_after(10):
+        async with (
+            open_forkserver(launched=launched) as server,
+            open_process_actor(spec(), on_request=parent_handler, forkserver=server) as child,
+        ):
+            assert child.forked
+            got = decode(await child.request("introspect", None))
+    assert got["signals"]["SIGINT"] == str(signal.SIG_IGN)
+    assert got["signals"]["SIGTERM"] == str(signal.SIG_DFL)
+
+
 async def test_the_child_looks_like_python_dash_m(forkserver: ForkServer, tmp_path: Path) -> None:
     """Environment, working directory, argv, sys.path[0], session, signal dispositions,
     stdin and open fds are what `python -m` started by a plain spawn would have; the

@@ -193,9 +193,18 @@ class Spawned:
             return await self.process.wait()
 
 
+# `vessel-ctl` as started from an interactive shell, where Ctrl-C reaches it: a
+# process inherits an ignored SIGINT (the suite run as a script's background job), and
+# Python then leaves it ignored, so `interrupt` would do nothing.
+_AS_TYPED = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('vessel.cli.ctl', run_name='__main__', alter_sys=True)"
+)
+
+
 async def spawn_ctl(*args: str, env: dict[str, str]) -> Spawned:
     process = await trio.lowlevel.open_process(
-        [*CTL, *args],
+        [sys.executable, "-c", _AS_TYPED, *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -51,6 +51,7 @@ from ._wire import (
     Request,
     decode_message,
     encode_body,
+    encode_error,
     encode_message,
 )
 
@@ -68,8 +69,6 @@ _READS_BEFORE_YIELD = 8
 # Coalescing pays off for many small frames; past this size a write is already efficient
 # and a bigger batch would only delay the first frame in it.
 _MAX_BATCH_BYTES = 256 * 1024
-# An error message travels inside one frame; keep a runaway str(exc) from breaking it.
-_MAX_ERROR_MESSAGE = 16 * 1024
 #: Requests from the peer handled at once by default; more are refused, not queued.
 MAX_CONCURRENT_REQUESTS = 1024
 
@@ -609,22 +608,10 @@ class Channel:
                 frame = encode_message(Reply(request.id, encode_body(result)), self._max_frame_size)
             except Exception as exc:  # Cancelled is a BaseException: never caught here.
                 logger.debug("%s: handler for %r raised", self.name, request.method, exc_info=True)
-                frame = self._error_frame(request.id, exc)
+                frame = encode_error(request.id, exc, self.name, self._max_frame_size)
             await self._send_internal(frame)
         finally:
             self._active_requests -= 1
-
-    def _error_frame(self, request_id: int, exc: Exception) -> bytearray:
-        try:
-            message = str(exc)[:_MAX_ERROR_MESSAGE]
-        except Exception:
-            message = "(the exception's message could not be rendered)"
-        try:
-            reply = ErrorReply(request_id, type(exc).__name__, message, self.name)
-            return encode_message(reply, self._max_frame_size)
-        except FrameTooLarge:
-            # The caller must get an answer, even if only the error's type fits.
-            return encode_message(ErrorReply(request_id, type(exc).__name__, "", self.name))
 
     async def _send_internal(self, frame: bytes | bytearray) -> None:
         """Queue a frame the channel produces itself (a Pong, a Reply)."""

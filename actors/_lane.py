@@ -37,6 +37,7 @@ from ._wire import (
     Request,
     decode_message,
     encode_body,
+    encode_error,
     encode_message,
 )
 
@@ -47,8 +48,6 @@ _READ_SIZE = 65536
 # wake-up of the parent's reader) once this many are waiting, or at flush().
 _BATCH_FRAMES = 32
 _BATCH_BYTES = 64 * 1024
-# Same bound as the channel's: a runaway str(exc) must not break the frame.
-_MAX_ERROR_MESSAGE = 16 * 1024
 
 Incoming = Request | Notify
 
@@ -141,12 +140,12 @@ class BlockingChannel:
         try:
             frame = encode_message(Reply(request_id, encode_body(body)), self._max_frame_size)
         except FrameTooLarge as exc:
-            frame = self._error_frame(request_id, exc)
+            frame = encode_error(request_id, exc, self.name, self._max_frame_size)
         self._queue(frame)
 
     def reply_error(self, request_id: int, exc: BaseException) -> None:
         """Answer request ``request_id`` with an error: a :class:`RemoteError` over there."""
-        self._queue(self._error_frame(request_id, exc))
+        self._queue(encode_error(request_id, exc, self.name, self._max_frame_size))
 
     def notify(self, method: str, body: Any) -> None:
         """Send a one-way message. Raises :class:`FrameTooLarge` if it cannot fit."""
@@ -262,14 +261,3 @@ class BlockingChannel:
                     self.flush()
                 case Pong():
                     pass
-
-    def _error_frame(self, request_id: int, exc: BaseException) -> bytearray:
-        try:
-            message = str(exc)[:_MAX_ERROR_MESSAGE]
-        except Exception:
-            message = "(the exception's message could not be rendered)"
-        try:
-            reply = ErrorReply(request_id, type(exc).__name__, message, self.name)
-            return encode_message(reply, self._max_frame_size)
-        except FrameTooLarge:
-            return encode_message(ErrorReply(request_id, type(exc).__name__, "", self.name))

@@ -16,7 +16,7 @@ from typing import Any, TypeAlias
 
 import msgspec
 
-from ._errors import ProtocolError
+from ._errors import FrameTooLarge, ProtocolError
 from ._framing import HEADER_SIZE, MAX_FRAME_SIZE, pack_header_into
 
 __all__ = [
@@ -29,8 +29,12 @@ __all__ = [
     "Request",
     "decode_message",
     "encode_body",
+    "encode_error",
     "encode_message",
 ]
+
+# An error message travels inside one frame; keep a runaway str(exc) from breaking it.
+_MAX_ERROR_MESSAGE = 16 * 1024
 
 
 class _Base(
@@ -111,6 +115,26 @@ def encode_message(message: Message, max_frame_size: int = MAX_FRAME_SIZE) -> by
     _ENCODER.encode_into(message, buffer, HEADER_SIZE)
     pack_header_into(buffer, max_frame_size)
     return buffer
+
+
+def encode_error(
+    request_id: int, exc: BaseException, actor: str, max_frame_size: int = MAX_FRAME_SIZE
+) -> bytearray:
+    """The frame answering request ``request_id`` with ``exc`` (a RemoteError over there).
+
+    Never raises: an exception whose message cannot be rendered, or does not fit, still
+    gets its type across — the caller must get an answer.
+    """
+    try:
+        message = str(exc)[:_MAX_ERROR_MESSAGE]
+    except Exception:
+        message = "(the exception's message could not be rendered)"
+    try:
+        return encode_message(
+            ErrorReply(request_id, type(exc).__name__, message, actor), max_frame_size
+        )
+    except FrameTooLarge:
+        return encode_message(ErrorReply(request_id, type(exc).__name__, "", actor))
 
 
 def decode_message(payload: bytes) -> Message:

@@ -22,8 +22,9 @@ from actors import (
     Request,
     encode_frame,
 )
+from actors._framing import HEADER_SIZE
 from actors._lines import LineSplitter
-from actors._wire import decode_message, encode_body, encode_message
+from actors._wire import decode_message, encode_body, encode_error, encode_message
 
 payloads = st.lists(st.binary(max_size=300), max_size=20)
 
@@ -158,3 +159,28 @@ def test_long_lines_are_truncated_and_the_rest_dropped() -> None:
     assert out == ["abcd", "ok"]
     assert splitter.flush() == ["xyz"]
     assert splitter.feed(b"\xff\n") == ["\ufffd"]
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
+def _error(frame: bytearray) -> ErrorReply:
+    message = decode_message(bytes(frame[HEADER_SIZE:]))
+    assert isinstance(message, ErrorReply)
+    return message
+
+
+def test_an_error_reply_always_gets_the_exception_across() -> None:
+    """Whatever the exception, the caller gets an answer naming at least its type."""
+    plain = _error(encode_error(7, ValueError("bad value"), "actor"))
+    assert (plain.id, plain.type, plain.message, plain.actor) == (7, "ValueError", "bad value",
+                                                                  "actor")  # fmt: skip
+    unprintable = _error(encode_error(8, _Unprintable(), "actor"))
+    assert unprintable.type == "_Unprintable"
+    assert "could not be rendered" in unprintable.message
+    huge = _error(encode_error(9, ValueError("x" * 1_000_000), "actor"))
+    assert huge.message == "x" * 16 * 1024  # a runaway message is cut, not fatal
+    tight = _error(encode_error(10, ValueError("x" * 1000), "actor", max_frame_size=200))
+    assert (tight.type, tight.message) == ("ValueError", "")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -74,6 +73,10 @@ class Daemon:
     reader: threading.Thread | None = None
 
     @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
     def token(self) -> str:
         return (self.data_dir / "token").read_text().strip()
 
@@ -105,14 +108,6 @@ class Daemon:
                 self.reader.join(STOP_TIMEOUT)
             if self.process.stderr is not None and not (self.reader and self.reader.is_alive()):
                 self.process.stderr.close()
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (for a daemon restarted on the same port)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def start_daemon(data_dir: Path, *, port: int = 0) -> Daemon:

@@ -9,7 +9,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from .harness import HA, FakeHAThread, free_port, open_page, running_daemon, screenshot, sign_in
+from .harness import HA, FakeHAThread, open_page, running_daemon, screenshot, sign_in
 
 
 def _pid(daemon_api: Any, module_id: str) -> int:
@@ -240,8 +240,10 @@ def test_page_reconnects_and_resubscribes_after_the_daemon_restarts(
     it is back on the same port, the page reconnects by itself, without a reload, and
     resubscribes what the current view needs: Home's example tick moves on again, and
     the Modules view then shows the new daemon's PIDs."""
-    port = free_port()
-    with running_daemon(data_dir, port=port) as daemon:
+    # The first start picks its own port (no window between choosing it and binding);
+    # the restart takes it again.
+    with running_daemon(data_dir) as daemon:
+        port = daemon.port
         page = open_page(browser, daemon)
         sign_in(page, daemon.token)
         tick = page.locator("[data-key='example.tick'] .tile-value")

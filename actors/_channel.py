@@ -71,6 +71,9 @@ _READS_BEFORE_YIELD = 8
 _MAX_BATCH_BYTES = 256 * 1024
 #: Requests from the peer handled at once by default; more are refused, not queued.
 MAX_CONCURRENT_REQUESTS = 1024
+#: Seconds a channel that has ended still gives its handler to the notifications it
+#: received before (see run()).
+NOTIFY_DRAIN_TIMEOUT = 2.0
 
 
 class _State(enum.Enum):
@@ -310,17 +313,28 @@ class Channel:
         try:
             if self._failure is None:
                 self._state = _State.RUNNING
-                async with trio.open_nursery() as nursery:
-                    self._run_scope = nursery.cancel_scope
-                    nursery.start_soon(self._writer)
-                    nursery.start_soon(self._notification_loop)
-                    task_status.started()
-                    try:
-                        await self._reader(nursery)
-                    except ProtocolError as exc:
-                        protocol_error = self._protocol_error = exc
-                        self._fail(ChannelBroken, f"channel {self.name!r}: {exc}")
-                    nursery.cancel_scope.cancel()
+                async with trio.open_nursery() as outer:
+                    drained = trio.Event()
+                    outer.start_soon(self._notification_loop, drained)
+                    async with trio.open_nursery() as nursery:
+                        self._run_scope = nursery.cancel_scope
+                        nursery.start_soon(self._writer)
+                        task_status.started()
+                        try:
+                            await self._reader(nursery)
+                        except ProtocolError as exc:
+                            protocol_error = self._protocol_error = exc
+                            self._fail(ChannelBroken, f"channel {self.name!r}: {exc}")
+                        nursery.cancel_scope.cancel()
+                    # The peer is gone or the channel was closed, but what it sent
+                    # before still counts (a module's last events and log lines, sent
+                    # just before it crashed): handle the notifications already
+                    # queued, bounded, since a handler may hang. Not yet covered: frames
+                    # the reader still held, waiting for room in a full queue, and bytes
+                    # left unread in the pipe when the owner aborts the channel.
+                    with trio.move_on_after(NOTIFY_DRAIN_TIMEOUT):
+                        await drained.wait()
+                    outer.cancel_scope.cancel()
             else:
                 # Closed or aborted before it ran (a child that died at once): there is
                 # nothing to serve, but the caller still gets its started() and cleanup.
@@ -621,7 +635,8 @@ class Channel:
         with contextlib.suppress(trio.ClosedResourceError):
             await self._outbox_send.send(frame)
 
-    async def _notification_loop(self) -> None:
+    async def _notification_loop(self, drained: trio.Event) -> None:
+        """Handle notifications in order until the channel ends and the queue is empty."""
         async for message in self._notify_receive:
             if self._on_notify is None:
                 continue
@@ -633,6 +648,7 @@ class Channel:
                 logger.exception(
                     "%s: notification handler for %r raised", self.name, message.method
                 )
+        drained.set()
 
     async def _writer(self) -> None:
         outbox = self._outbox_receive

@@ -24,7 +24,7 @@ from actors import (
     Reply,
     wait_heartbeat_lost,
 )
-from actors._channel import _READ_SIZE, _READS_BEFORE_YIELD
+from actors._channel import _READ_SIZE, _READS_BEFORE_YIELD, NOTIFY_DRAIN_TIMEOUT
 from actors._wire import encode_message
 
 
@@ -641,3 +641,43 @@ async def test_send_request_sends_at_once_and_result_waits_for_the_reply() -> No
             await client.aclose()
             with pytest.raises(ChannelClosed):
                 client.send_request("after", None)
+
+
+async def test_notifications_received_before_the_peer_went_away_are_still_handled() -> None:
+    """A peer that notifies and then closes (a module that emits and crashes): every
+    notification already queued is handled, in order, though the channel has ended.
+    (Frames a reader still holds because the queue was full are not: see the note in
+    Channel.run.)"""
+    handled: list[int] = []
+
+    async def on_notify(method: str, body: msgspec.Raw) -> None:
+        await trio.sleep(0.005)  # a handler slower than the peer
+        handled.append(decode(body))
+
+    with trio.fail_after(5):
+        async with channel_pair(on_notify=on_notify, send_queue_size=64) as (client, server):
+            for i in range(50):
+                await client.notify("n", i)
+            # aclose drops what the client has not written yet: let it write all first.
+            while client.statistics().frames_sent < 50:
+                await trio.sleep(0.001)
+            await client.aclose()
+            while not server.broken:
+                await trio.sleep(0.001)
+            await server._run_finished.wait()
+    assert handled == list(range(50))
+
+
+async def test_a_hanging_notification_handler_does_not_keep_an_ended_channel_running(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def on_notify(method: str, body: msgspec.Raw) -> None:
+        await trio.sleep_forever()
+
+    async with channel_pair(on_notify=on_notify) as (client, server):
+        await client.notify("n", 1)
+        await trio.testing.wait_all_tasks_blocked()
+        await client.aclose()
+        begun = trio.current_time()
+        await server._run_finished.wait()
+        assert trio.current_time() - begun == pytest.approx(NOTIFY_DRAIN_TIMEOUT, abs=0.1)

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -253,6 +254,11 @@ class Channel:
         self._protocol_error: ProtocolError | None = None
         self._run_scope: trio.CancelScope | None = None
         self._run_finished = trio.Event()
+        # The reader's state lives here, not in its frame: after an abort with a drain
+        # (see abort()), reading goes on where the cancelled reader stopped.
+        self._decoder = FrameDecoder(max_frame_size)
+        self._undispatched: deque[bytes] = deque()
+        self._drain_until: float | None = None
         self._request_ids = itertools.count(1)
         self._ping_seqs = itertools.count(1)
         self._pending: dict[int, _Call] = {}
@@ -326,12 +332,15 @@ class Channel:
                             protocol_error = self._protocol_error = exc
                             self._fail(ChannelBroken, f"channel {self.name!r}: {exc}")
                         nursery.cancel_scope.cancel()
+                    if self._drain_until is not None:
+                        with trio.move_on_at(self._drain_until):
+                            await self._drain()
+                    self._notify_send.close()
                     # The peer is gone or the channel was closed, but what it sent
                     # before still counts (a module's last events and log lines, sent
                     # just before it crashed): handle the notifications already
-                    # queued, bounded, since a handler may hang. Not yet covered: frames
-                    # the reader still held, waiting for room in a full queue, and bytes
-                    # left unread in the pipe when the owner aborts the channel.
+                    # queued, bounded, since a handler may hang. (After an abort with a
+                    # drain, _drain has first read the rest of what the peer wrote.)
                     with trio.move_on_after(NOTIFY_DRAIN_TIMEOUT):
                         await drained.wait()
                     outer.cancel_scope.cancel()
@@ -436,13 +445,25 @@ class Channel:
             raise call.error
         return trio.current_time() - started
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: str, *, drain: float = 0.0) -> None:
         """Declare the peer gone: fail pending calls with :class:`ChannelBroken` now.
 
         For owners that learn about the peer's death from elsewhere (a child process was
-        reaped) before the stream reports it. :meth:`run` returns promptly afterwards.
+        reaped) before the stream reports it. :meth:`run` returns promptly afterwards,
+        or, with ``drain`` (seconds), once it has read what the peer wrote before it
+        went (to end of stream, for at most ``drain`` seconds: a grandchild may hold the
+        pipe open) and handled the notifications in it — a module's last events must
+        not be lost because its exit was noticed first. Requests and replies in that
+        rest are dropped: nobody can answer them or waits for them any more.
         """
+        if drain > 0 and self._failure is None and self._run_scope is not None:
+            self._drain_until = trio.current_time() + drain
         self._fail(ChannelBroken, reason)
+
+    async def finished(self) -> None:
+        """Wait until :meth:`run` has returned (at once if it never ran)."""
+        if self._run_called:
+            await self._run_finished.wait()
 
     async def aclose(self) -> None:
         """Close the channel from this side; pending calls fail with :class:`ChannelClosed`.
@@ -519,7 +540,8 @@ class Channel:
         for call in (*self._pending.values(), *self._pings.values()):
             call.finish(error=error_type(message))
         self._outbox_send.close()
-        self._notify_send.close()
+        if self._drain_until is None:
+            self._notify_send.close()
         if self._run_scope is not None:
             self._run_scope.cancel()
 
@@ -554,7 +576,6 @@ class Channel:
             return data
 
     async def _reader(self, nursery: trio.Nursery) -> None:
-        decoder = FrameDecoder(self._max_frame_size)
         while True:
             try:
                 data = await self._receive()
@@ -566,17 +587,45 @@ class Channel:
             if not data:
                 self._fail(ChannelBroken, f"channel {self.name!r}: the peer closed the channel")
                 return
-            self._bytes_received += len(data)
-            try:
-                frames = decoder.feed(data)
-            except FrameTooLarge as exc:
-                raise ProtocolError(str(exc)) from exc
-            for frame in frames:
-                self._frames_received += 1
+            self._take(data)
+            while self._undispatched:
                 # Per frame, not per read: one read can hold hundreds of frames that take
                 # seconds to consume when we are the slow side.
                 self.last_received_at = trio.current_time()
-                await self._dispatch(decode_message(frame), nursery)
+                await self._dispatch(decode_message(self._undispatched[0]), nursery)
+                # Taken off only once dispatched: a cancelled dispatch left it for _drain.
+                self._undispatched.popleft()
+
+    def _take(self, data: bytes | bytearray) -> None:
+        self._bytes_received += len(data)
+        try:
+            frames = self._decoder.feed(data)
+        except FrameTooLarge as exc:
+            raise ProtocolError(str(exc)) from exc
+        self._frames_received += len(frames)
+        self._undispatched.extend(frames)
+
+    async def _drain(self) -> None:
+        """After an abort with a drain: hand on the notifications the peer sent before it
+        went, up to end of stream (the caller bounds the time)."""
+        while True:
+            while self._undispatched:
+                try:
+                    message = decode_message(self._undispatched.popleft())
+                except ProtocolError:
+                    return
+                if isinstance(message, Notify):
+                    await self._notify_send.send(message)
+            try:
+                data = await self._receive()
+            except (trio.ClosedResourceError, trio.BrokenResourceError, OSError):
+                return
+            if not data:
+                return
+            try:
+                self._take(data)
+            except ProtocolError:
+                return
 
     async def _dispatch(self, message: Message, nursery: trio.Nursery) -> None:
         match message:

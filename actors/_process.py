@@ -50,6 +50,9 @@ MAX_OUTPUT_LINE = 64 * 1024
 
 #: Most lanes one child can have (each is two fds passed to it).
 MAX_LANES = 4
+#: Seconds the channels of a child that has exited go on reading what it wrote before
+#: (its last notifications), in case a grandchild holds the pipe open.
+_EXIT_DRAIN = 1.0
 
 # After SIGKILL only an uninterruptible sleep (a hung NFS read) delays the exit; do not
 # let that hang our own shutdown forever.
@@ -282,9 +285,10 @@ class ProcessActor:
             self.exit_info = ExitInfo(returncode, signum, self._reason or description)
             log = logger.info if self._reason is not None else logger.warning
             log("%r (%s)", self, description)
-            # Fail in-flight requests now, even if a grandchild keeps the pipe open.
+            # Fail in-flight requests now, even if a grandchild keeps the pipe open; what
+            # the child wrote before it ended is still read and its notifications handled.
             for channel in (self.channel, *self.lanes):
-                channel.abort(f"{self.name}: process {self.exit_info.reason}")
+                channel.abort(f"{self.name}: process {self.exit_info.reason}", drain=_EXIT_DRAIN)
             self._exited.set()
 
     async def _serve_background(self, *, task_status: trio.TaskStatus[None]) -> None:
@@ -310,6 +314,10 @@ class ProcessActor:
         with trio.CancelScope(shield=True):
             with trio.move_on_after(_OUTPUT_GRACE):
                 await self._output_done.wait()
+            # The channels hand on what the child sent before it ended (abort's drain,
+            # then the notifications queued): bounded by the channels themselves.
+            for channel in (self.channel, *self.lanes):
+                await channel.finished()
             self._background_scope.cancel()
 
     async def _serve_channel(self, *, task_status: trio.TaskStatus[None]) -> None:

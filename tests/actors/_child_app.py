@@ -30,6 +30,7 @@ from actors import (
     RemoteError,
     open_parent_channel,
 )
+from actors._wire import encode_message
 
 
 def serve_lane(lane: BlockingChannel) -> None:
@@ -118,6 +119,18 @@ async def main(args: argparse.Namespace) -> None:
             case "garbage":
                 os.write(channel_write_fd, b"\x00\x00\x00\x01\xc1")
                 return None
+            case "notify_and_exit":
+                # `value` notifications written straight to the pipe, then gone at once:
+                # the parent may well notice the exit before it has read them.
+                frames = b"".join(
+                    encode_message(Notify("last", msgspec.Raw(msgspec.msgpack.encode(i))))
+                    for i in range(value)
+                )
+                view = memoryview(frames)
+                os.set_blocking(channel_write_fd, True)
+                while view:
+                    view = view[os.write(channel_write_fd, view) :]
+                os._exit(0)
             case "close_channel":
                 # Hang up on the parent but keep the process alive.
                 await links[0].channel.aclose()

@@ -646,8 +646,8 @@ async def test_send_request_sends_at_once_and_result_waits_for_the_reply() -> No
 async def test_notifications_received_before_the_peer_went_away_are_still_handled() -> None:
     """A peer that notifies and then closes (a module that emits and crashes): every
     notification already queued is handled, in order, though the channel has ended.
-    (Frames a reader still holds because the queue was full are not: see the note in
-    Channel.run.)"""
+    (An owner that learns of the peer's end first: see test_what_a_child_wrote_before_
+    it_exited_is_still_handled, tests/actors/test_actors_process.py.)"""
     handled: list[int] = []
 
     async def on_notify(method: str, body: msgspec.Raw) -> None:

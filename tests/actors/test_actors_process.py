@@ -13,6 +13,7 @@ import subprocess
 import sys
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 
@@ -214,6 +215,26 @@ async def test_garbage_on_the_channel_gets_the_child_killed() -> None:
                 await actor.request("garbage", None)
             info = await actor.wait()
     assert info.reason.startswith("protocol error: undecodable frame")
+
+
+async def test_what_a_child_wrote_before_it_exited_is_still_handled() -> None:
+    """A child that notifies and exits at once (a module that emits, then crashes): its
+    exit may be noticed before its last frames are read, and they are handled all the
+    same, in order."""
+    got: list[int] = []
+
+    async def on_notify(method: str, body: msgspec.Raw) -> None:
+        got.append(decode(body))
+
+    with trio.fail_after(10):
+        async with open_process_actor(
+            spec(), on_request=parent_handler, on_notify=on_notify
+        ) as actor:
+            with pytest.raises(ChannelBroken):
+                await actor.request("notify_and_exit", 3000)
+            info = await actor.wait()
+    assert info.returncode == 0
+    assert got == list(range(3000))
 
 
 async def test_a_child_that_hangs_up_but_lives_on_is_killed() -> None:

@@ -512,9 +512,17 @@ class Bench:
         s = self.s
         data_dir = self.data_dir({"bench-echo": "bench-echo", "bench-hostile": "bench-hostile"})
         spec = {**_rtt_spec("", None, s), "n": max(s.rtt_calls // s.call_rounds, 20)}
-        quiet_runs: list[dict[str, float]] = []
-        noisy_runs: list[dict[str, float]] = []
-        async with vessel_serve(data_dir) as vessel, open_control(vessel) as control:
+        runs: dict[str, list[dict[str, float]]] = {
+            "quiet": [], "noisy": [], "floor_quiet": [], "floor_noisy": []
+        }  # fmt: skip
+        echo_dir = self.echo_dir()
+        async with (
+            vessel_serve(data_dir) as vessel,
+            open_control(vessel) as control,
+            # For context: how much the same neighbour slows the in-process floor server,
+            # one process doing all the work (the machine's share of the figure).
+            _procs.floor_server(echo_dir / "modules" / "bench-echo") as floor_url,
+        ):
 
             async def hostile(stop: trio.Event) -> None:
                 # Each hostile call runs to its end: the quiet round after this one must
@@ -526,15 +534,21 @@ class Bench:
                         await control.call("bench-hostile", name, params, check=False)
 
             await vessel.wait_started(2)
-            spec.update(url=vessel.ws_url, token=vessel.token)
+            ours = {**spec, "url": vessel.ws_url, "token": vessel.token}
+            floor = {**spec, "url": floor_url.replace("http://", "ws://") + "/guest"}
             for _ in range(s.call_rounds):
-                quiet_runs.append(await client(spec))
+                runs["quiet"].append(await client(ours))
+                runs["floor_quiet"].append(await client(floor))
                 stop = trio.Event()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(hostile, stop)
-                    noisy_runs.append(await client(spec))
+                    runs["noisy"].append(await client(ours))
+                    runs["floor_noisy"].append(await client(floor))
                     stop.set()
-        quiet, noisy = median_of(quiet_runs), median_of(noisy_runs)
+        quiet, noisy, floor_quiet, floor_noisy = (
+            median_of(runs[key]) for key in ("quiet", "noisy", "floor_quiet", "floor_noisy")
+        )
+        floor_ratio = floor_noisy["p99_us"] / floor_quiet["p99_us"]
         self.results.figures.append(
             Figure(
                 "isolation",
@@ -545,7 +559,10 @@ class Bench:
                 2.0,
                 note="neighbour loops spin (100 ms deadline), trap, flood 2000 events; "
                 f"floor = the same p99 without it; medians of {s.call_rounds} rounds, "
-                "with and without the neighbour taking turns",
+                "with and without the neighbour taking turns. For context, the in-process "
+                "floor server beside the same neighbour: p99 "
+                f"{floor_quiet['p99_us']:.0f} -> {floor_noisy['p99_us']:.0f} µs "
+                f"({floor_ratio:.2f}x)",
             )
         )
 

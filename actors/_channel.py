@@ -23,7 +23,6 @@ import itertools
 import logging
 import math
 import os
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from typing import Any
 import msgspec
 import trio
 
-from ._cpu import SpareCore
 from ._errors import (
     ActorError,
     ChannelBroken,
@@ -42,6 +40,7 @@ from ._errors import (
     RemoteError,
 )
 from ._framing import MAX_FRAME_SIZE, FrameDecoder
+from ._spin import spin_until
 from ._wire import (
     ErrorReply,
     Message,
@@ -140,7 +139,7 @@ class PendingRequest:
         seen at the next turn of the loop instead of after a wake-up of this process
         (tens of microseconds on a VM, see docs/performance.md). It costs a core for up
         to ``spin``; only one task of a run spins at a time, and never when the
-        machine's other processes leave no core idle (``actors._cpu``) or there is only
+        machine's other processes leave no core idle (``actors._spin``) or there is only
         one usable core: there it would only delay the peer it waits for.
         """
         call = self._call
@@ -150,7 +149,7 @@ class PendingRequest:
                     frame, self._unsent = self._unsent, None
                     await self._channel._enqueue(frame)
                 if spin > 0 and not call.done.is_set():
-                    await _spin_until(call.done, spin)
+                    await spin_until(call.done, spin)
                 await call.done.wait()
         finally:
             self._channel._pending.pop(self._id, None)
@@ -158,50 +157,6 @@ class PendingRequest:
             raise call.error
         assert call.value is not None
         return call.value
-
-
-# The task currently waiting actively (PendingRequest.result's spin), if any: a second
-# one would only take turns with the first on the same core.
-_spinner: trio.lowlevel.RunVar[trio.lowlevel.Task | None] = trio.lowlevel.RunVar(
-    "actors_spinner", default=None
-)
-# Spinning on a single usable core takes the CPU from the very process that is to answer.
-_CAN_SPIN = len(os.sched_getaffinity(0)) > 1
-_spare_core = SpareCore()
-
-
-@dataclass
-class SpinStatistics:
-    """What became of the active waits asked for in this process (tests, benchmarks)."""
-
-    #: Waits that spun.
-    spun: int = 0
-    #: Not spun: another task was spinning.
-    taken: int = 0
-    #: Not spun: the machine had no core to spare (or only one usable core).
-    no_spare_core: int = 0
-
-
-spin_statistics = SpinStatistics()
-
-
-async def _spin_until(done: trio.Event, seconds: float) -> None:
-    """Yield to the scheduler until ``done`` is set or ``seconds`` have passed (real
-    time: a test's mock clock does not advance while tasks are runnable)."""
-    if _spinner.get() is not None:
-        spin_statistics.taken += 1
-        return
-    if not _CAN_SPIN or not _spare_core():
-        spin_statistics.no_spare_core += 1
-        return
-    spin_statistics.spun += 1
-    _spinner.set(trio.lowlevel.current_task())
-    try:
-        end = time.perf_counter() + seconds
-        while not done.is_set() and time.perf_counter() < end:
-            await trio.lowlevel.checkpoint()
-    finally:
-        _spinner.set(None)
 
 
 class Channel:

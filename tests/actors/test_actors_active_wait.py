@@ -13,7 +13,7 @@ import msgspec
 import pytest
 import trio
 
-from actors import Channel, _channel
+from actors import Channel, _spin
 from actors._cpu import SpareCore
 
 from .test_actors_channel import channel_pair, decode
@@ -51,7 +51,7 @@ def idle_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stat.write_text("cpu  100 0 100 1000 0 0 0 0 0 0\n")
     spare = SpareCore(stat=stat, interval=0.0)
     spare()  # the first look only takes the starting point
-    monkeypatch.setattr(_channel, "_spare_core", spare)
+    monkeypatch.setattr(_spin, "_spare_core", spare)
 
 
 @pytest.fixture
@@ -127,7 +127,7 @@ def test_no_spinning_on_a_single_core() -> None:
     """With one usable core the peer that is to answer needs it: spin is ignored."""
     code = (
         "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-        "import actors._channel as c; print(c._CAN_SPIN)"
+        "import actors._spin as s; print(s._CAN_SPIN)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 
-from actors._channel import spin_statistics
+from actors._spin import spin_statistics
 from vessel._active_wait import ActiveWait
 from vessel._daemon import Daemon
 from vessel.cli.serve import build_parser

@@ -52,11 +52,13 @@ class SpareCore:
         interval: float = 0.1,
         stat: Path = Path("/proc/stat"),
         own_cpu: Callable[[], float] = time.process_time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cores = cores if cores is not None else len(os.sched_getaffinity(0))
         self.interval = interval
         self._stat = stat
         self._own_cpu = own_cpu
+        self._clock = clock
         self._at: float | None = None
         self._busy = 0
         self._own = 0.0
@@ -65,7 +67,7 @@ class SpareCore:
         self.others: float | None = None
 
     def __call__(self) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         if self._at is not None and now - self._at < self.interval:
             return self._spare
         sample = _busy_and_total(self._stat)

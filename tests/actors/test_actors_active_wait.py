@@ -144,16 +144,19 @@ def test_spare_core_reads_the_other_processes_load(tmp_path: Path) -> None:
     cores less the one the waiting task takes."""
     stat = tmp_path / "stat"
     stat.write_text(_stat_line(1000, 5000))
-    spare = SpareCore(cores=2, stat=stat, interval=0.0, own_cpu=lambda: 0.0)
+    now = [100.0]
+    spare = SpareCore(cores=2, stat=stat, interval=0.0, own_cpu=lambda: 0.0, clock=lambda: now[0])
     assert spare() is False  # the first look only takes the starting point
+    now[0] += 0.1
     assert spare() is True  # nothing was busy since
-    begun = time.monotonic()
-    time.sleep(0.1)
-    # 0.4 s of CPU time in ~0.1 s: the other processes keep more than one core busy.
+    begun = now[0]
+    now[0] += 0.1
+    # 0.4 s of CPU time in 0.1 s: the other processes keep more than one core busy.
     stat.write_text(_stat_line(1000 + int(0.4 * os.sysconf("SC_CLK_TCK")), 5000))
     assert spare() is False
     assert spare.others is not None
-    assert spare.others > 0.4 / (time.monotonic() - begun) - 0.01
+    assert spare.others > 0.4 / (now[0] - begun) - 0.01
+    now[0] += 0.1
     assert spare() is True  # and then idle again
 
 
@@ -168,16 +171,35 @@ def test_spare_core_is_false_when_the_load_cannot_be_read(tmp_path: Path) -> Non
         assert (spare(), spare()) == (False, False)
 
 
-def test_spare_core_sees_real_processes_keeping_every_core_busy() -> None:
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _until_each_burned(burners: list[trio.Process], seconds: float) -> None:
+    """Until every burner has used ``seconds`` more CPU (nothing announces it: look)."""
+    start = [_cpu_seconds(b.pid) for b in burners]
+    with trio.fail_after(10):
+        while any(_cpu_seconds(b.pid) - s < seconds for b, s in zip(burners, start, strict=True)):
+            await trio.sleep(0.02)
+
+
+async def test_spare_core_sees_real_processes_keeping_every_core_busy() -> None:
     """As many busy-looping processes as there are cores: no core to spare."""
     cores = len(os.sched_getaffinity(0))
-    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    burners = [
+        await trio.lowlevel.open_process([sys.executable, "-c", "while True: pass"])
+        for _ in range(cores)
+    ]
     try:
+        await _until_each_burned(burners, 0.05)  # running, not still starting
         spare = SpareCore(interval=0.0)
         spare()
-        time.sleep(0.5)
+        # A window in which each burner used a good share of a core.
+        await _until_each_burned(burners, 0.3)
         assert spare() is False, f"others {spare.others} of {cores} cores"
     finally:
-        for burner in burners:
-            burner.kill()
-            burner.wait(timeout=10)
+        with trio.CancelScope(shield=True), trio.fail_after(10):
+            for burner in burners:
+                burner.kill()  # ours, by PID
+                await burner.wait()

@@ -42,7 +42,6 @@ import ctypes
 import dataclasses
 import errno
 import faulthandler
-import fcntl
 import hashlib
 import json
 import os
@@ -63,7 +62,7 @@ import wasmtime
 
 from tests.adversarial._figures import FIGURES, Row
 from tests.procs import Proc, cmdline, proc_stat
-from vessel._toolchain import build_module
+from vessel._toolchain import build_module, locked_file
 from vessel.host import _engine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,17 +105,6 @@ def _compute_hash(manifest_bytes: bytes, wasm_path: Path) -> str:
     return compute_hash(manifest_bytes, wasm_path.read_bytes())
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing) across processes."""
-    with path.open("a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 @dataclass
 class _Artifact:
     path: Path
@@ -140,7 +128,7 @@ class GuestCache:
     def _compile(self, name: str) -> _Artifact:
         cache_dir = self.wasm[name].parent
         # pytest-xdist workers share the cache: one compiles, the others wait and reuse it.
-        with _locked(cache_dir / "compiled.lock"):
+        with locked_file(cache_dir / "compiled.lock"):
             return self._compile_locked(name, cache_dir)
 
     def _compile_locked(self, name: str, cache_dir: Path) -> _Artifact:

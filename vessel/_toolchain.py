@@ -136,7 +136,7 @@ def build_module(
     say = progress if progress is not None else _ignore
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(out.with_name(out.name + ".lock")):
+    with locked_file(out.with_name(out.name + ".lock")):
         if not force and out.is_file() and _read_text(key_path) == key:
             say(f"{module_id}: up to date ({out})")
             return BuildResult(out, cached=True, seconds=time.monotonic() - started)
@@ -330,8 +330,9 @@ def _summarize(output: str, src_dir: Path, sdk_dir: Path | None = None) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialize builds of one output across processes (parallel test runs, CI)."""
+def locked_file(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) across processes: builds
+    of one output are serialized (parallel test runs, CI)."""
     with path.open("a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:

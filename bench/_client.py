@@ -7,6 +7,8 @@ floor servers, so both sides of every ratio pay the same client costs.
 Modes:
 
 * ``rtt``: ``n`` sequential round trips of ``frame`` (after ``warmup`` more), latencies.
+  With ``"gate": true`` it prints ``warm`` after the warm-up and waits for a line on
+  stdin before it measures (the isolation figure starts its neighbour then).
 * ``pipelined``: ``n`` frames with ``window`` in flight at once; messages per second.
 * ``fanout``: ``connections`` sockets, each subscribed; prints ``ready`` once all are, then
   counts ``expect`` messages per socket; reports when the last one arrived
@@ -51,6 +53,9 @@ def _call_frame(spec: dict[str, Any], request_id: str) -> str:
 async def _rtt(ws: WebSocketConnection, spec: dict[str, Any]) -> dict[str, Any]:
     samples: list[float] = []
     for i in range(spec["warmup"] + spec["n"]):
+        if i == spec["warmup"] and spec.get("gate"):
+            print("warm", flush=True)
+            await trio.to_thread.run_sync(sys.stdin.readline)
         frame = _call_frame(spec, str(i))
         start = time.perf_counter()
         await ws.send_message(frame)

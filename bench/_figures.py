@@ -25,18 +25,13 @@ import trio
 from . import _procs
 from ._control import open_control
 from ._inproc import PARAMS
+from ._neighbour import MODULE, Neighbour
 from ._procs import PYTHON, ROOT, BenchError, Vessel, client, fanout_clients, vessel_serve
 from ._setup import Guest, add_module
 from ._stats import median_of
 
 #: Restart backoff of a crashed module (vessel._manager.SupervisionPolicy.backoff_initial).
 RESTART_BACKOFF = 0.5
-#: What the hostile neighbour is asked to do, over and over, in the isolation figure.
-HOSTILE_LOOP: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("spin", {}),
-    ("trap", {}),
-    ("flood", {"count": 2000}),
-)
 
 
 @dataclass
@@ -508,9 +503,11 @@ class Bench:
     async def isolation(self) -> None:
         """A healthy module's p99 with and without a hostile neighbour, taking turns
         ``call_rounds`` times (medians): one measurement of each, one after the other,
-        gave anything from 0.9x to 3.7x for the same code."""
+        gave anything from 0.9x to 3.7x for the same code. The neighbour is restarted
+        before each quiet round, so every noisy round has it running (bench/_neighbour.py
+        says why), and the note says what it did."""
         s = self.s
-        data_dir = self.data_dir({"bench-echo": "bench-echo", "bench-hostile": "bench-hostile"})
+        data_dir = self.data_dir({"bench-echo": "bench-echo", MODULE: MODULE})
         spec = {**_rtt_spec("", None, s), "n": max(s.rtt_calls // s.call_rounds, 20)}
         runs: dict[str, list[dict[str, float]]] = {
             "quiet": [], "noisy": [], "floor_quiet": [], "floor_noisy": []
@@ -519,32 +516,24 @@ class Bench:
         async with (
             vessel_serve(data_dir) as vessel,
             open_control(vessel) as control,
+            httpx.AsyncClient(
+                base_url=vessel.url, headers={"authorization": f"Bearer {vessel.token}"}
+            ) as http,
             # For context: how much the same neighbour slows the in-process floor server,
             # one process doing all the work (the machine's share of the figure).
             _procs.floor_server(echo_dir / "modules" / "bench-echo") as floor_url,
         ):
-
-            async def hostile(stop: trio.Event) -> None:
-                # Each hostile call runs to its end: the quiet round after this one must
-                # not start beside a neighbour still spinning.
-                while True:
-                    for name, params in HOSTILE_LOOP:
-                        if stop.is_set():
-                            return
-                        await control.call("bench-hostile", name, params, check=False)
-
+            neighbour = Neighbour(control, http)
             await vessel.wait_started(2)
             ours = {**spec, "url": vessel.ws_url, "token": vessel.token}
             floor = {**spec, "url": floor_url.replace("http://", "ws://") + "/guest"}
             for _ in range(s.call_rounds):
+                await neighbour.settle()
                 runs["quiet"].append(await client(ours))
                 runs["floor_quiet"].append(await client(floor))
-                stop = trio.Event()
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(hostile, stop)
-                    runs["noisy"].append(await client(ours))
-                    runs["floor_noisy"].append(await client(floor))
-                    stop.set()
+                for key, side in (("noisy", ours), ("floor_noisy", floor)):
+                    await neighbour.settle()
+                    runs[key].append(await neighbour.beside(side))
         quiet, noisy, floor_quiet, floor_noisy = (
             median_of(runs[key]) for key in ("quiet", "noisy", "floor_quiet", "floor_noisy")
         )
@@ -559,7 +548,9 @@ class Bench:
                 2.0,
                 note="neighbour loops spin (100 ms deadline), trap, flood 2000 events; "
                 f"floor = the same p99 without it; medians of {s.call_rounds} rounds, "
-                "with and without the neighbour taking turns. For context, the in-process "
+                "with and without the neighbour taking turns, the neighbour restarted "
+                "before each round. What the neighbour's calls came to, over all noisy "
+                f"rounds: {neighbour.summary()}. For context, the in-process "
                 "floor server beside the same neighbour: p99 "
                 f"{floor_quiet['p99_us']:.0f} -> {floor_noisy['p99_us']:.0f} µs "
                 f"({floor_ratio:.2f}x)",

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +192,39 @@ async def run_json(argv: list[str], timeout: float = 300.0) -> dict[str, Any]:
 async def client(spec: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
     """One client process (bench/_client.py) running ``spec``."""
     return await run_json([PYTHON, "-m", "bench._client", json.dumps(spec)], timeout)
+
+
+async def gated_client(
+    spec: dict[str, Any], when_warm: Callable[[], Awaitable[None]], timeout: float = 300.0
+) -> dict[str, Any]:
+    """One ``rtt`` client process that measures only once ``when_warm()`` has returned
+    (it runs after the client's warm-up, so whatever it starts is there from the first
+    measured call, not spent during the client's own start-up)."""
+    process = await trio.lowlevel.open_process(
+        [PYTHON, "-m", "bench._client", json.dumps({**spec, "gate": True})],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    result: dict[str, Any] | None = None
+    try:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        assert process.stderr is not None
+        with trio.fail_after(timeout):
+            async for line in _lines(process.stdout):
+                if line == "warm":
+                    await when_warm()
+                    await process.stdin.send_all(b"go\n")
+                elif line.startswith("{"):
+                    result = json.loads(line)
+            if await process.wait() != 0 or result is None:
+                err = await process.stderr.receive_some(65536)
+                raise BenchError(f"client failed: {err.decode()[-2000:]}")
+    finally:
+        await _end(process)
+    return result
 
 
 async def fanout_clients(

@@ -1,0 +1,147 @@
+"""The hostile neighbour of the isolation figure: ``bench-hostile`` made to spin, trap
+and flood, and a count of what it really did.
+
+A module that traps more than three times a minute is ended by its own process and
+restarted by the daemon's supervisor with a growing backoff, and one restarted five
+times within the supervisor's period is left ``failed``. A driver that just calls the
+neighbour over and over soon finds it gone: before this module existed, the figure's
+neighbour was down for most of the run and the driver hammered the daemon with calls
+that failed in half a millisecond (``module_unavailable``), which measured a busy
+client, not a hostile module. So the driver waits for a restarting neighbour instead of
+hammering it, and between rounds it is restarted by hand (as an admin would) so each
+noisy round starts with a fresh, running neighbour whose backoff and restart count are
+reset.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import trio
+
+from ._control import Control
+from ._procs import BenchError, gated_client
+
+MODULE = "bench-hostile"
+#: What the neighbour is asked to do, over and over, in a noisy round.
+HOSTILE_LOOP: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("spin", {}),
+    ("trap", {}),
+    ("flood", {"count": 2000}),
+)
+#: Longest wait for the neighbour to come back by itself (the supervisor's first
+#: backoffs are 0.5, 1 and 2 s; a neighbour still away after this is a bench failure).
+COMEBACK_TIMEOUT = 20.0
+#: Left to the machine after a restart between rounds: the new process's start-up and
+#: the old one's exit must not fall into the quiet round that follows.
+SETTLE = 0.2
+
+
+@dataclass
+class Neighbour:
+    control: Control
+    http: httpx.AsyncClient
+    #: What the calls of the noisy rounds came to: ``spin: timeout``, ``flood: ok`` ...
+    outcomes: Counter[str] = field(default_factory=Counter)
+    #: Times the neighbour was away (restarting) during a noisy round, waited for.
+    comebacks: int = 0
+    #: Seconds of noisy rounds, and how much of them the neighbour was away.
+    hostile_time: float = 0.0
+    away_time: float = 0.0
+
+    async def beside(self, spec: dict[str, Any]) -> dict[str, float]:
+        """An ``rtt`` client's result, measured with the neighbour hostile from its
+        first measured call to its last."""
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def unleash() -> None:
+                nursery.start_soon(self.run, stop)
+
+            result = await gated_client(spec, unleash)
+            stop.set()
+        return result
+
+    async def settle(self) -> None:
+        """A fresh, running, idle neighbour, outside any measurement."""
+        (await self.http.post(f"/api/modules/{MODULE}/restart")).raise_for_status()
+        state = (await self.http.get(f"/api/modules/{MODULE}")).json()["state"]
+        if state != "running":
+            raise BenchError(f"{MODULE} is {state} after a restart")
+        await trio.sleep(SETTLE)
+
+    async def run(self, stop: trio.Event) -> None:
+        """Be hostile until ``stop``; each call runs to its end (the next quiet round
+        must not start beside a neighbour still spinning)."""
+        started = trio.current_time()
+        try:
+            await self._run(stop)
+        finally:
+            self.hostile_time += trio.current_time() - started
+
+    async def _run(self, stop: trio.Event) -> None:
+        while True:
+            for name, params in HOSTILE_LOOP:
+                if stop.is_set():
+                    return
+                self._forget_lifecycle()
+                doc = await self.control.request(
+                    {"type": "call", "module": MODULE, "name": name, "params": params},
+                    check=False,
+                )
+                outcome = _outcome(doc)
+                self.outcomes[f"{name}: {outcome}"] += 1
+                if outcome == "module_unavailable":
+                    await self._comeback()
+
+    def summary(self) -> str:
+        acts = ", ".join(f"{key} {count}" for key, count in sorted(self.outcomes.items()))
+        away = self.away_time / self.hostile_time if self.hostile_time else 0.0
+        return (
+            f"{acts}; it was away (restarting after its traps) {self.comebacks} times, "
+            f"{away:.0%} of the noisy time"
+        )
+
+    async def _comeback(self) -> None:
+        self.comebacks += 1
+        started = trio.current_time()
+        try:
+            await self._wait_until_back()
+        finally:
+            self.away_time += trio.current_time() - started
+
+    async def _wait_until_back(self) -> None:
+        state = (await self.http.get(f"/api/modules/{MODULE}")).json()["state"]
+        if state == "running":
+            return  # it came back between the call and this look
+        if state == "failed":
+            raise BenchError(f"{MODULE} failed during a noisy round (restarted too often)")
+        event = await self.control.lifecycle_event(
+            MODULE, {"started", "restarted", "failed"}, timeout=COMEBACK_TIMEOUT
+        )
+        if event["name"].endswith("failed"):
+            raise BenchError(f"{MODULE} failed during a noisy round (restarted too often)")
+
+    def _forget_lifecycle(self) -> None:
+        """Drop lifecycle events already seen: a wait must see the next start, not one
+        from before."""
+        while True:
+            try:
+                self.control.lifecycle.receive_nowait()
+            except trio.WouldBlock:
+                return
+
+
+def _outcome(doc: dict[str, Any]) -> str:
+    if doc.get("success"):
+        return "ok"
+    data = doc.get("data") or {}
+    code = str(data.get("code", "error"))
+    if code == "module_error" and "deadline exceeded" in str(data.get("message", "")):
+        return "deadline"
+    if code == "module_error" and "trapped" in str(data.get("message", "")):
+        return "trap"
+    return code

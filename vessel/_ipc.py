@@ -89,6 +89,8 @@ class GuestStats(msgspec.Struct):
     #: USS: Private_Clean + Private_Dirty, what this process alone holds (RssAnon also
     #: counts pages a forked module process shares with the fork server).
     memory_private: int = 0
+    #: Invocations that ran long enough to be confined to one CPU (vessel.host._confine).
+    confined_invocations: int = 0
 
 
 class Subscribe(msgspec.Struct, forbid_unknown_fields=True):

@@ -123,6 +123,11 @@ class GuestThread:
         return len(self._mailbox) + self._lane.backlog
 
     @property
+    def confined(self) -> int:
+        """Invocations that ran long and were confined to one CPU."""
+        return self._runtime.confined if self._runtime is not None else 0
+
+    @property
     def replacements(self) -> int:
         return len(self._replacements)
 

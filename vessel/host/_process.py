@@ -255,6 +255,7 @@ class ModuleProcess:
             queued=guest.queued if guest else 0,
             dropped_events=self.dropped_events,
             memory_private=private,
+            confined_invocations=guest.confined if guest else 0,
         )
 
     # -- deliveries from the host's own services (trio thread) ---------------------------

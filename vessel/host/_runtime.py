@@ -20,6 +20,7 @@ import wasmtime
 from wasmtime import component as wc
 
 from . import _engine
+from ._confine import CONFINE_AFTER, Confinement, box_cpu
 
 log = logging.getLogger("vessel.host")
 
@@ -41,26 +42,32 @@ class GuestTrap(Exception):
 
 
 class Watchdog:
-    """Advances the engine's epoch when an invocation's deadline passes.
+    """Advances the engine's epoch when an invocation's deadline passes, and confines
+    an invocation that runs long to one CPU (``_confine``).
 
     Ticking only at deadlines (instead of a fixed-rate ticker) keeps an idle module process
     idle. Time spent inside host functions is not charged to the guest: a host call pauses
     the clock, so a slow ``call`` or ``http-fetch`` (which has its own timeout) cannot make
-    the caller miss its compute deadline.
+    the caller miss its compute deadline (nor get it confined).
 
     Arming, pausing and disarming happen on every invocation and every host call, so they
-    only write the deadline under the lock: the watchdog thread is woken only when it is
-    idle or would look too late. Otherwise it wakes at the deadline it last planned for,
-    finds the invocation over (or a later deadline), and goes back to sleep. Waking it on
+    only write the times under the lock: the watchdog thread is woken only when it is
+    idle or would look too late. Otherwise it wakes at the time it last planned for,
+    finds the invocation over (or a later time), and goes back to sleep. Waking it on
     every change cost more than the guest call itself (two thread switches and a GIL
     hand-over per invocation, measured in bench/).
     """
 
-    def __init__(self, engine: wasmtime.Engine) -> None:
+    def __init__(self, engine: wasmtime.Engine, confinement: Confinement | None = None) -> None:
         self._engine = engine
+        self._confinement = confinement if confinement is not None else Confinement(None)
         self._cond = threading.Condition()
         self._deadline: float | None = None
         self._remaining: float | None = None
+        self._confine_at: float | None = None
+        self._confine_remaining: float | None = None
+        #: The thread running the armed invocation (the one to confine).
+        self._tid: int | None = None
         #: When the thread will look next; None while it waits for a notify.
         self._wake_at: float | None = None
         self._closed = False
@@ -68,33 +75,55 @@ class Watchdog:
         self._thread = threading.Thread(target=self._loop, name="vessel-watchdog", daemon=True)
         self._thread.start()
 
-    def _set_deadline(self, deadline: float) -> None:
-        self._deadline = deadline
-        if self._wake_at is None or deadline < self._wake_at:
+    @property
+    def confined(self) -> int:
+        """How many invocations were confined to one CPU so far."""
+        return self._confinement.count
+
+    def _plan(self) -> None:
+        """Wake the thread if it would look too late for the current times."""
+        times = [t for t in (self._deadline, self._confine_at) if t is not None]
+        if times and (self._wake_at is None or min(times) < self._wake_at):
             self._cond.notify()
 
     def arm(self, seconds: float) -> None:
+        """Start an invocation's clock; call on the thread that runs the invocation."""
         with self._cond:
+            now = time.monotonic()
             self.fired = False
-            self._remaining = None
-            self._set_deadline(time.monotonic() + seconds)
+            self._remaining = self._confine_remaining = None
+            self._tid = threading.get_native_id()
+            self._deadline = now + seconds
+            self._confine_at = now + CONFINE_AFTER if self._confinement.enabled else None
+            self._plan()
 
     def disarm(self) -> None:
+        """End the invocation (on the thread that armed it): it gets its CPUs back."""
         with self._cond:
-            self._deadline = None
-            self._remaining = None
+            self._deadline = self._remaining = None
+            self._confine_at = self._confine_remaining = None
+            if self._tid is not None:
+                self._confinement.release(self._tid)
+                self._tid = None
 
     def pause(self) -> None:
         with self._cond:
+            now = time.monotonic()
             if self._deadline is not None:
-                self._remaining = max(0.0, self._deadline - time.monotonic())
+                self._remaining = max(0.0, self._deadline - now)
                 self._deadline = None
+            if self._confine_at is not None:
+                self._confine_remaining = max(0.0, self._confine_at - now)
+                self._confine_at = None
 
     def resume(self) -> None:
         with self._cond:
+            now = time.monotonic()
             if self._remaining is not None:
-                remaining, self._remaining = self._remaining, None
-                self._set_deadline(time.monotonic() + remaining)
+                self._deadline, self._remaining = now + self._remaining, None
+            if self._confine_remaining is not None:
+                self._confine_at, self._confine_remaining = now + self._confine_remaining, None
+            self._plan()
 
     def close(self) -> None:
         with self._cond:
@@ -104,15 +133,20 @@ class Watchdog:
     def _loop(self) -> None:
         with self._cond:
             while not self._closed:
-                deadline = self._deadline
                 now = time.monotonic()
-                if deadline is not None and now >= deadline:
+                if self._deadline is not None and now >= self._deadline:
                     self._deadline = None
                     self.fired = True
                     self._engine.increment_epoch()
                     continue
-                self._wake_at = deadline
-                self._cond.wait(None if deadline is None else deadline - now)
+                if self._confine_at is not None and now >= self._confine_at:
+                    self._confine_at = None
+                    if self._tid is not None:
+                        self._confinement.confine(self._tid)
+                    continue
+                times = [t for t in (self._deadline, self._confine_at) if t is not None]
+                self._wake_at = min(times) if times else None
+                self._cond.wait(None if self._wake_at is None else self._wake_at - now)
                 self._wake_at = None
 
 
@@ -142,7 +176,7 @@ class GuestRuntime:
         self._imports = imports
         self._on_output = on_output
         self._engine = _engine.make_engine()
-        self._watchdog = Watchdog(self._engine)
+        self._watchdog = Watchdog(self._engine, Confinement(box_cpu()))
         self._component: wc.Component | None = None
         self._linker: wc.Linker | None = None
         self._store: wasmtime.Store | None = None
@@ -212,6 +246,11 @@ class GuestRuntime:
                 funcs[name] = func
         self._store = store
         self._funcs = funcs
+
+    @property
+    def confined(self) -> int:
+        """Invocations so far that ran long and were confined to one CPU (``_confine``)."""
+        return self._watchdog.confined
 
     def has_export(self, name: str) -> bool:
         return name in self._funcs

@@ -1,0 +1,85 @@
+"""A guest invocation that runs long is confined to one CPU while it runs, and gets its
+CPUs back when it ends (vessel/host/_confine.py). Seen from outside, the way an operator
+would: the kernel's per-thread affinity of the module process, and the module's stats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from vessel.host._confine import CONFINE_AFTER, box_cpu
+
+from .harness import call, call_error, running_daemon
+
+MODULE = "testkit"
+#: Long enough to look at the spinning guest several times, short enough for the suite.
+DEADLINE_MS = 1500
+
+
+def _affinities(pid: int) -> dict[int, set[int]]:
+    """Every thread of ``pid`` and the CPUs it may run on."""
+    found: dict[int, set[int]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        # (A thread may end between the listing and the look.)
+        with contextlib.suppress(ProcessLookupError):
+            found[int(tid)] = os.sched_getaffinity(int(tid))
+    return found
+
+
+async def test_a_long_invocation_is_confined_while_it_runs(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    make_module_dir(tmp_path, MODULE, limits={"invocation_timeout_ms": DEADLINE_MS})
+    everything = os.sched_getaffinity(0)
+    box = box_cpu()
+    async with running_daemon(tmp_path) as daemon:
+        module = daemon.manager.get(MODULE)
+        pid = module.pid
+        assert pid is not None
+        # Fast calls are never confined. (Loading may have been: instantiating a
+        # component is long guest work too.)
+        before = await _confined(module)
+        for _ in range(20):
+            await call(daemon, MODULE, "echo", {"ok": 1})
+        assert await _confined(module) == before
+        assert all(cpus == everything for cpus in _affinities(pid).values())
+
+        async with trio.open_nursery() as nursery:
+            failure: list[str] = []
+
+            async def spin() -> None:
+                failure.append((await call_error(daemon, MODULE, "loop")).message)
+
+            nursery.start_soon(spin)
+            if box is None:  # one usable CPU: nothing to confine to
+                await trio.sleep(CONFINE_AFTER * 10)
+                assert all(cpus == everything for cpus in _affinities(pid).values())
+            else:
+                # The guest thread is narrowed soon after CONFINE_AFTER; no event tells
+                # when, so look every few milliseconds, bounded well inside the deadline.
+                with trio.fail_after(DEADLINE_MS / 1000 / 2):
+                    while not any(cpus == {box} for cpus in _affinities(pid).values()):
+                        await trio.sleep(0.005)
+                narrowed = [tid for tid, cpus in _affinities(pid).items() if cpus == {box}]
+                assert len(narrowed) == 1, _affinities(pid)  # the guest thread alone
+        assert "deadline exceeded" in failure[0]
+
+        # Over (and the trapped instance replaced, which the next answer waits for):
+        # every thread has all its CPUs again, and the stats count the confinement.
+        assert await call(daemon, MODULE, "echo", {"ok": 2}) == {"ok": 2}
+        assert all(cpus == everything for cpus in _affinities(pid).values())
+        if box is None:
+            assert await _confined(module) == 0
+        else:
+            assert await _confined(module) > before
+
+
+async def _confined(module: Any) -> int:
+    stats = await module.stats()
+    assert stats is not None
+    return int(stats.confined_invocations)

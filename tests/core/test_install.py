@@ -16,12 +16,13 @@ import trio
 import wasmtime
 
 from vessel import _paths
-from vessel._errors import ComponentError, ManifestError, UnknownModule
+from vessel._errors import ComponentError, ManifestError, TamperError, UnknownModule
 from vessel._install import cleanup_staging, install_from_dir, install_module, remove_module
 from vessel._manifest import compute_hash, discover_modules, load_module_dir
 from vessel.host._engine import (
     REQUIRED_EXPORTS,
     ArtifactRecord,
+    FileIdentity,
     artifact_key,
     artifact_paths,
     load_component,
@@ -107,6 +108,60 @@ def test_start_uses_the_artifact_instead_of_compiling(tmp_path: Path) -> None:
     before = (artifact.stat().st_mtime_ns, artifact.read_bytes())
     load_component(make_engine(), src.dir, source_hash=src.hash, module_id=src.id)
     assert (artifact.stat().st_mtime_ns, artifact.read_bytes()) == before
+
+
+def _record(module_dir: Path) -> ArtifactRecord:
+    return msgspec.json.decode(artifact_paths(module_dir)[1].read_bytes(), type=ArtifactRecord)
+
+
+def _flip_last_byte(path: Path) -> None:
+    """Change the file in place: same inode, same size, other bytes."""
+    with path.open("r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+
+
+def test_a_tampered_artifact_is_refused(tmp_path: Path) -> None:
+    """Native code is only loaded from bytes Vessel produced: an artifact changed after
+    install is refused with a message that says what to do."""
+    src = install_module(tmp_path, manifest(), WAT_GUEST)
+    artifact, _ = artifact_paths(src.dir)
+    _flip_last_byte(artifact)
+    with pytest.raises(TamperError, match="does not match its recorded hash"):
+        load_component(make_engine(), src.dir, source_hash=src.hash, module_id=src.id)
+
+
+def test_a_checked_artifact_is_remembered_until_it_changes(tmp_path: Path) -> None:
+    """A start that hashed the artifact and found it right notes the file's identity in
+    the record; a later start with the same identity needs no hash; any write to the
+    artifact changes its identity, so a tampered one is still refused."""
+    src = install_module(tmp_path, manifest(), WAT_GUEST)
+    artifact, _ = artifact_paths(src.dir)
+    assert _record(src.dir).verified is None
+
+    def load() -> None:
+        load_component(make_engine(), src.dir, source_hash=src.hash, module_id=src.id, settled_ns=0)
+
+    load()
+    identity = FileIdentity.of(artifact.stat())
+    assert _record(src.dir).verified == identity
+    load()
+    assert _record(src.dir).verified == identity
+    _flip_last_byte(artifact)
+    assert FileIdentity.of(artifact.stat()) != identity
+    with pytest.raises(TamperError, match="does not match its recorded hash"):
+        load()
+
+
+def test_a_fresh_artifact_is_checked_but_not_remembered(tmp_path: Path) -> None:
+    """Right after it was written, an artifact's times may not yet tell a later write
+    apart (the file system's clock ticks coarsely): it is hashed at every start until it
+    has been left alone a while."""
+    src = install_module(tmp_path, manifest(), WAT_GUEST)
+    load_component(make_engine(), src.dir, source_hash=src.hash, module_id=src.id)
+    assert _record(src.dir).verified is None
 
 
 def test_installing_over_an_existing_module_needs_replace(tmp_path: Path) -> None:

@@ -83,3 +83,21 @@ async def _confined(module: Any) -> int:
     stats = await module.stats()
     assert stats is not None
     return int(stats.confined_invocations)
+
+
+async def test_time_waiting_in_a_host_call_is_not_long_work(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """A guest waiting 300 ms for another module's answer is not confined (host calls do
+    not count, as for its deadline); the other module, busy computing those 300 ms, is."""
+    make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={"call": ["beta.spin@1"]})
+    make_module_dir(tmp_path, "testkit", module_id="beta")
+    async with running_daemon(tmp_path) as daemon:
+        alpha, beta = daemon.manager.get("alpha"), daemon.manager.get("beta")
+        before = {"alpha": await _confined(alpha), "beta": await _confined(beta)}
+        params = {"module": "beta", "name": "spin", "params": {"ms": 300}}
+        with trio.fail_after(10):
+            await call(daemon, "alpha", "call", params)
+        assert await _confined(alpha) == before["alpha"]
+        expected = before["beta"] + (0 if box_cpu() is None else 1)
+        assert await _confined(beta) == expected

@@ -69,5 +69,10 @@ class Confinement:
             return
         try:
             os.sched_setaffinity(tid, before)
-        except OSError as exc:
-            log.debug("cannot release thread %d: %s", tid, exc)
+        except OSError:
+            # The CPUs allowed changed meanwhile (a cpuset): take what the process's main
+            # thread, never confined, may use now, rather than stay on the box.
+            try:
+                os.sched_setaffinity(tid, os.sched_getaffinity(os.getpid()))
+            except OSError as exc:
+                log.warning("a guest thread stays confined to CPU %s: %s", self._box, exc)

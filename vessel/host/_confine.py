@@ -41,7 +41,8 @@ class Confinement:
 
     def __init__(self, box: int | None) -> None:
         self._box = box
-        self._restore: dict[int, set[int]] = {}
+        #: Per confined thread: its CPUs before, and the threads there were then.
+        self._restore: dict[int, tuple[set[int], set[int]]] = {}
         #: How many pieces of guest work have been confined so far.
         self.count = 0
 
@@ -55,24 +56,40 @@ class Confinement:
             return
         try:
             before = os.sched_getaffinity(tid)
+            threads = _threads()
             os.sched_setaffinity(tid, {self._box})
         except OSError as exc:  # the thread ended meanwhile, or a seccomp filter
             log.debug("cannot confine thread %d: %s", tid, exc)
             return
-        self._restore[tid] = before
+        self._restore[tid] = (before, threads)
         self.count += 1
 
     def release(self, tid: int) -> None:
-        """Undo :meth:`confine` for ``tid``, if it was confined."""
-        before = self._restore.pop(tid, None)
-        if before is None:
+        """Undo :meth:`confine` for ``tid``, if it was confined, and for the threads it
+        started meanwhile (they inherited the box: wasmtime starts its worker threads
+        when it first needs them, during an instantiation, say)."""
+        restore = self._restore.pop(tid, None)
+        if restore is None:
             return
+        before, threads = restore
+        for thread in [tid, *(_threads() - threads)]:
+            self._give_back(thread, before)
+
+    def _give_back(self, tid: int, cpus: set[int]) -> None:
         try:
-            os.sched_setaffinity(tid, before)
+            if os.sched_getaffinity(tid) != {self._box}:
+                return  # a thread that has CPUs of its own already
+            os.sched_setaffinity(tid, cpus)
+        except ProcessLookupError:
+            return  # it ended
         except OSError:
             # The CPUs allowed changed meanwhile (a cpuset): take what the process's main
             # thread, never confined, may use now, rather than stay on the box.
             try:
                 os.sched_setaffinity(tid, os.sched_getaffinity(os.getpid()))
             except OSError as exc:
-                log.warning("a guest thread stays confined to CPU %s: %s", self._box, exc)
+                log.warning("thread %d stays confined to CPU %s: %s", tid, self._box, exc)
+
+
+def _threads() -> set[int]:
+    return {int(tid) for tid in os.listdir("/proc/self/task")}

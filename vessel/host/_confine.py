@@ -15,6 +15,11 @@ brought the noisy p99 from 2.4-4.6 ms to 1.9-2.8 ms (2.7-4.5x the quiet p99 to
 (SCHED_IDLE): the kernel kept waking the healthy chain's tasks onto the spinner's CPU,
 where they waited for the next tick. An unprivileged thread may narrow and widen an
 affinity within what its process is allowed, so nothing here needs privileges.
+
+The price: the watchdog thread that enforces deadlines now also looks 2 ms into every
+invocation, so a module process that is busy with calls wakes it up to 500 times a
+second (measured: ~20 µs more module CPU per call, 183-193 against 164-170 µs, with no
+change in the call round trip). An idle module process stays idle.
 """
 
 from __future__ import annotations

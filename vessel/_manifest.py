@@ -22,6 +22,7 @@ import msgspec
 from msgspec import Meta
 
 from ._errors import ManifestError, TamperError
+from ._file_identity import SETTLED_NS, FileIdentity
 
 #: The newest manifest ``api_version`` this host understands.
 HOST_API_VERSION = 1
@@ -32,6 +33,8 @@ RESERVED_IDS = frozenset({"vessel"})
 MANIFEST_FILE = "manifest.json"
 WASM_FILE = "module.wasm"
 HASH_FILE = "manifest.hash"
+#: The identities the files had when they last matched the hash (``load_module_dir``).
+VERIFIED_FILE = "manifest.verified"
 
 _log = logging.getLogger("vessel.manifest")
 
@@ -254,11 +257,25 @@ def _read(path: Path, folder: str) -> bytes:
         raise ManifestError(f"module folder {folder!r}: cannot read {path.name}: {exc}") from None
 
 
-def load_module_dir(module_dir: Path) -> ModuleSource:
+class VerifiedFiles(msgspec.Struct, forbid_unknown_fields=True):
+    """manifest.verified: the identities manifest.json and module.wasm had when they last
+    matched ``hash`` (see ``vessel._file_identity``)."""
+
+    hash: str
+    manifest: FileIdentity
+    wasm: FileIdentity
+
+
+def load_module_dir(module_dir: Path, *, settled_ns: int = SETTLED_NS) -> ModuleSource:
     """Load one installed module folder.
 
     Verifies manifest.hash when present (TamperError on mismatch). A folder without one
     was dropped in by hand: its hash is computed and written now (trust on first use).
+
+    Hashing a ~19 MB component took ~14 ms per module at every daemon start and restart,
+    so once the files have matched and been left alone for ``settled_ns``, their
+    identities are kept in manifest.verified; a load that finds the same identities and
+    the same manifest.hash skips the hash. Any write to either file changes its identity.
     """
     folder = module_dir.name
     manifest_path, wasm_path, hash_path = (
@@ -269,8 +286,6 @@ def load_module_dir(module_dir: Path) -> ModuleSource:
     manifest_bytes = _read(manifest_path, folder)
     if not wasm_path.is_file():
         raise ManifestError(f"module folder {folder!r} has no {WASM_FILE}")
-    # Check the hash before parsing so an edited manifest reports tampering, not a typo.
-    digest = _hash_files(manifest_path, wasm_path)
     try:
         expected: str | None = hash_path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
@@ -279,12 +294,24 @@ def load_module_dir(module_dir: Path) -> ModuleSource:
         raise TamperError(
             f"module {folder!r}: cannot read {HASH_FILE}: {exc}; reinstall it"
         ) from None
-    if expected is not None and expected != digest:
-        shown = expected if _HASH_RE.fullmatch(expected) else "an unreadable value"
-        raise TamperError(
-            f"module {folder!r} was modified after install: hash mismatch (expected "
-            f"{shown}, found {digest}); reinstall it"
-        )
+    identities = _identities(manifest_path, wasm_path)
+    if (
+        expected is not None
+        and identities is not None
+        and _remembered(module_dir) == (VerifiedFiles(expected, *identities))
+    ):
+        digest = expected
+    else:
+        # Checked before parsing, so an edited manifest reports tampering, not a typo.
+        digest = _hash_files(manifest_path, wasm_path)
+        if expected is not None and expected != digest:
+            shown = expected if _HASH_RE.fullmatch(expected) else "an unreadable value"
+            raise TamperError(
+                f"module {folder!r} was modified after install: hash mismatch (expected "
+                f"{shown}, found {digest}); reinstall it"
+            )
+        if identities is not None and all(i.settled(settled_ns) for i in identities):
+            _remember(module_dir, VerifiedFiles(digest, *identities))
     manifest = parse_manifest(manifest_bytes, source=f"{MANIFEST_FILE} of {folder!r}")
     if manifest.id != folder:
         raise ManifestError(
@@ -295,6 +322,32 @@ def load_module_dir(module_dir: Path) -> ModuleSource:
         write_hash_file(module_dir, digest)
         _log.info("module %r had no %s: trusting it on first use (%s)", folder, HASH_FILE, digest)
     return ModuleSource(id=manifest.id, dir=module_dir, manifest=manifest, hash=digest)
+
+
+def _identities(*paths: Path) -> tuple[FileIdentity, ...] | None:
+    try:
+        return tuple(FileIdentity.of(path.stat()) for path in paths)
+    except OSError:
+        return None
+
+
+def _remembered(module_dir: Path) -> VerifiedFiles | None:
+    try:
+        return msgspec.json.decode((module_dir / VERIFIED_FILE).read_bytes(), type=VerifiedFiles)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _remember(module_dir: Path, verified: VerifiedFiles) -> None:
+    """Best effort: a folder that cannot take it only costs the next load a hash."""
+    fd, tmp = tempfile.mkstemp(dir=module_dir, prefix=f".{VERIFIED_FILE}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(msgspec.json.encode(verified))
+        os.replace(tmp, module_dir / VERIFIED_FILE)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        _log.debug("could not note the verified files of %s: %s", module_dir.name, exc)
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ import wasmtime
 
 from vessel import _paths
 from vessel._errors import ComponentError, ManifestError, TamperError, UnknownModule
+from vessel._file_identity import FileIdentity
 from vessel._install import cleanup_staging, install_from_dir, install_module, remove_module
 from vessel._manifest import compute_hash, discover_modules, load_module_dir
 from vessel.host._engine import (
     REQUIRED_EXPORTS,
     ArtifactRecord,
-    FileIdentity,
     artifact_key,
     artifact_paths,
     load_component,

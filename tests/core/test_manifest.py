@@ -15,12 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vessel._errors import ManifestError, TamperError
+from vessel._file_identity import FileIdentity
 from vessel._manifest import (
     HOST_API_VERSION,
     Limits,
     Manifest,
     NetworkPermissions,
     Permissions,
+    VerifiedFiles,
     compute_hash,
     discover_modules,
     hash_module_dir,
@@ -368,6 +370,50 @@ def test_modified_module_is_refused_as_tampered(tmp_path: Path, changed: str) ->
         f"module 'x' was modified after install: hash mismatch (expected {old}, found {new}); "
         "reinstall it"
     )
+
+
+@pytest.mark.parametrize("changed", ["module.wasm", "manifest.json"])
+def test_checked_files_are_remembered_until_they_change(tmp_path: Path, changed: str) -> None:
+    """Once the files matched their hash and were left alone, their identities are kept
+    in manifest.verified and later loads trust them; a write to either file changes its
+    identity, so the change is still found, with the same message as without."""
+    folder = make_module(tmp_path, "x")
+    first = load_module_dir(folder, settled_ns=0)  # trust on first use writes the hash
+    verified = msgspec.json.decode((folder / "manifest.verified").read_bytes(), type=VerifiedFiles)
+    assert verified.hash == first.hash
+    assert verified.wasm == FileIdentity.of((folder / "module.wasm").stat())
+    assert load_module_dir(folder, settled_ns=0).hash == first.hash
+    with (folder / changed).open("r+b") as f:  # same size, other bytes
+        data = f.read()
+        f.seek(0)
+        f.write(data[:-1] + bytes([data[-1] ^ 0x01]))
+    new = hash_module_dir(folder)
+    with pytest.raises(TamperError) as info:
+        load_module_dir(folder, settled_ns=0)
+    assert str(info.value) == (
+        f"module 'x' was modified after install: hash mismatch (expected {first.hash}, "
+        f"found {new}); reinstall it"
+    )
+
+
+def test_freshly_written_files_are_not_remembered(tmp_path: Path) -> None:
+    """Files written moments ago are hashed at every load: their times may not yet tell a
+    write in the same tick of the file system's clock apart."""
+    folder = make_module(tmp_path, "x")
+    load_module_dir(folder)
+    load_module_dir(folder)
+    assert not (folder / "manifest.verified").exists()
+
+
+def test_a_stale_verified_record_only_costs_a_hash(tmp_path: Path) -> None:
+    """A manifest.verified that no longer fits (another hash, garbage) is ignored: the
+    files are hashed, and if they match the record is written afresh."""
+    folder = make_module(tmp_path, "x")
+    src = load_module_dir(folder, settled_ns=0)
+    (folder / "manifest.verified").write_text("garbage")
+    assert load_module_dir(folder, settled_ns=0).hash == src.hash
+    verified = msgspec.json.decode((folder / "manifest.verified").read_bytes(), type=VerifiedFiles)
+    assert verified.hash == src.hash
 
 
 def test_garbage_hash_file_is_tampering(tmp_path: Path) -> None:

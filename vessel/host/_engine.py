@@ -13,7 +13,6 @@ import logging
 import os
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import msgspec
@@ -21,6 +20,7 @@ import wasmtime
 from wasmtime import component as wc
 
 from .._errors import ComponentError, TamperError
+from .._file_identity import SETTLED_NS, FileIdentity
 
 _log = logging.getLogger("vessel.host")
 
@@ -55,22 +55,6 @@ def artifact_key() -> str:
     return f"wasmtime-{_WASMTIME_VERSION}-{platform.machine()}-epoch"
 
 
-class FileIdentity(msgspec.Struct, forbid_unknown_fields=True):
-    """What the file system says about a file, enough to tell it was not written to:
-    any write, truncation or replacement changes the change time (which no system call
-    sets at will), and usually the size, modification time or inode too."""
-
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> FileIdentity:
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 class ArtifactRecord(msgspec.Struct, forbid_unknown_fields=True):
     """Written beside a precompiled artifact: what it was compiled from and its own hash."""
 
@@ -80,12 +64,6 @@ class ArtifactRecord(msgspec.Struct, forbid_unknown_fields=True):
     #: The artifact's identity when its sha256 was last found right: while it still has
     #: it, the bytes are the ones checked and a start need not read them all again.
     verified: FileIdentity | None = None
-
-
-#: An artifact is remembered as verified only once it has been left alone this long
-#: (nanoseconds): a write in the same tick of the file system's clock as the check could
-#: otherwise leave its times unchanged.
-SETTLED_NS = 2_000_000_000
 
 
 def _sha256_file(path: Path) -> str:
@@ -186,9 +164,9 @@ def load_component(
 
     Hashing the artifact (~36 MB for a componentize-py guest) took about 25 ms of a 56 ms
     start. So once it has matched, and the artifact has been left alone for
-    ``settled_ns``, the record also keeps the artifact's :class:`FileIdentity`; a start
-    that finds the same identity uses the artifact without reading it first. Anything
-    that writes to or replaces the file changes its identity, and it is hashed again.
+    ``settled_ns``, the record also keeps the artifact's identity
+    (``vessel._file_identity``); a start that finds the same identity uses the artifact
+    without reading it first.
     """
     artifact, record = artifact_paths(module_dir)
     try:
@@ -214,7 +192,7 @@ def load_component(
                     "module"
                 )
             trusted = bool(actual)
-            if trusted and identity is not None and _settled(identity, settled_ns):
+            if trusted and identity is not None and identity.settled(settled_ns):
                 _remember_verified(record, rec, identity)
         if trusted:
             component = wc.Component.deserialize_file(engine, str(artifact))
@@ -233,10 +211,6 @@ def load_component(
             exc.strerror or exc,
         )
     return component
-
-
-def _settled(identity: FileIdentity, settled_ns: int) -> bool:
-    return time.time_ns() - max(identity.mtime_ns, identity.ctime_ns) >= settled_ns
 
 
 def _remember_verified(record: Path, rec: ArtifactRecord, identity: FileIdentity) -> None:

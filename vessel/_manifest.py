@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -21,6 +19,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from ._atomic import write_atomic
 from ._errors import ManifestError, TamperError
 from ._file_identity import SETTLED_NS, FileIdentity
 
@@ -226,16 +225,7 @@ def hash_module_dir(module_dir: Path) -> str:
 
 def write_hash_file(module_dir: Path, digest: str) -> None:
     """Write manifest.hash durably: temp file, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(dir=module_dir, prefix=f".{HASH_FILE}.")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(digest + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, module_dir / HASH_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(module_dir / HASH_FILE, (digest + "\n").encode("ascii"))
 
 
 @dataclass(frozen=True)
@@ -340,13 +330,9 @@ def _remembered(module_dir: Path) -> VerifiedFiles | None:
 
 def _remember(module_dir: Path, verified: VerifiedFiles) -> None:
     """Best effort: a folder that cannot take it only costs the next load a hash."""
-    fd, tmp = tempfile.mkstemp(dir=module_dir, prefix=f".{VERIFIED_FILE}.")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(msgspec.json.encode(verified))
-        os.replace(tmp, module_dir / VERIFIED_FILE)
+        write_atomic(module_dir / VERIFIED_FILE, msgspec.json.encode(verified))
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         _log.debug("could not note the verified files of %s: %s", module_dir.name, exc)
 
 

@@ -10,15 +10,14 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
-import os
 import platform
-import tempfile
 from pathlib import Path
 
 import msgspec
 import wasmtime
 from wasmtime import component as wc
 
+from .._atomic import write_atomic
 from .._errors import ComponentError, TamperError
 from .._file_identity import SETTLED_NS, FileIdentity
 
@@ -81,20 +80,6 @@ def artifact_paths(module_dir: Path) -> tuple[Path, Path]:
     return folder / f"{key}.cwasm", folder / f"{key}.json"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def check_world(engine: wasmtime.Engine, component: wc.Component, *, module_id: str) -> None:
     """Refuse a component that does not export the guest interface this host calls."""
     exports = component.type.exports(engine)
@@ -130,11 +115,11 @@ def compile_component(engine: wasmtime.Engine, wasm_path: Path, *, module_id: st
 def _store_artifact(component: wc.Component, module_dir: Path, *, source_hash: str) -> None:
     artifact, record = artifact_paths(module_dir)
     data = bytes(component.serialize())
-    _write_atomic(artifact, data)
+    write_atomic(artifact, data)
     rec = ArtifactRecord(
         key=artifact_key(), source_hash=source_hash, sha256=hashlib.sha256(data).hexdigest()
     )
-    _write_atomic(record, msgspec.json.encode(rec))
+    write_atomic(record, msgspec.json.encode(rec))
 
 
 def precompile(
@@ -216,6 +201,6 @@ def load_component(
 def _remember_verified(record: Path, rec: ArtifactRecord, identity: FileIdentity) -> None:
     """Best effort: a record that cannot be rewritten only costs the next start a hash."""
     try:
-        _write_atomic(record, msgspec.json.encode(msgspec.structs.replace(rec, verified=identity)))
+        write_atomic(record, msgspec.json.encode(msgspec.structs.replace(rec, verified=identity)))
     except OSError as exc:
         _log.debug("could not note the verified artifact in %s: %s", record, exc)

@@ -102,6 +102,21 @@ async def watch_healthy(daemon: Daemon, row: Row) -> AsyncIterator[Health]:
     row.failed += health.failed
     row.events_lost += health.lost
     assert health.failed == 0, health.errors[:5]
-    assert health.lost == 0, {m: sorted(health.sent[m] - health.seen.get(m, set()))[:5]
-                              for m in health.sent}  # fmt: skip
+    assert health.lost == 0, _where_lost(daemon, health)
     assert health.answered > 0
+
+
+def _where_lost(daemon: Daemon, health: Health) -> dict[str, Any]:
+    """Which events were lost, and what the daemon counted, to tell where: never
+    published (emitted < answered) or published and not delivered."""
+    found: dict[str, Any] = {}
+    for m in health.sent:
+        module = daemon.manager.get(m)
+        found[m] = {
+            "lost": sorted(health.sent[m] - health.seen.get(m, set()))[:5],
+            "answered": len(health.sent[m]),
+            "published": module.events_emitted,
+            "dropped by the daemon": module.events_refused,
+            "log": [line.message for line in module.logs][-5:],
+        }
+    return found

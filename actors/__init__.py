@@ -62,6 +62,7 @@ from ._process import ExitInfo as ExitInfo
 from ._process import ProcessActor as ProcessActor
 from ._process import ProcessSpec as ProcessSpec
 from ._process import open_process_actor as open_process_actor
+from ._spin import affinity_changed as affinity_changed
 from ._supervisor import ChildInfo as ChildInfo
 from ._supervisor import ChildSpec as ChildSpec
 from ._supervisor import ChildState as ChildState

@@ -21,9 +21,13 @@ from ._cpu import SpareCore
 _spinner: trio.lowlevel.RunVar[trio.lowlevel.Task | None] = trio.lowlevel.RunVar(
     "actors_spinner", default=None
 )
-# Spinning on a single usable core takes the CPU from the very process that is to answer.
-_CAN_SPIN = len(os.sched_getaffinity(0)) > 1
 _spare_core = SpareCore()
+
+
+def affinity_changed() -> None:
+    """Call after this process's CPUs changed (``sched_setaffinity``): spinning on a
+    single usable core takes the CPU from the very process that is to answer."""
+    _spare_core.cores = len(os.sched_getaffinity(0))
 
 
 @dataclass
@@ -47,7 +51,7 @@ async def spin_until(done: trio.Event, seconds: float) -> None:
     if _spinner.get() is not None:
         spin_statistics.taken += 1
         return
-    if not _CAN_SPIN or not _spare_core():
+    if _spare_core.cores < 2 or not _spare_core():
         spin_statistics.no_spare_core += 1
         return
     spin_statistics.spun += 1

@@ -123,16 +123,40 @@ async def test_a_spinning_wait_honours_timeout_and_cancellation(steps: StepTimes
     assert len(times) > 20
 
 
-def test_no_spinning_on_a_single_core() -> None:
-    """With one usable core the peer that is to answer needs it: spin is ignored."""
-    code = (
-        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-        "import actors._spin as s; print(s._CAN_SPIN)"
+def _spins_in_child(code: str) -> str:
+    """Run ``code`` in a fresh interpreter, then one 10 ms spin: "spun no_spare_core"."""
+    code += (
+        "\nimport trio\nfrom actors._spin import spin_statistics as s, spin_until"
+        "\ntrio.run(spin_until, trio.Event(), 0.01)\nprint(s.spun, s.no_spare_core)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
-    assert out.stdout.strip() == "False"
+    return out.stdout.strip()
+
+
+def test_no_spinning_on_a_single_core() -> None:
+    """With one usable core the peer that is to answer needs it: spin is ignored."""
+    assert _spins_in_child(
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})"
+    ) == ("0 1")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable cores")
+def test_no_spinning_once_narrowed_to_a_single_core() -> None:
+    """The daemon narrows itself to the CPUs off the box while a module is quarantined
+    (vessel/_cpu_box.py) and says so: from then on it does not spin."""
+    code = (
+        "import os, actors._spin as spin\n"
+        "from actors._cpu import SpareCore\n"
+        # A window of no time at all: the machine looks idle, so only the core count
+        # can stop the spin.
+        "spin._spare_core = SpareCore(interval=0.0)\n"
+        "spin._spare_core()\n"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "spin.affinity_changed()"
+    )
+    assert _spins_in_child(code) == "0 1"
 
 
 def _stat_line(busy: int, idle: int) -> str:

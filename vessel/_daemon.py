@@ -16,6 +16,7 @@ from actors import ForkServer, ForkServerLaunch, Supervisor, launch_forkserver, 
 
 from ._active_wait import DEFAULT_LIMIT
 from ._bus import EventBus
+from ._cpu_box import QUARANTINE, CpuBox
 from ._errors import DataDirError, VesselError
 from ._install import install_from_dir
 from ._manager import ModuleManager, SupervisionPolicy
@@ -47,6 +48,9 @@ class DaemonConfig:
     forkserver: bool = field(default_factory=forkserver_default)
     #: Longest active wait for a module's answer, seconds (``vessel._active_wait``); 0: off.
     active_wait: float = DEFAULT_LIMIT
+    #: Seconds a module stays quarantined to the box CPU after its last long guest work
+    #: or crash restart (``vessel._cpu_box``).
+    quarantine: float = QUARANTINE
 
 
 @dataclass
@@ -58,6 +62,8 @@ class Daemon:
     manager: ModuleManager
     token: str
     forkserver: ForkServer | None = None
+    #: Keeps Vessel's threads off the CPU where long guest work runs (vessel/_cpu_box.py).
+    cpu_box: CpuBox | None = None
 
 
 def ensure_token(data_dir: Path) -> str:
@@ -161,6 +167,13 @@ async def open_daemon(
             trio.open_nursery() as nursery,
         ):
             await nursery.start(supervisor.run)
+            fs = forkserver_in_use
+            box = CpuBox(
+                lambda: manager.processes() if manager is not None else {},
+                helpers=lambda: [fs.pid] if fs is not None and fs.pid is not None else [],
+                quarantine=config.quarantine,
+            )
+            await nursery.start(box.run)
             manager = ModuleManager(
                 data_dir=data_dir,
                 storage=storage,
@@ -169,9 +182,10 @@ async def open_daemon(
                 policy=config.policy,
                 forkserver=forkserver_in_use,
                 active_wait=config.active_wait,
+                box=box,
             )
             await manager.start_all()
-            yield Daemon(config, storage, bus, supervisor, manager, token, forkserver_in_use)
+            yield Daemon(config, storage, bus, supervisor, manager, token, forkserver_in_use, box)
             nursery.cancel_scope.cancel()
     finally:
         storage.close()

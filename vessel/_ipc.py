@@ -40,6 +40,9 @@ BUS_EMIT = "bus.emit"
 BUS_REFUSED = "bus.refused"
 LOG = "log"
 INSTANCE_REPLACED = "instance.replaced"
+#: Whether the module process has guest work confined to the box CPU now (the daemon
+#: keeps its other threads off that CPU meanwhile: vessel/_cpu_box.py).
+GUEST_BOX = "guest.box"
 
 
 class StartParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -48,6 +51,8 @@ class StartParams(msgspec.Struct, forbid_unknown_fields=True):
     module_dir: str
     source_hash: str
     manifest: Manifest
+    #: Start up on the box CPU (vessel/host/_confine.py): a restart after a crash.
+    boxed: bool = False
 
 
 class StartResult(msgspec.Struct):
@@ -138,6 +143,10 @@ class Log(msgspec.Struct, forbid_unknown_fields=True):
 
 class InstanceReplaced(msgspec.Struct, forbid_unknown_fields=True):
     reason: str
+
+
+class Boxed(msgspec.Struct, forbid_unknown_fields=True):
+    occupied: bool
 
 
 T = TypeVar("T")

@@ -24,6 +24,7 @@ from actors import ChildSpec, ForkServer, Restart, Supervisor, SupervisorEvent
 
 from ._active_wait import DEFAULT_LIMIT
 from ._bus import EventBus
+from ._cpu_box import CpuBox
 from ._errors import CallError, UnknownModule
 from ._events import Event, now_ms
 from ._install import cleanup_staging, install_module, remove_module
@@ -79,8 +80,10 @@ class ModuleManager:
         policy: SupervisionPolicy | None = None,
         forkserver: ForkServer | None = None,
         active_wait: float = DEFAULT_LIMIT,
+        box: CpuBox | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self._box = box
         self._forkserver = forkserver
         self._active_wait = active_wait
         self._storage = storage
@@ -150,6 +153,7 @@ class ModuleManager:
             on_log=self._fan_out,
             forkserver=self._forkserver,
             active_wait=self._active_wait,
+            box=self._box,
         )
 
     def _spec(self, module: WasmModule) -> ChildSpec:
@@ -180,6 +184,8 @@ class ModuleManager:
 
     async def stop(self, module_id: str) -> None:
         self._entry(module_id)
+        if self._box is not None:
+            self._box.release(module_id)  # also when it is not running (a crash's backoff)
         if self._is_supervised(module_id):
             await self._supervisor.remove_child(module_id)
 
@@ -382,6 +388,10 @@ class ModuleManager:
 
     def ids(self) -> list[str]:
         return sorted(self._entries)
+
+    def processes(self) -> dict[str, int]:
+        """Module id -> pid of every module process running now."""
+        return {m: e.module.proc.pid for m, e in self._entries.items() if e.module.proc is not None}
 
     def logs(self, module_id: str) -> list[LogLine]:
         return list(self._entry(module_id).module.logs)

@@ -36,6 +36,7 @@ from . import _ipc
 from ._active_wait import DEFAULT_LIMIT, ActiveWait
 from ._bus import EventBus, Subscription
 from ._capabilities import Capabilities
+from ._cpu_box import CpuBox
 from ._emit_rules import DAEMON_RATE_SLACK, RateLimit, emit_problem, rate_exceeded
 from ._errors import CallError, CapabilityDenied
 from ._events import Event, now_ms
@@ -84,8 +85,10 @@ class WasmModule:
         on_log: Callable[[str, LogLine], None] | None = None,
         forkserver: ForkServer | None = None,
         active_wait: float = DEFAULT_LIMIT,
+        box: CpuBox | None = None,
     ) -> None:
         self.source = source
+        self._box = box
         self._active_wait = ActiveWait(active_wait)
         self._forkserver = forkserver
         self.id = source.id
@@ -109,6 +112,8 @@ class WasmModule:
         self.events_emitted = 0
         self.events_refused = 0
         self.denials = 0
+        #: The last run ended in a crash: the next start-up runs in the box CPU.
+        self._crashed = False
 
     def __repr__(self) -> str:
         return f"<WasmModule {self.id!r} pid={self.pid}>"
@@ -138,10 +143,13 @@ class WasmModule:
             ) as proc:
                 self.proc = proc
                 self.pid = proc.pid
+                if self._box is not None:
+                    self._box.process_started(self.id, proc.pid)
                 params = _ipc.StartParams(
                     module_dir=str(self.source.dir),
                     source_hash=self.source.hash,
                     manifest=self.manifest,
+                    boxed=self._crashed,
                 )
                 try:
                     raw = await proc.request(_ipc.GUEST_START, params, timeout=START_TIMEOUT)
@@ -159,7 +167,8 @@ class WasmModule:
                     f"loaded in {self.last_start.load_seconds * 1000:.0f} ms ({how}); "
                     f"running {self.start_seconds * 1000:.0f} ms after "
                     + ("forking" if proc.forked else "spawning")
-                    + " its process",
+                    + " its process"
+                    + (" (started up in the box, after a crash)" if params.boxed else ""),
                     "daemon",
                 )
                 task_status.started()
@@ -168,6 +177,16 @@ class WasmModule:
                     info = await proc.wait()
                     nursery.cancel_scope.cancel()
                 raise ModuleCrashed(self._fatal or info.reason)
+        except Exception:
+            self._crashed = True
+            if self._box is not None:
+                self._box.occupied(self.id, False)  # whatever it last said, it is gone
+            raise
+        except BaseException:
+            self._crashed = False  # cancelled: stopped or restarted on purpose
+            if self._box is not None:
+                self._box.release(self.id)
+            raise
         finally:
             subscription.close()
             self._subscription = None
@@ -331,6 +350,9 @@ class WasmModule:
             if entry.level == "fatal":
                 self._fatal = entry.message
             self._record(entry.level, entry.message, entry.source)
+        elif method == _ipc.GUEST_BOX:
+            if self._box is not None:
+                self._box.occupied(self.id, _ipc.decode(body, _ipc.Boxed).occupied)
         elif method == _ipc.INSTANCE_REPLACED:
             reason = _ipc.decode(body, _ipc.InstanceReplaced).reason
             self._bus.publish(

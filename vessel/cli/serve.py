@@ -20,6 +20,7 @@ import trio
 from actors import ForkServerLaunch
 
 from .._active_wait import DEFAULT_LIMIT
+from .._cpu_box import QUARANTINE
 from .._daemon import DaemonConfig, forkserver_default, launch_host_forkserver, open_daemon
 from .._errors import VesselError
 from .._paths import default_data_dir
@@ -122,7 +123,30 @@ def build_parser() -> argparse.ArgumentParser:
         "usually answers within it: a faster round trip for fast commands "
         f"(env VESSEL_ACTIVE_WAIT_US; default {DEFAULT_LIMIT * 1e6:.0f}; 0 turns it off)",
     )
+    p.add_argument(
+        "--quarantine-seconds",
+        type=_seconds,
+        default=os.environ.get("VESSEL_QUARANTINE_SECONDS", ""),
+        metavar="SECONDS",
+        help="how long a module caught running long (or restarting after a crash) stays "
+        "quarantined to one CPU, with the rest of Vessel kept off that CPU, after its "
+        f"last such work (env VESSEL_QUARANTINE_SECONDS; default {QUARANTINE:g}; 0: only "
+        "while the work runs)",
+    )
     return parser
+
+
+def _seconds(text: str) -> float:
+    """``--quarantine-seconds``: a number of seconds; empty means the default."""
+    if not text.strip():
+        return QUARANTINE
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 86_400:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 86400 seconds, got {value:g}")
+    return value
 
 
 def _microseconds(text: str) -> float:
@@ -150,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         install_bundled=not args.no_bundled,
         forkserver=args.forkserver,
         active_wait=args.active_wait_us,
+        quarantine=args.quarantine_seconds,
     )
     # Started before the gateway's imports (Quart, Hypercorn: the bulk of this
     # command's start), so the fork server imports on another core meanwhile and is

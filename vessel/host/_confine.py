@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger("vessel.host")
 
@@ -35,17 +37,22 @@ log = logging.getLogger("vessel.host")
 CONFINE_AFTER = 0.002
 
 
-def box_cpu() -> int | None:
-    """The CPU long guest work is confined to; None when there is only one to use."""
-    allowed = os.sched_getaffinity(0)
-    return max(allowed) if len(allowed) > 1 else None
+def box_cpu(allowed: Iterable[int] | None = None) -> int | None:
+    """The CPU long guest work is confined to (of ``allowed``, by default the CPUs this
+    thread may use); None when there is only one to use."""
+    cpus = set(os.sched_getaffinity(0) if allowed is None else allowed)
+    return max(cpus) if len(cpus) > 1 else None
 
 
 class Confinement:
     """Narrows one thread to the box CPU, and gives it its own CPUs back afterwards."""
 
-    def __init__(self, box: int | None) -> None:
+    def __init__(self, box: int | None, on_change: Callable[[bool], None] | None = None) -> None:
         self._box = box
+        #: Called with True when this process first has work on the box, False when it
+        #: has none left (the daemon keeps its other threads off the box meanwhile:
+        #: ``vessel._cpu_box``). From the thread that confines or releases: must not block.
+        self._on_change = on_change
         #: Per confined thread: its CPUs before, and the threads there were then.
         self._restore: dict[int, tuple[set[int], set[int]]] = {}
         #: How many pieces of guest work have been confined so far.
@@ -68,6 +75,8 @@ class Confinement:
             return
         self._restore[tid] = (before, threads)
         self.count += 1
+        if len(self._restore) == 1 and self._on_change is not None:
+            self._on_change(True)
 
     def release(self, tid: int) -> None:
         """Undo :meth:`confine` for ``tid``, if it was confined, and for the threads it
@@ -79,6 +88,8 @@ class Confinement:
         before, threads = restore
         for thread in [tid, *(_threads() - threads)]:
             self._give_back(thread, before)
+        if not self._restore and self._on_change is not None:
+            self._on_change(False)
 
     def _give_back(self, tid: int, cpus: set[int]) -> None:
         try:
@@ -89,11 +100,32 @@ class Confinement:
             return  # it ended
         except OSError:
             # The CPUs allowed changed meanwhile (a cpuset): take what the process's main
-            # thread, never confined, may use now, rather than stay on the box.
+            # thread may use now (it is confined only during a boxed start), rather than
+            # stay on the box.
             try:
                 os.sched_setaffinity(tid, os.sched_getaffinity(os.getpid()))
             except OSError as exc:
                 log.warning("thread %d stays confined to CPU %s: %s", tid, self._box, exc)
+
+
+@contextmanager
+def boxed(box: int | None, on_change: Callable[[bool], None] | None = None) -> Iterator[None]:
+    """Run the block with every thread of this process confined to the box, and give
+    each its CPUs back afterwards (threads started meanwhile too).
+
+    A module process restarting after a crash starts up in the box: its start-up (the
+    artifact's load, instantiation, on-load) is tens of milliseconds of CPU that the
+    modules still serving should not have to wait behind.
+    """
+    confinement = Confinement(box, on_change)
+    tids = _threads()
+    for tid in tids:
+        confinement.confine(tid)
+    try:
+        yield
+    finally:
+        for tid in tids:
+            confinement.release(tid)
 
 
 def _threads() -> set[int]:

@@ -168,6 +168,7 @@ class GuestRuntime:
         limits: Limits,
         imports: HostImports,
         on_output: Callable[[str, bytes], None],
+        on_box: Callable[[bool], None] | None = None,
     ) -> None:
         self.module_id = module_id
         self._module_dir = module_dir
@@ -176,7 +177,7 @@ class GuestRuntime:
         self._imports = imports
         self._on_output = on_output
         self._engine = _engine.make_engine()
-        self._watchdog = Watchdog(self._engine, Confinement(box_cpu()))
+        self._watchdog = Watchdog(self._engine, Confinement(box_cpu(), on_box))
         self._component: wc.Component | None = None
         self._linker: wc.Linker | None = None
         self._store: wasmtime.Store | None = None

@@ -1,0 +1,257 @@
+"""A module caught doing long work, or restarting after a crash, is quarantined to the
+box CPU, and the rest of Vessel keeps off that CPU meanwhile (vessel/_cpu_box.py).
+
+Seen from outside, as an operator would: the kernel's per-thread affinity of the daemon
+and of the module processes. There is no event for "narrowed", so the tests look every
+few milliseconds, each wait bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from vessel._cpu_box import QUARANTINE as DEFAULT_QUARANTINE
+from vessel._cpu_box import CpuBox
+from vessel.cli.serve import build_parser
+from vessel.host._confine import box_cpu
+
+from .harness import call, call_error, data, lifecycle, next_event, running_daemon
+
+EVERYTHING = frozenset(os.sched_getaffinity(0))
+BOX = box_cpu()
+CLEAR = EVERYTHING - {BOX} if BOX is not None else EVERYTHING
+BOXED = frozenset({BOX}) if BOX is not None else EVERYTHING
+
+needs_two_cpus = pytest.mark.skipif(
+    BOX is None, reason="one usable CPU: there is no box to keep off (nothing to test)"
+)
+
+
+def _affinities(pid: int) -> dict[int, frozenset[int]]:
+    found: dict[int, frozenset[int]] = {}
+    with contextlib.suppress(FileNotFoundError):  # the process ended
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError):  # the thread ended
+                found[int(tid)] = frozenset(os.sched_getaffinity(int(tid)))
+    return found
+
+
+async def _until(what: str, check: Callable[[], bool], timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not check():
+            await trio.sleep(0.005)
+    assert check(), what
+
+
+def _all(pid: int, cpus: frozenset[int]) -> bool:
+    found = _affinities(pid)
+    return bool(found) and all(c == cpus for c in found.values())
+
+
+#: Short, so the tests see quarantines end.
+QUARANTINE = 0.3
+
+
+def _settled(box: CpuBox, *pids: int) -> bool:
+    """No quarantine, and every thread of these processes (and ours) on every CPU."""
+    return not box.narrowed and all(_all(pid, EVERYTHING) for pid in (os.getpid(), *pids))
+
+
+@needs_two_cpus
+async def test_a_spinning_module_is_quarantined_and_the_others_keep_off_its_cpu(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    limits = {"invocation_timeout_ms": 1500}
+    make_module_dir(tmp_path, "testkit", module_id="spinner", limits=limits)
+    make_module_dir(tmp_path, "testkit", module_id="healthy")
+    async with running_daemon(tmp_path, quarantine=QUARANTINE) as daemon:
+        box = daemon.cpu_box
+        assert box is not None
+        assert box.enabled
+        healthy = daemon.manager.get("healthy").pid
+        spinner = daemon.manager.get("spinner").pid
+        assert healthy is not None
+        assert spinner is not None
+        # Starting up (a long instantiation, confined) is not misbehaviour.
+        assert _settled(box, healthy, spinner)
+        for _ in range(5):
+            await call(daemon, "spinner", "echo", {"fast": 1})
+        assert _settled(box, healthy, spinner)
+
+        async with trio.open_nursery() as nursery:
+            failure: list[str] = []
+
+            async def spin() -> None:
+                failure.append((await call_error(daemon, "spinner", "loop")).message)
+
+            nursery.start_soon(spin)
+            await _until(
+                "the spinner in the box, the daemon and the healthy module off it",
+                lambda: _all(spinner, BOXED) and _all(os.getpid(), CLEAR) and _all(healthy, CLEAR),
+                timeout=0.7,
+            )
+            assert box.quarantined == {"spinner"}
+            # The healthy module serves meanwhile.
+            assert await call(daemon, "healthy", "echo", {"ok": 1}) == {"ok": 1}
+        assert "deadline exceeded" in failure[0]
+        # Quarantined a while after: the spinner's work is over, it is not let out yet.
+        assert box.quarantined == {"spinner"}
+        assert _all(spinner, BOXED)
+        assert _all(healthy, CLEAR)
+        await _until("the quarantine over", lambda: _settled(box, healthy, spinner))
+
+
+@needs_two_cpus
+async def test_a_module_restarting_after_a_crash_starts_up_in_quarantine(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """Its start-up (load, instantiation, on-load) is on the box and quarantines it; an
+    admin restart is a start like any other, and lifts a quarantine."""
+    make_module_dir(tmp_path, "testkit", module_id="crasher")
+    make_module_dir(tmp_path, "testkit", module_id="healthy")
+    async with running_daemon(tmp_path, quarantine=60) as daemon:
+        box = daemon.cpu_box
+        assert box is not None
+        healthy = daemon.manager.get("healthy").pid
+        assert healthy is not None
+        sub = daemon.bus.subscribe("vessel.module.*", name="test", replay=False)
+
+        await daemon.manager.restart("crasher")
+        module = daemon.manager.get("crasher")
+        assert "in the box" not in _starts(module)[-1]
+        assert module.pid is not None
+        assert _settled(box, healthy, module.pid)
+
+        os.kill(module.pid, signal.SIGKILL)
+        restarted = await next_event(sub, lifecycle("restarted", "crasher"))
+        new = data(restarted)["pid"]
+        started = _starts(daemon.manager.get("crasher"))
+        assert "in the box, after a crash" in started[-1], started[-3:]
+        await _until(
+            "the restarted module quarantined, the others off its CPU",
+            lambda: (
+                box.quarantined == {"crasher"}
+                and _all(new, BOXED)
+                and _all(healthy, CLEAR)
+                and _all(os.getpid(), CLEAR)
+            ),
+        )
+        # The fork server goes into the box with it: its restarts fork there.
+        assert daemon.forkserver is not None
+        forkserver = daemon.forkserver.pid
+        assert forkserver is not None
+        assert _all(forkserver, BOXED)
+        assert await call(daemon, "crasher", "echo", {"back": 1}) == {"back": 1}
+
+        # An admin restart lifts it at once (the quarantine here would last a minute).
+        await daemon.manager.restart("crasher")
+        again = daemon.manager.get("crasher").pid
+        assert again is not None
+        await _until("the quarantine lifted", lambda: _settled(box, healthy, again))
+        assert _all(forkserver, EVERYTHING)
+
+
+def _starts(module: Any) -> list[str]:
+    return [line.message for line in module.logs if line.message.startswith("loaded in")]
+
+
+# -- CpuBox alone, on a real child process -----------------------------------------------
+
+
+@needs_two_cpus
+async def test_only_threads_placed_by_the_box_are_moved() -> None:
+    """A quarantined module's process goes into the box and another's keeps off it; a
+    thread somebody pinned on purpose is left as it is, both ways; when the box stops,
+    everything is given back."""
+    assert BOX is not None
+    argv = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+    quarantined = await trio.lowlevel.open_process(argv, stdin=subprocess.PIPE)
+    other = await trio.lowlevel.open_process(argv, stdin=subprocess.PIPE)
+    pinned_ready, stop = threading.Event(), threading.Event()
+    pinned_tid: list[int] = []
+
+    def pinned() -> None:
+        pinned_tid.append(threading.get_native_id())
+        os.sched_setaffinity(0, {BOX})
+        pinned_ready.set()
+        stop.wait(30)
+
+    thread = threading.Thread(target=pinned, daemon=True)
+    thread.start()
+    try:
+        assert pinned_ready.wait(5)
+        box = CpuBox(lambda: {"q": quarantined.pid, "o": other.pid}, quarantine=QUARANTINE)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(box.run)
+            box.occupied("q", True)
+            await _until("quarantined", lambda: box.narrowed)
+            assert _all(quarantined.pid, BOXED)
+            assert _all(other.pid, CLEAR)
+            mine = _affinities(os.getpid())
+            assert mine.pop(pinned_tid[0]) == BOXED
+            assert all(c == CLEAR for c in mine.values()), mine
+
+            box.occupied("q", False)
+            assert box.quarantined == {"q"}  # for QUARANTINE seconds yet
+            await _until("released", lambda: not box.narrowed)
+            assert _all(quarantined.pid, EVERYTHING)
+            assert _all(other.pid, EVERYTHING)
+            mine = _affinities(os.getpid())
+            assert mine.pop(pinned_tid[0]) == BOXED
+            assert all(c == EVERYTHING for c in mine.values()), mine
+
+            # Stopping while a module is quarantined leaves nothing narrowed or boxed.
+            box.occupied("q", True)
+            await _until("quarantined again", lambda: box.narrowed)
+            nursery.cancel_scope.cancel()
+        assert not box.narrowed
+        assert _all(quarantined.pid, EVERYTHING)
+        assert _all(other.pid, EVERYTHING)
+    finally:
+        stop.set()
+        thread.join(5)
+        os.sched_setaffinity(0, EVERYTHING)
+        for child in (quarantined, other):
+            assert child.stdin is not None
+            await child.stdin.aclose()
+            with trio.fail_after(10):
+                await child.wait()
+
+
+async def test_with_one_cpu_nothing_is_quarantined() -> None:
+    box = CpuBox(lambda: {}, allowed={0})
+    assert not box.enabled
+    async with trio.open_nursery() as nursery:
+        await nursery.start(box.run)
+        box.occupied("m", True)
+        await trio.sleep(0.05)
+        assert not box.narrowed
+        nursery.cancel_scope.cancel()
+    assert _all(os.getpid(), EVERYTHING)
+
+
+def test_serve_takes_the_quarantine_from_its_flag_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert build_parser().parse_args(["serve"]).quarantine_seconds == DEFAULT_QUARANTINE
+    parse = build_parser().parse_args
+    assert parse(["serve", "--quarantine-seconds", "0"]).quarantine_seconds == 0.0
+    assert parse(["serve", "--quarantine-seconds", "2.5"]).quarantine_seconds == 2.5
+    monkeypatch.setenv("VESSEL_QUARANTINE_SECONDS", "30")
+    assert build_parser().parse_args(["serve"]).quarantine_seconds == 30.0
+    for bad in ("soon", "-1", "nan", "inf"):
+        monkeypatch.setenv("VESSEL_QUARANTINE_SECONDS", bad)
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve"])
+        assert "--quarantine-seconds" in capsys.readouterr().err

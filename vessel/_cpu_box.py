@@ -1,0 +1,201 @@
+"""A module caught doing long work is quarantined to the box CPU; the rest of Vessel
+keeps off that CPU meanwhile.
+
+A module process confines guest work that runs long (a spin towards its deadline, a
+flood, an instantiation) to one CPU, the box (``vessel.host._confine``), and a module
+restarting after a crash starts up there. It tells the daemon when it has work in the
+box and when not (``guest.box``). From the first such report until ``quarantine``
+seconds after the last, the module is quarantined:
+
+* every thread of its process is placed in the box (and so is the process that
+  replaces it after a crash, from its first instruction), and so is the fork server
+  that starts module processes;
+* the daemon's threads and those of every other module process keep to the other CPUs.
+
+When no module is quarantined any more, every thread gets all its CPUs back. An admin
+restart, stop or removal lifts a module's quarantine at once.
+
+Why: confinement alone keeps a runaway to one core, but the kernel still wakes the
+healthy call chain (daemon, module, client) onto that core, where each wake-up may wait
+for the next scheduler tick behind the runaway (4 ms at HZ=250), and what a misbehaving
+module does besides (trapping, restarting) lands on any core. On 2 cores (bench/: a
+healthy module's p99 call latency beside a neighbour that spins, traps and floods, with
+the measuring client kept off the box as a remote dashboard would be;
+docs/performance.md) that cost the healthy module 2.5-3.4x its quiet p99; with the
+quarantine 1.7-2.2x. While a module is quarantined, the others have one CPU fewer.
+
+Only threads that have one of the sets placed here (every CPU Vessel runs on, the CPUs
+off the box, the box) are moved, so a thread somebody pinned elsewhere on purpose is
+left alone; so is a thread of a module that is not quarantined found in the box (its
+own process confined it). Nothing here needs privileges (the daemon may set the
+affinity of its own children), and with a single usable CPU it does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+
+import trio
+
+from actors import affinity_changed
+
+from .host._confine import box_cpu
+
+log = logging.getLogger("vessel.cpu")
+
+#: Seconds a module stays quarantined after its last long work (or crash restart).
+QUARANTINE = 10.0
+
+
+class CpuBox:
+    """Quarantines modules that do long work to the box CPU; see the module docstring.
+
+    ``occupied(module_id, True/False)`` as the modules report; ``process_started`` for
+    each new module process; ``release(module_id)`` when an admin restarts, stops or
+    removes one. ``run`` (a task) applies the changes.
+    """
+
+    def __init__(
+        self,
+        processes: Callable[[], Mapping[str, int]],
+        *,
+        helpers: Callable[[], Iterable[int]] = tuple,
+        allowed: Iterable[int] | None = None,
+        quarantine: float = QUARANTINE,
+    ) -> None:
+        """``processes()``: module id -> pid of every module process running now.
+        ``helpers()``: processes that go into the box with a quarantined module (the
+        fork server: what it does is start module processes, long work that is not in
+        a hurry, and a quarantined module restarts often). ``allowed``: the CPUs Vessel
+        runs on (by default this thread's, as the module processes compute theirs)."""
+        self._processes = processes
+        self._helpers = helpers
+        self._everything = frozenset(os.sched_getaffinity(0) if allowed is None else allowed)
+        self._box = box_cpu(self._everything)
+        self._boxed = frozenset({self._box}) if self._box is not None else frozenset()
+        self._clear = self._everything - self._boxed
+        self.quarantine = quarantine
+        #: Modules with work in the box now, and when the others' quarantine ends.
+        self._holding: set[str] = set()
+        self._until: dict[str, float] = {}
+        #: The quarantined modules as last placed.
+        self._placed: frozenset[str] = frozenset()
+        #: Quarantined modules that reported since: their threads are placed again (a
+        #: confined thread given its CPUs back by its own process must go back in).
+        self._recheck: set[str] = set()
+        self._changed = trio.Event()
+        #: How many times the daemon went off the box, and threads moved in all.
+        self.narrowings = 0
+        self.moved = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._box is not None
+
+    @property
+    def quarantined(self) -> frozenset[str]:
+        """The modules in quarantine now (as last placed)."""
+        return self._placed
+
+    @property
+    def narrowed(self) -> bool:
+        """True while the daemon and the other modules keep off the box."""
+        return bool(self._placed)
+
+    def occupied(self, module_id: str, occupied: bool) -> None:
+        """Module ``module_id`` has (or no longer has) work on the box CPU."""
+        if not self.enabled:
+            return
+        if occupied:
+            self._holding.add(module_id)
+            self._until.pop(module_id, None)
+        elif module_id in self._holding:
+            self._holding.discard(module_id)
+            self._until[module_id] = trio.current_time() + self.quarantine
+        self._recheck.add(module_id)
+        self._changed.set()
+
+    def release(self, module_id: str) -> None:
+        """Lift ``module_id``'s quarantine now (an admin restarted, stopped or removed it)."""
+        if module_id in self._holding or module_id in self._until:
+            self._holding.discard(module_id)
+            self._until.pop(module_id, None)
+            self._changed.set()
+
+    def process_started(self, module_id: str, pid: int) -> None:
+        """Place a new module process at once: a quarantined module's in the box. (One
+        forked meanwhile starts in the box, where the fork server is.)"""
+        if self._placed:
+            self.moved += self._place(pid, self._target(module_id), True)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        if not self.enabled:
+            return
+        try:
+            while True:
+                with trio.move_on_at(min(self._until.values(), default=math.inf)):
+                    await self._changed.wait()
+                self._changed = trio.Event()
+                now = trio.current_time()
+                for module_id in [m for m, until in self._until.items() if until <= now]:
+                    del self._until[module_id]
+                self._apply(frozenset(self._holding) | frozenset(self._until))
+        finally:
+            self._apply(frozenset())  # stopping: leave no thread narrowed or boxed
+
+    # -- placing threads -----------------------------------------------------------------
+
+    def _apply(self, quarantined: frozenset[str]) -> None:
+        recheck, self._recheck = self._recheck, set()
+        if quarantined == self._placed:
+            # Nothing changed but reports: put back what a confinement's end let out.
+            processes = self._processes()
+            for module_id in recheck & quarantined:
+                if module_id in processes:
+                    self.moved += self._place(processes[module_id], self._boxed, True)
+            return
+        before, self._placed = self._placed, quarantined
+        if quarantined and not before:
+            self.narrowings += 1
+        moved = self._place(os.getpid(), self._target(None), False)
+        affinity_changed()  # the daemon's active wait must not spin on a single CPU
+        for pid in self._helpers():
+            moved += self._place(pid, self._boxed if quarantined else self._everything, True)
+        for module_id, pid in self._processes().items():
+            moved += self._place(pid, self._target(module_id), module_id in before | quarantined)
+        self.moved += moved
+        log.info(
+            "%s: %d threads moved",
+            f"quarantined to CPU {self._box}: {', '.join(sorted(quarantined))}"
+            if quarantined
+            else "quarantine over, every CPU in use again",
+            moved,
+        )
+
+    def _target(self, module_id: str | None) -> frozenset[int]:
+        if module_id is not None and module_id in self._placed:
+            return self._boxed
+        return self._clear if self._placed else self._everything
+
+    def _place(self, pid: int, target: frozenset[int], ours_in_box: bool) -> int:
+        """Move the threads of ``pid`` that have one of our sets to ``target``. Threads
+        in the box are moved only if we put them there (``ours_in_box``)."""
+        movable = {self._everything, self._clear} | ({self._boxed} if ours_in_box else set())
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return 0  # the process ended
+        moved = 0
+        for tid in map(int, tids):
+            try:
+                cpus = frozenset(os.sched_getaffinity(tid))
+                if cpus != target and cpus in movable:
+                    os.sched_setaffinity(tid, target)
+                    moved += 1
+            except OSError:
+                continue  # the thread ended, or the CPUs allowed changed (a cpuset)
+        return moved

@@ -6,6 +6,8 @@ floor servers, so both sides of every ratio pay the same client costs.
 
 Modes:
 
+``"cpus": [...]`` (any mode) keeps the client on those CPUs.
+
 * ``rtt``: ``n`` sequential round trips of ``frame`` (after ``warmup`` more), latencies.
   With ``"gate": true`` it prints ``warm`` after the warm-up and waits for a line on
   stdin before it measures (the isolation figure starts its neighbour then).
@@ -18,6 +20,7 @@ Modes:
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -152,5 +155,9 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    result = trio.run(main, json.loads(sys.argv[1]))
+    spec = json.loads(sys.argv[1])
+    if spec.get("cpus"):
+        # Before trio starts any thread: each inherits the main thread's CPUs.
+        os.sched_setaffinity(0, spec["cpus"])
+    result = trio.run(main, spec)
     print(json.dumps(result), flush=True)

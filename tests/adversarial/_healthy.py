@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from vessel._bus import Subscription
 from vessel._daemon import Daemon
 from vessel._errors import CallError
 
@@ -102,14 +103,15 @@ async def watch_healthy(daemon: Daemon, row: Row) -> AsyncIterator[Health]:
     row.failed += health.failed
     row.events_lost += health.lost
     assert health.failed == 0, health.errors[:5]
-    assert health.lost == 0, _where_lost(daemon, health)
+    assert health.lost == 0, _where_lost(daemon, health, sub)
     assert health.answered > 0
 
 
-def _where_lost(daemon: Daemon, health: Health) -> dict[str, Any]:
+def _where_lost(daemon: Daemon, health: Health, sub: Subscription) -> dict[str, Any]:
     """Which events were lost, and what the daemon counted, to tell where: never
-    published (emitted < answered) or published and not delivered."""
-    found: dict[str, Any] = {}
+    published (emitted < answered), published and dropped from the monitor's full
+    queue, or published and not delivered."""
+    found: dict[str, Any] = {"monitor queue dropped": sub.dropped, "bus": daemon.bus.statistics()}
     for m in health.sent:
         module = daemon.manager.get(m)
         found[m] = {

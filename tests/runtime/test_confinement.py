@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
-from vessel.host._confine import CONFINE_AFTER, box_cpu
+from vessel.host._confine import CONFINE_AFTER, Confinement, box_cpu
+from vessel.host._engine import make_engine
+from vessel.host._runtime import Watchdog
 
 from .harness import call, call_error, running_daemon
 
@@ -108,3 +113,36 @@ async def test_time_waiting_in_a_host_call_is_not_long_work(
         assert await _confined(alpha) == before["alpha"]
         expected = before["beta"] + (0 if box is None else 1)
         assert await _confined(beta) == expected
+
+
+def test_waiting_for_a_cpu_is_not_long_work() -> None:
+    """The watchdog confines an invocation 2 ms in only if it has used 1 ms of CPU
+    meanwhile: one that was descheduled (here: sleeping, which uses none) on a busy
+    machine is not a runaway, and must not get its module quarantined. One that spins
+    is confined."""
+    box = box_cpu()
+    if box is None:
+        pytest.skip("one usable CPU: nothing is ever confined")
+    confinement = Confinement(box)
+    watchdog = Watchdog(make_engine(), confinement)
+    try:
+
+        def invocation(busy: bool) -> frozenset[int]:
+            """Armed for 50 ms of wall time, busy or idle; the CPUs it had at the end."""
+            watchdog.arm(5.0)
+            try:
+                end = time.monotonic() + 0.05
+                while time.monotonic() < end:
+                    if not busy:
+                        time.sleep(0.005)
+                return frozenset(os.sched_getaffinity(0))
+            finally:
+                watchdog.disarm()
+
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(invocation, False).result(timeout=10) != {box}
+            assert confinement.count == 0
+            assert pool.submit(invocation, True).result(timeout=10) == {box}
+            assert confinement.count == 1
+    finally:
+        watchdog.close()

@@ -2,11 +2,13 @@
 the healthy modules need.
 
 A guest command normally takes well under a millisecond. Guest work still running
-``CONFINE_AFTER`` seconds in (a spin towards its deadline, a flood, instantiating a
-component at start or after a trap) has its thread's CPU affinity narrowed to a single
-CPU, the same one in every module process (the highest this process may use), until
-the work ends. So all the long-running guests of a machine together hold at most one
-core, however many there are; on a single usable core nothing is done.
+``CONFINE_AFTER`` seconds in, having used ``CONFINE_CPU`` of CPU time meanwhile (a spin
+towards its deadline, a flood, instantiating a component at start or after a trap; not
+a command that merely waited for a CPU on a busy machine), has its thread's CPU affinity
+narrowed to a single CPU, the same one in every module process (the highest this
+process may use), until the work ends. So all the long-running guests of a machine
+together hold at most one core, however many there are; on a single usable core
+nothing is done.
 
 Why affinity and not priority: measured on 2 cores (bench/, a healthy module's p99 call
 latency while a neighbour spins for 100 ms; 4 alternating A/B pairs), confinement
@@ -35,6 +37,9 @@ log = logging.getLogger("vessel.host")
 #: first milliseconds of a spinner cost the healthy modules their p99, and a normal
 #: command is done long before.
 CONFINE_AFTER = 0.002
+#: ... and only once it has used this much CPU time (host calls included): a guest that
+#: was waiting for a CPU on a busy machine is not running long.
+CONFINE_CPU = 0.001
 
 
 def box_cpu(allowed: Iterable[int] | None = None) -> int | None:

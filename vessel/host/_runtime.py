@@ -20,7 +20,7 @@ import wasmtime
 from wasmtime import component as wc
 
 from . import _engine
-from ._confine import CONFINE_AFTER, Confinement, box_cpu
+from ._confine import CONFINE_AFTER, CONFINE_CPU, Confinement, box_cpu
 
 log = logging.getLogger("vessel.host")
 
@@ -66,8 +66,12 @@ class Watchdog:
         self._remaining: float | None = None
         self._confine_at: float | None = None
         self._confine_remaining: float | None = None
-        #: The thread running the armed invocation (the one to confine).
+        #: The thread running the armed invocation (the one to confine), its CPU clock,
+        #: and the CPU time it had used when armed.
         self._tid: int | None = None
+        self._cpu_ident: int | None = None
+        self._cpu_clock: int | None = None
+        self._cpu_at_arm = 0.0
         #: When the thread will look next; None while it waits for a notify.
         self._wake_at: float | None = None
         self._closed = False
@@ -93,6 +97,10 @@ class Watchdog:
             self.fired = False
             self._remaining = self._confine_remaining = None
             self._tid = threading.get_native_id()
+            self._cpu_at_arm = time.thread_time()
+            if self._cpu_clock is None or self._cpu_ident != threading.get_ident():
+                self._cpu_ident = threading.get_ident()
+                self._cpu_clock = time.pthread_getcpuclockid(self._cpu_ident)
             self._deadline = now + seconds
             self._confine_at = now + CONFINE_AFTER if self._confinement.enabled else None
             self._plan()
@@ -130,6 +138,17 @@ class Watchdog:
             self._closed = True
             self._cond.notify()
 
+    def _cpu_short(self) -> float:
+        """How much CPU time the armed invocation still has to use to count as long
+        work (0: it has used enough, or its thread cannot be asked)."""
+        if self._cpu_clock is None:
+            return 0.0
+        try:
+            used = time.clock_gettime(self._cpu_clock) - self._cpu_at_arm
+        except OSError:
+            return 0.0
+        return max(0.0, CONFINE_CPU - used)
+
     def _loop(self) -> None:
         with self._cond:
             while not self._closed:
@@ -141,7 +160,12 @@ class Watchdog:
                     continue
                 if self._confine_at is not None and now >= self._confine_at:
                     self._confine_at = None
-                    if self._tid is not None:
+                    short = self._cpu_short()
+                    if short > 0:
+                        # It has been waiting for a CPU, not using one: a busy machine
+                        # must not get a healthy module confined (and quarantined).
+                        self._confine_at = now + short
+                    elif self._tid is not None:
                         self._confinement.confine(self._tid)
                     continue
                 times = [t for t in (self._deadline, self._confine_at) if t is not None]

@@ -1,19 +1,23 @@
-"""A module caught doing long work is quarantined to the box CPU; the rest of Vessel
-keeps off that CPU meanwhile.
+"""A module doing long work is quarantined to the box CPU; the rest of Vessel keeps off
+that CPU meanwhile.
 
 A module process confines guest work that runs long (a spin towards its deadline, a
 flood, an instantiation) to one CPU, the box (``vessel.host._confine``), and a module
 restarting after a crash starts up there. It tells the daemon when it has work in the
-box and when not (``guest.box``). From the first such report until ``quarantine``
-seconds after the last, the module is quarantined:
+box and when not (``guest.box``). While it has, and for a while after, the module is
+quarantined:
 
 * every thread of its process is placed in the box (and so is the process that
   replaces it after a crash, from its first instruction), and so is the fork server
   that starts module processes;
 * the daemon's threads and those of every other module process keep to the other CPUs.
 
-When no module is quarantined any more, every thread gets all its CPUs back. An admin
-restart, stop or removal lifts a module's quarantine at once.
+How long after: ``LINGER`` (50 ms) for long work that ended well (a big computation now
+and then is no runaway, and the others should have their CPUs back soon), ``quarantine``
+seconds (default 10) after a trap (a deadline exceeded included) or a crash: a module
+that misbehaves tends to do it again. When no module is quarantined any more, every
+thread gets all its CPUs back. An admin restart, stop or removal lifts a module's
+quarantine at once.
 
 Why: confinement alone keeps a runaway to one core, but the kernel still wakes the
 healthy call chain (daemon, module, client) onto that core, where each wake-up may wait
@@ -22,7 +26,7 @@ module does besides (trapping, restarting) lands on any core. On 2 cores (bench/
 healthy module's p99 call latency beside a neighbour that spins, traps and floods, with
 the measuring client kept off the box as a remote dashboard would be;
 docs/performance.md) that cost the healthy module 2.5-3.4x its quiet p99; with the
-quarantine 1.7-2.2x. While a module is quarantined, the others have one CPU fewer.
+quarantine 1.6-1.9x. While a module is quarantined, the others have one CPU fewer.
 
 Only threads that have one of the sets placed here (every CPU Vessel runs on, the CPUs
 off the box, the box) are moved, so a thread somebody pinned elsewhere on purpose is
@@ -46,16 +50,20 @@ from .host._confine import box_cpu
 
 log = logging.getLogger("vessel.cpu")
 
-#: Seconds a module stays quarantined after its last long work (or crash restart).
+#: Seconds a module stays quarantined after a trap or a crash.
 QUARANTINE = 10.0
+#: Seconds it stays after long work that ended well: a runaway that is back within this
+#: (the next command of a flood) finds the others still off its CPU.
+LINGER = 0.05
 
 
 class CpuBox:
     """Quarantines modules that do long work to the box CPU; see the module docstring.
 
-    ``occupied(module_id, True/False)`` as the modules report; ``process_started`` for
-    each new module process; ``release(module_id)`` when an admin restarts, stops or
-    removes one. ``run`` (a task) applies the changes.
+    ``occupied(module_id, True/False)`` as the modules report; ``misbehaved`` when one
+    traps or crashes; ``process_started`` for each new module process;
+    ``release(module_id)`` when an admin restarts, stops or removes one. ``run`` (a
+    task) applies the changes.
     """
 
     def __init__(
@@ -110,13 +118,23 @@ class CpuBox:
         if not self.enabled:
             return
         if occupied:
-            self._holding.add(module_id)
-            self._until.pop(module_id, None)
+            self._holding.add(module_id)  # a quarantine it is in goes on (``_extend``)
         elif module_id in self._holding:
             self._holding.discard(module_id)
-            self._until[module_id] = trio.current_time() + self.quarantine
+            self._extend(module_id, LINGER)
         self._recheck.add(module_id)
         self._changed.set()
+
+    def misbehaved(self, module_id: str) -> None:
+        """Module ``module_id`` trapped or crashed: quarantined for ``quarantine`` s."""
+        if not self.enabled:
+            return
+        self._extend(module_id, self.quarantine)
+        self._changed.set()
+
+    def _extend(self, module_id: str, seconds: float) -> None:
+        until = trio.current_time() + seconds
+        self._until[module_id] = max(until, self._until.get(module_id, until))
 
     def release(self, module_id: str) -> None:
         """Lift ``module_id``'s quarantine now (an admin restarted, stopped or removed it)."""

@@ -48,8 +48,8 @@ class DaemonConfig:
     forkserver: bool = field(default_factory=forkserver_default)
     #: Longest active wait for a module's answer, seconds (``vessel._active_wait``); 0: off.
     active_wait: float = DEFAULT_LIMIT
-    #: Seconds a module stays quarantined to the box CPU after its last long guest work
-    #: or crash restart (``vessel._cpu_box``).
+    #: Seconds a module stays quarantined to the box CPU after a trap or a crash
+    #: (``vessel._cpu_box``).
     quarantine: float = QUARANTINE
 
 

@@ -181,6 +181,7 @@ class WasmModule:
             self._crashed = True
             if self._box is not None:
                 self._box.occupied(self.id, False)  # whatever it last said, it is gone
+                self._box.misbehaved(self.id)
             raise
         except BaseException:
             self._crashed = False  # cancelled: stopped or restarted on purpose
@@ -354,6 +355,8 @@ class WasmModule:
             if self._box is not None:
                 self._box.occupied(self.id, _ipc.decode(body, _ipc.Boxed).occupied)
         elif method == _ipc.INSTANCE_REPLACED:
+            if self._box is not None:
+                self._box.misbehaved(self.id)  # it trapped
             reason = _ipc.decode(body, _ipc.InstanceReplaced).reason
             self._bus.publish(
                 Event(

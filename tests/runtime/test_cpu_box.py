@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import trio
 
+from vessel._cpu_box import LINGER, CpuBox
 from vessel._cpu_box import QUARANTINE as DEFAULT_QUARANTINE
-from vessel._cpu_box import CpuBox
 from vessel.cli.serve import build_parser
 from vessel.host._confine import box_cpu
 
@@ -75,7 +75,8 @@ async def test_a_spinning_module_is_quarantined_and_the_others_keep_off_its_cpu(
     limits = {"invocation_timeout_ms": 1500}
     make_module_dir(tmp_path, "testkit", module_id="spinner", limits=limits)
     make_module_dir(tmp_path, "testkit", module_id="healthy")
-    async with running_daemon(tmp_path, quarantine=QUARANTINE) as daemon:
+    async with running_daemon(tmp_path, quarantine=60) as daemon:
+        replaced = daemon.bus.subscribe("vessel.module.instance_replaced", name="test")
         box = daemon.cpu_box
         assert box is not None
         assert box.enabled
@@ -96,20 +97,28 @@ async def test_a_spinning_module_is_quarantined_and_the_others_keep_off_its_cpu(
                 failure.append((await call_error(daemon, "spinner", "loop")).message)
 
             nursery.start_soon(spin)
+            pid = spinner
             await _until(
                 "the spinner in the box, the daemon and the healthy module off it",
-                lambda: _all(spinner, BOXED) and _all(os.getpid(), CLEAR) and _all(healthy, CLEAR),
+                lambda: _all(pid, BOXED) and _all(os.getpid(), CLEAR) and _all(healthy, CLEAR),
                 timeout=0.7,
             )
             assert box.quarantined == {"spinner"}
             # The healthy module serves meanwhile.
             assert await call(daemon, "healthy", "echo", {"ok": 1}) == {"ok": 1}
         assert "deadline exceeded" in failure[0]
-        # Quarantined a while after: the spinner's work is over, it is not let out yet.
+        # Its deadline trapped it: quarantined for the quarantine after, not just LINGER.
+        await next_event(replaced, lambda e: data(e)["module"] == "spinner")
+        await trio.sleep(LINGER * 3)
         assert box.quarantined == {"spinner"}
         assert _all(spinner, BOXED)
         assert _all(healthy, CLEAR)
-        await _until("the quarantine over", lambda: _settled(box, healthy, spinner))
+        # An admin restart lets it out at once (a quarantine's end by itself:
+        # test_only_threads_placed_by_the_box_are_moved).
+        await daemon.manager.restart("spinner")
+        spinner = daemon.manager.get("spinner").pid
+        assert spinner is not None
+        await _until("the quarantine lifted", lambda: _settled(box, healthy, spinner))
 
 
 @needs_two_cpus
@@ -160,6 +169,43 @@ async def test_a_module_restarting_after_a_crash_starts_up_in_quarantine(
         assert again is not None
         await _until("the quarantine lifted", lambda: _settled(box, healthy, again))
         assert _all(forkserver, EVERYTHING)
+
+
+@needs_two_cpus
+async def test_long_work_that_ends_well_is_let_out_soon_a_trap_is_not(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """A few milliseconds of computation now and then (parsing a big state dump, say) is
+    confined, and the others keep off its CPU only while it runs and LINGER after; a
+    module that traps stays quarantined for the whole quarantine."""
+    make_module_dir(tmp_path, "testkit", module_id="worker")
+    make_module_dir(tmp_path, "testkit", module_id="healthy")
+    async with running_daemon(tmp_path, quarantine=60) as daemon:
+        replaced = daemon.bus.subscribe("vessel.module.instance_replaced", name="test")
+        box = daemon.cpu_box
+        assert box is not None
+        worker = daemon.manager.get("worker")
+        healthy = daemon.manager.get("healthy").pid
+        assert worker.pid is not None
+        assert healthy is not None
+        stats = await worker.stats()
+        assert stats is not None
+        confined = stats.confined_invocations
+        for _ in range(3):
+            assert await call(daemon, "worker", "spin", {"ms": 30}) == {}
+        stats = await worker.stats()
+        assert stats is not None
+        assert stats.confined_invocations >= confined + 3
+        pid = worker.pid
+        await _until("let out", lambda: _settled(box, healthy, pid), timeout=LINGER * 20)
+
+        error = await call_error(daemon, "worker", "trap")
+        assert "trapped" in error.message
+        await next_event(replaced, lambda e: data(e)["module"] == "worker")
+        await trio.sleep(LINGER * 3)
+        assert box.quarantined == {"worker"}
+        assert _all(pid, BOXED)
+        assert _all(healthy, CLEAR)
 
 
 def _starts(module: Any) -> list[str]:

@@ -128,10 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=os.environ.get("VESSEL_QUARANTINE_SECONDS", ""),
         metavar="SECONDS",
-        help="how long a module caught running long (or restarting after a crash) stays "
-        "quarantined to one CPU, with the rest of Vessel kept off that CPU, after its "
-        f"last such work (env VESSEL_QUARANTINE_SECONDS; default {QUARANTINE:g}; 0: only "
-        "while the work runs)",
+        help="how long a module that trapped or crashed stays quarantined to one CPU, "
+        "with the rest of Vessel kept off that CPU (env VESSEL_QUARANTINE_SECONDS; "
+        f"default {QUARANTINE:g}; 0: only while it runs long)",
     )
     return parser
 

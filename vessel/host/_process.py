@@ -15,7 +15,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from actors import ActorError, Channel, ParentLink, open_parent_channel
 from .. import _ipc
 from .._capabilities import Capabilities
 from .._events import Event
+from ._box_report import BoxReport
 from ._confine import box_cpu, boxed
 from ._guest_thread import Delivery, GuestLoadError, GuestThread
 from ._hostfuncs import HostFunctions
@@ -134,74 +134,6 @@ def _dropped_lines(count: int) -> _ipc.Log:
     return _ipc.Log(level="warning", message=f"{count} log lines dropped (rate limit)")
 
 
-class _BoxReport:
-    """Tells the daemon whether this process has work on the box CPU now, which makes
-    the daemon quarantine the module (``vessel._cpu_box``).
-
-    Two kinds of work hold the box, counted: guest work confined for running long
-    (``guest``), and a start-up after a crash (``restart``). Guest work confined while
-    the module starts normally (instantiating the component, on-load) is not reported: a
-    start-up is not misbehaviour. The latest state is sent, changes in between are
-    folded (a 3 ms command confined at 2 ms may come and go unreported), and none is
-    dropped: a lost "no longer" would keep the module quarantined for nothing. The
-    threads that confine or release only hand the change to the trio loop, so they never
-    block.
-    """
-
-    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
-        self._token = token
-        self._starting = True
-        self._holders = 0
-        self._unreported = 0
-        self._sent = False
-        self._wake = trio.Event()
-
-    def guest(self, occupied: bool) -> None:
-        """Guest work entered (True) or left (False) the box; from any thread."""
-        self._post(self._guest, occupied)
-
-    def restart(self, occupied: bool) -> None:
-        """A start-up after a crash entered or left the box; from any thread."""
-        self._post(self._count, 1 if occupied else -1)
-
-    def started(self) -> None:
-        """The start-up is over: confined guest work is reported from now on. (Posted
-        too, so that it comes after what the start-up's threads posted before.)"""
-        self._post(self._started)
-
-    def _started(self) -> None:
-        self._starting = False
-
-    def _post(self, fn: Callable[..., None], *args: Any) -> None:
-        with contextlib.suppress(trio.RunFinishedError):  # the process is ending
-            self._token.run_sync_soon(fn, *args)
-
-    def _guest(self, occupied: bool) -> None:
-        if occupied and self._starting:
-            self._unreported += 1
-        elif not occupied and self._unreported:
-            self._unreported -= 1
-        else:
-            self._count(1 if occupied else -1)
-
-    def _count(self, delta: int) -> None:
-        self._holders += delta
-        self._wake.set()
-
-    async def run(
-        self, channel: Channel, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        task_status.started()
-        with contextlib.suppress(ActorError):  # the daemon is gone: nobody to tell
-            while True:
-                await self._wake.wait()
-                self._wake = trio.Event()
-                while self._sent != (self._holders > 0):
-                    state = self._holders > 0
-                    await channel.notify(_ipc.GUEST_BOX, _ipc.Boxed(occupied=state))
-                    self._sent = state
-
-
 class ModuleProcess:
     """Serves one module for the daemon until it asks us to stop (or dies)."""
 
@@ -260,7 +192,7 @@ class ModuleProcess:
             self._ws_message, self._ws_closed, max_connections=limits.max_websockets
         )
         http = HttpService()
-        box = _BoxReport(self._token)
+        box = BoxReport(self._token)
         await self._nursery.start(box.run, self.channel)
         await self._nursery.start(self._timers.run)
         await self._nursery.start(self._websockets.run)

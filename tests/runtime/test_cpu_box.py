@@ -208,6 +208,29 @@ async def test_long_work_that_ends_well_is_let_out_soon_a_trap_is_not(
         assert _all(healthy, CLEAR)
 
 
+@needs_two_cpus
+async def test_long_work_busy_with_the_host_is_confined_but_not_quarantined(
+    tmp_path: Path, make_module_dir: Any
+) -> None:
+    """A burst of emits is long work, but the daemon's own: it must not keep off a CPU
+    while it handles it (the fan-out figure lost ~10 points when it did)."""
+    make_module_dir(tmp_path, "testkit", module_id="emitter")
+    async with running_daemon(tmp_path, quarantine=60) as daemon:
+        box = daemon.cpu_box
+        assert box is not None
+        emitter = daemon.manager.get("emitter")
+        stats = await emitter.stats()
+        assert stats is not None
+        confined, narrowings = stats.confined_invocations, box.narrowings
+        burst = {"name": "burst", "data": {"n": 1}, "count": 20_000}
+        assert "refused" in await call(daemon, "emitter", "emit", burst)
+        stats = await emitter.stats()
+        assert stats is not None
+        assert stats.confined_invocations > confined
+        assert box.narrowings == narrowings
+        assert box.quarantined == frozenset()
+
+
 def _starts(module: Any) -> list[str]:
     return [line.message for line in module.logs if line.message.startswith("loaded in")]
 

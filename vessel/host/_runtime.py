@@ -20,7 +20,7 @@ import wasmtime
 from wasmtime import component as wc
 
 from . import _engine
-from ._confine import CONFINE_AFTER, CONFINE_CPU, Confinement, box_cpu
+from ._confine import CONFINE_AFTER, CONFINE_CPU, HOST_BUSY_CALLS, Confinement, box_cpu
 
 log = logging.getLogger("vessel.host")
 
@@ -72,6 +72,8 @@ class Watchdog:
         self._cpu_ident: int | None = None
         self._cpu_clock: int | None = None
         self._cpu_at_arm = 0.0
+        #: Host calls the armed invocation has made so far.
+        self._host_calls = 0
         #: When the thread will look next; None while it waits for a notify.
         self._wake_at: float | None = None
         self._closed = False
@@ -97,6 +99,7 @@ class Watchdog:
             self.fired = False
             self._remaining = self._confine_remaining = None
             self._tid = threading.get_native_id()
+            self._host_calls = 0
             self._cpu_at_arm = time.thread_time()
             if self._cpu_clock is None or self._cpu_ident != threading.get_ident():
                 self._cpu_ident = threading.get_ident()
@@ -116,6 +119,7 @@ class Watchdog:
 
     def pause(self) -> None:
         with self._cond:
+            self._host_calls += 1
             now = time.monotonic()
             if self._deadline is not None:
                 self._remaining = max(0.0, self._deadline - now)
@@ -166,7 +170,8 @@ class Watchdog:
                         # must not get a healthy module confined (and quarantined).
                         self._confine_at = now + short
                     elif self._tid is not None:
-                        self._confinement.confine(self._tid)
+                        busy_with_host = self._host_calls >= HOST_BUSY_CALLS
+                        self._confinement.confine(self._tid, report=not busy_with_host)
                     continue
                 times = [t for t in (self._deadline, self._confine_at) if t is not None]
                 self._wake_at = min(times) if times else None

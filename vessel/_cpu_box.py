@@ -26,7 +26,8 @@ module does besides (trapping, restarting) lands on any core. On 2 cores (bench/
 healthy module's p99 call latency beside a neighbour that spins, traps and floods, with
 the measuring client kept off the box as a remote dashboard would be;
 docs/performance.md) that cost the healthy module 2.5-3.4x its quiet p99; with the
-quarantine 1.6-1.9x. While a module is quarantined, the others have one CPU fewer.
+quarantine 1.55-2.86x, mostly under 2x. While a module is quarantined, the others have
+one CPU fewer.
 
 Only threads that have one of the sets placed here (every CPU Vessel runs on, the CPUs
 off the box, the box) are moved, so a thread somebody pinned elsewhere on purpose is

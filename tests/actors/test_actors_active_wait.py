@@ -142,7 +142,6 @@ def test_no_spinning_on_a_single_core() -> None:
     ) == ("0 1")
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable cores")
 def test_no_spinning_once_narrowed_to_a_single_core() -> None:
     """The daemon narrows itself to the CPUs off the box while a module is quarantined
     (vessel/_cpu_box.py) and says so: from then on it does not spin."""

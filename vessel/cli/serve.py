@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -135,30 +136,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _seconds(text: str) -> float:
-    """``--quarantine-seconds``: a number of seconds; empty means the default."""
-    if not text.strip():
-        return QUARANTINE
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value <= 86_400:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 86400 seconds, got {value:g}")
-    return value
+def _number_type(
+    parse: Callable[[str], float], unit: str, high: float, default: float, scale: float = 1.0
+) -> Callable[[str], float]:
+    """An argparse ``type=`` for a number of ``unit`` from 0 to ``high`` (empty:
+    ``default``), returned times ``scale``."""
+    what = f"{'whole ' if parse is int else ''}number of {unit}"
+
+    def convert(text: str) -> float:
+        if not text.strip():
+            return default
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {what}: {text!r}") from None
+        if not 0 <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be between 0 and {high:.15g} {unit}, got {value:.15g}"
+            )
+        return value * scale
+
+    return convert
 
 
-def _microseconds(text: str) -> float:
-    """``--active-wait-us``: whole microseconds, as seconds; empty means the default."""
-    if not text.strip():
-        return DEFAULT_LIMIT
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of microseconds: {text!r}") from None
-    if not 0 <= value <= 1_000_000:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1000000 microseconds, got {value}")
-    return value / 1e6
+#: ``--quarantine-seconds``: seconds.
+_seconds = _number_type(float, "seconds", 86_400, QUARANTINE)
+#: ``--active-wait-us``: whole microseconds, as seconds.
+_microseconds = _number_type(int, "microseconds", 1_000_000, DEFAULT_LIMIT, 1e-6)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -96,6 +96,8 @@ class GuestStats(msgspec.Struct):
     memory_private: int = 0
     #: Invocations that ran long enough to be confined to one CPU (vessel.host._confine).
     confined_invocations: int = 0
+    #: Times long guest work gave way to other tasks at a slice's end (vessel.host._slicing).
+    guest_yields: int = 0
 
 
 class Subscribe(msgspec.Struct, forbid_unknown_fields=True):

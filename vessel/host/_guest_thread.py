@@ -128,6 +128,11 @@ class GuestThread:
         return self._runtime.confined if self._runtime is not None else 0
 
     @property
+    def yields(self) -> int:
+        """Times long guest work gave way to other tasks (``_slicing``)."""
+        return self._runtime.yields if self._runtime is not None else 0
+
+    @property
     def replacements(self) -> int:
         return len(self._replacements)
 

@@ -265,6 +265,7 @@ class ModuleProcess:
             dropped_events=self.dropped_events,
             memory_private=private,
             confined_invocations=guest.confined if guest else 0,
+            guest_yields=guest.yields if guest else 0,
         )
 
     # -- deliveries from the host's own services (trio thread) ---------------------------

@@ -21,6 +21,7 @@ from wasmtime import component as wc
 
 from . import _engine
 from ._confine import CONFINE_AFTER, CONFINE_CPU, HOST_BUSY_CALLS, Confinement, box_cpu
+from ._slicing import SLICE, EpochCallback
 
 log = logging.getLogger("vessel.host")
 
@@ -42,8 +43,9 @@ class GuestTrap(Exception):
 
 
 class Watchdog:
-    """Advances the engine's epoch when an invocation's deadline passes, and confines
-    an invocation that runs long to one CPU (``_confine``).
+    """Advances the engine's epoch when an invocation's deadline passes; confines an
+    invocation that runs long to one CPU (``_confine``), and from then on advances the
+    epoch every slice so that it yields the CPU (``_slicing``).
 
     Ticking only at deadlines (instead of a fixed-rate ticker) keeps an idle module process
     idle. Time spent inside host functions is not charged to the guest: a host call pauses
@@ -64,8 +66,12 @@ class Watchdog:
         self._cond = threading.Condition()
         self._deadline: float | None = None
         self._remaining: float | None = None
-        self._confine_at: float | None = None
-        self._confine_remaining: float | None = None
+        #: When the invocation would count as long work, if it still runs then.
+        self._long_at: float | None = None
+        self._long_remaining: float | None = None
+        #: When long work next yields the CPU (``_slicing``).
+        self._tick_at: float | None = None
+        self._tick_remaining: float | None = None
         #: The thread running the armed invocation (the one to confine), its CPU clock,
         #: and the CPU time it had used when armed.
         self._tid: int | None = None
@@ -88,16 +94,19 @@ class Watchdog:
 
     def _plan(self) -> None:
         """Wake the thread if it would look too late for the current times."""
-        times = [t for t in (self._deadline, self._confine_at) if t is not None]
+        times = self._times()
         if times and (self._wake_at is None or min(times) < self._wake_at):
             self._cond.notify()
+
+    def _times(self) -> list[float]:
+        return [t for t in (self._deadline, self._long_at, self._tick_at) if t is not None]
 
     def arm(self, seconds: float) -> None:
         """Start an invocation's clock; call on the thread that runs the invocation."""
         with self._cond:
             now = time.monotonic()
             self.fired = False
-            self._remaining = self._confine_remaining = None
+            self._remaining = self._long_remaining = None
             self._tid = threading.get_native_id()
             self._host_calls = 0
             self._cpu_at_arm = time.thread_time()
@@ -105,14 +114,16 @@ class Watchdog:
                 self._cpu_ident = threading.get_ident()
                 self._cpu_clock = time.pthread_getcpuclockid(self._cpu_ident)
             self._deadline = now + seconds
-            self._confine_at = now + CONFINE_AFTER if self._confinement.enabled else None
+            self._long_at = now + CONFINE_AFTER
+            self._tick_at = self._tick_remaining = None
             self._plan()
 
     def disarm(self) -> None:
         """End the invocation (on the thread that armed it): it gets its CPUs back."""
         with self._cond:
             self._deadline = self._remaining = None
-            self._confine_at = self._confine_remaining = None
+            self._long_at = self._long_remaining = None
+            self._tick_at = self._tick_remaining = None
             if self._tid is not None:
                 self._confinement.release(self._tid)
                 self._tid = None
@@ -124,17 +135,23 @@ class Watchdog:
             if self._deadline is not None:
                 self._remaining = max(0.0, self._deadline - now)
                 self._deadline = None
-            if self._confine_at is not None:
-                self._confine_remaining = max(0.0, self._confine_at - now)
-                self._confine_at = None
+            if self._long_at is not None:
+                self._long_remaining = max(0.0, self._long_at - now)
+                self._long_at = None
+            if self._tick_at is not None:
+                # No yielding while the host works: the guest is not running.
+                self._tick_remaining = max(0.0, self._tick_at - now)
+                self._tick_at = None
 
     def resume(self) -> None:
         with self._cond:
             now = time.monotonic()
             if self._remaining is not None:
                 self._deadline, self._remaining = now + self._remaining, None
-            if self._confine_remaining is not None:
-                self._confine_at, self._confine_remaining = now + self._confine_remaining, None
+            if self._long_remaining is not None:
+                self._long_at, self._long_remaining = now + self._long_remaining, None
+            if self._tick_remaining is not None:
+                self._tick_at, self._tick_remaining = now + self._tick_remaining, None
             self._plan()
 
     def close(self) -> None:
@@ -162,18 +179,24 @@ class Watchdog:
                     self.fired = True
                     self._engine.increment_epoch()
                     continue
-                if self._confine_at is not None and now >= self._confine_at:
-                    self._confine_at = None
+                if self._long_at is not None and now >= self._long_at:
+                    self._long_at = None
                     short = self._cpu_short()
                     if short > 0:
                         # It has been waiting for a CPU, not using one: a busy machine
                         # must not get a healthy module confined (and quarantined).
-                        self._confine_at = now + short
-                    elif self._tid is not None:
-                        busy_with_host = self._host_calls >= HOST_BUSY_CALLS
-                        self._confinement.confine(self._tid, report=not busy_with_host)
+                        self._long_at = now + short
+                    else:
+                        if self._tid is not None:
+                            busy_with_host = self._host_calls >= HOST_BUSY_CALLS
+                            self._confinement.confine(self._tid, report=not busy_with_host)
+                        self._tick_at = now + SLICE
                     continue
-                times = [t for t in (self._deadline, self._confine_at) if t is not None]
+                if self._tick_at is not None and now >= self._tick_at:
+                    self._tick_at = now + SLICE
+                    self._engine.increment_epoch()
+                    continue
+                times = self._times()
                 self._wake_at = min(times) if times else None
                 self._cond.wait(None if self._wake_at is None else self._wake_at - now)
                 self._wake_at = None
@@ -207,6 +230,8 @@ class GuestRuntime:
         self._on_output = on_output
         self._engine = _engine.make_engine()
         self._watchdog = Watchdog(self._engine, Confinement(box_cpu(), on_box))
+        watchdog = self._watchdog
+        self._epoch_callback = EpochCallback(lambda: watchdog.fired)
         self._component: wc.Component | None = None
         self._linker: wc.Linker | None = None
         self._store: wasmtime.Store | None = None
@@ -258,6 +283,7 @@ class GuestRuntime:
         wasi.stderr_custom = lambda data: self._on_output("stderr", data)
         store.set_wasi(wasi)
         store.set_limits(memory_size=self._limits.memory_bytes)
+        self._epoch_callback.install(store)
         store.set_epoch_deadline(1)
         self._watchdog.arm(self._limits.invocation_seconds)
         try:
@@ -281,6 +307,11 @@ class GuestRuntime:
     def confined(self) -> int:
         """Invocations so far that ran long and were confined to one CPU (``_confine``)."""
         return self._watchdog.confined
+
+    @property
+    def yields(self) -> int:
+        """Times long guest work gave way to other tasks at a slice's end (``_slicing``)."""
+        return self._epoch_callback.yields
 
     def has_export(self, name: str) -> bool:
         return name in self._funcs

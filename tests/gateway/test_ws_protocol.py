@@ -184,8 +184,10 @@ async def test_too_many_calls_in_flight(tmp_path: Path, make_module_dir: Any) ->
     make_module_dir(tmp_path, "testkit", module_id="kit", permissions={})
     async with running_gateway(tmp_path) as gw, ws_client(gw) as conn:
         await ready(conn)
+        # The spin keeps the other calls in flight (queued behind it) while they are sent:
+        # long enough for a busy machine to send 256 frames meanwhile.
         await send(conn, {"type": "call", "request_id": "s", "module": "kit", "name": "spin",
-                          "params": {"ms": 500}})  # fmt: skip
+                          "params": {"ms": 2000}})  # fmt: skip
         for i in range(255):
             await send(conn, {"type": "call", "request_id": f"e{i}", "module": "kit",
                               "name": "echo"})  # fmt: skip

@@ -44,6 +44,12 @@ class Health:
     errors: list[str] = field(default_factory=list)
     sent: dict[str, set[int]] = field(default_factory=dict)
     seen: dict[str, set[int]] = field(default_factory=dict)
+    #: When (trio clock) each answer and each event came, by module and number: a lost
+    #: event's report says how long after its answer the wait ended.
+    answered_at: dict[tuple[str, int], float] = field(default_factory=dict)
+    seen_at: dict[tuple[str, int], float] = field(default_factory=dict)
+    #: The longest a 20 ms sleep of the final wait took (the daemon's loop was blocked).
+    worst_sleep: float = 0.0
 
     @property
     def lost(self) -> int:
@@ -65,6 +71,7 @@ async def _caller(daemon: Daemon, module_id: str, health: Health) -> None:
         else:
             health.answered += 1
             sent.add(n)
+            health.answered_at[module_id, n] = trio.current_time()
         await trio.sleep(PACE)
 
 
@@ -72,11 +79,15 @@ async def _caller(daemon: Daemon, module_id: str, health: Health) -> None:
 async def watch_healthy(daemon: Daemon, row: Row) -> AsyncIterator[Health]:
     """Keep the healthy modules busy during the block; assert nothing was failed or lost."""
     health = Health()
+    late: list[tuple[str, int]] = []
+    waited_until = 0.0
     sub = daemon.bus.subscribe(*(f"{m}.tick" for m in HEALTHY), name="adversarial-monitor")
 
     async def count_events() -> None:
         async for event in sub:
-            health.seen.setdefault(event.module, set()).add(json.loads(event.data)["n"])
+            n = json.loads(event.data)["n"]
+            health.seen.setdefault(event.module, set()).add(n)
+            health.seen_at[event.module, n] = trio.current_time()
 
     try:
         async with trio.open_nursery() as nursery:
@@ -92,30 +103,65 @@ async def watch_healthy(daemon: Daemon, row: Row) -> AsyncIterator[Health]:
             nursery.start_soon(callers_task)
             yield health
             callers.cancel()
-            # Every answered emit was published before its answer: give delivery a moment.
-            with trio.move_on_after(5):
+            # Every answered emit was sent before its answer, but is published by the
+            # channel's notification task, after the answer resolved the call: give
+            # delivery a moment.
+            waited_until = trio.current_time() + 5
+            with trio.move_on_at(waited_until):
                 while health.lost:
+                    before = trio.current_time()
                     await trio.sleep(0.02)
+                    health.worst_sleep = max(health.worst_sleep, trio.current_time() - before)
             nursery.cancel_scope.cancel()
+        late = _late_events(sub)
     finally:
         sub.close()
     row.answered += health.answered
     row.failed += health.failed
     row.events_lost += health.lost
     assert health.failed == 0, health.errors[:5]
-    assert health.lost == 0, _where_lost(daemon, health, sub)
+    assert health.lost == 0, _where_lost(daemon, health, sub, late, waited_until)
     assert health.answered > 0
 
 
-def _where_lost(daemon: Daemon, health: Health, sub: Subscription) -> dict[str, Any]:
+def _late_events(sub: Subscription) -> list[tuple[str, int]]:
+    """The events queued for the monitor after its wait ended (not counted as seen)."""
+    late = []
+    while True:
+        try:
+            event = sub.receive_nowait()
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            return late
+        late.append((event.module, json.loads(event.data)["n"]))
+
+
+def _where_lost(
+    daemon: Daemon, health: Health, sub: Subscription, late: list[tuple[str, int]], until: float
+) -> dict[str, Any]:
     """Which events were lost, and what the daemon counted, to tell where: never
     published (emitted < answered), published and dropped from the monitor's full
-    queue, or published and not delivered."""
-    found: dict[str, Any] = {"monitor queue dropped": sub.dropped, "bus": daemon.bus.statistics()}
+    queue, published after the wait (late), or published and not delivered."""
+    now = trio.current_time()
+    found: dict[str, Any] = {
+        "monitor queue dropped": sub.dropped,
+        "bus": daemon.bus.statistics(),
+        "queued for the monitor after its wait": late[:10],
+        "the wait's longest 20 ms sleep (s)": round(health.worst_sleep, 3),
+        "wait ended, s ago": round(now - until, 3),
+    }
     for m in health.sent:
         module = daemon.manager.get(m)
+        lost = sorted(health.sent[m] - health.seen.get(m, set()))
+        last_seen = max(health.seen.get(m, {0}))
         found[m] = {
-            "lost": sorted(health.sent[m] - health.seen.get(m, set()))[:5],
+            "lost": lost[:5],
+            "answered, s before the wait ended": [
+                round(until - health.answered_at[m, n], 3) for n in lost[:5]
+            ],
+            "last seen": last_seen,
+            "last seen, s before the wait ended": round(
+                until - health.seen_at.get((m, last_seen), until), 3
+            ),
             "answered": len(health.sent[m]),
             "published": module.events_emitted,
             "dropped by the daemon": module.events_refused,

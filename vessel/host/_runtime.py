@@ -187,10 +187,11 @@ class Watchdog:
                         # must not get a healthy module confined (and quarantined).
                         self._long_at = now + short
                     else:
+                        busy_with_host = self._host_calls >= HOST_BUSY_CALLS
                         if self._tid is not None:
-                            busy_with_host = self._host_calls >= HOST_BUSY_CALLS
                             self._confinement.confine(self._tid, report=not busy_with_host)
-                        self._tick_at = now + SLICE
+                        if not busy_with_host:
+                            self._tick_at = now + SLICE
                     continue
                 if self._tick_at is not None and now >= self._tick_at:
                     self._tick_at = now + SLICE

@@ -92,10 +92,15 @@ async def test_a_long_invocation_is_confined_while_it_runs(
             assert await _confined(module) > before
 
 
-async def _confined(module: Any) -> int:
+async def _stat(module: Any, name: str) -> int:
+    """One counter of the module process's ``guest.stats``."""
     stats = await module.stats()
     assert stats is not None
-    return int(stats.confined_invocations)
+    return int(getattr(stats, name))
+
+
+async def _confined(module: Any) -> int:
+    return await _stat(module, "confined_invocations")
 
 
 async def test_time_waiting_in_a_host_call_is_not_long_work(
@@ -165,9 +170,7 @@ def test_waiting_for_a_cpu_is_not_long_work() -> None:
 
 
 async def _yields(module: Any) -> int:
-    stats = await module.stats()
-    assert stats is not None
-    return int(stats.guest_yields)
+    return await _stat(module, "guest_yields")
 
 
 async def test_long_work_gives_way_every_slice_and_still_meets_its_deadline(

@@ -126,7 +126,7 @@ async def watch_healthy(daemon: Daemon, row: Row) -> AsyncIterator[Health]:
 
 def _late_events(sub: Subscription) -> list[tuple[str, int]]:
     """The events queued for the monitor after its wait ended (not counted as seen)."""
-    late = []
+    late: list[tuple[str, int]] = []
     while True:
         try:
             event = sub.receive_nowait()

@@ -270,8 +270,8 @@ async def test_client_that_never_reads(
                 nonlocal asked
                 big = "x" * BIG_ECHO
                 for i in range(3000 + BIG_ECHOES):
-                    call_ = {"type": "call", "request_id": f"r{i}", "module": "vessel",
-                             "name": "ping"}  # fmt: skip
+                    call_: dict[str, Any] = {"type": "call", "request_id": f"r{i}",
+                                             "module": "vessel", "name": "ping"}  # fmt: skip
                     if i >= 3000:
                         call_.update(module=VICTIM, name="echo", params={"pad": big})
                     await send(lazy, call_)
@@ -302,7 +302,9 @@ async def test_client_that_never_reads(
                             assert message["success"], message
                             answers.add(message["request_id"])
                 except ConnectionClosed as exc:
-                    code, reason = exc.reason.code, exc.reason.reason or ""
+                    close = exc.reason
+                    assert close is not None
+                    code, reason = close.code, close.reason or ""
             assert code == 4408, (code, reason)
             assert re.fullmatch(r"too slow: \d+ messages queued", reason), reason
             # What did not fit in its queue was dropped, not kept for it.
@@ -584,7 +586,7 @@ def uploads(draw: st.DrawFn, real: bytes) -> tuple[str | None, str | None, bytes
         body = draw(st.sampled_from([zip_bundle(manifest, wasm), wasm, manifest]))
     else:
         names = ["manifest", "wasm", "Manifest", "", "x", 'wa"sm', None]
-        fields = [("manifest", manifest), ("wasm", wasm)]
+        fields: list[tuple[str | None, bytes]] = [("manifest", manifest), ("wasm", wasm)]
         if draw(st.booleans()):  # a field renamed, dropped, doubled or reordered
             fields = draw(st.permutations([*fields, (draw(st.sampled_from(names)), wasm)]))
             fields = fields[: draw(st.integers(0, len(fields)))]

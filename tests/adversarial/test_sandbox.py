@@ -109,7 +109,11 @@ async def test_wasi_sockets_are_denied_to_a_hand_written_component(
                 await d.manager.install(
                     netprobe_manifest(module_id, permissions=perms), netprobe_wasm()
                 )
-                await wait_until(lambda m=module_id: d.manager.state(m) is ModuleState.RUNNING)
+
+                def running(m: str = module_id) -> bool:
+                    return d.manager.state(m) is ModuleState.RUNNING
+
+                await wait_until(running)
                 for _ in range(3):
                     got = await call(d, module_id, "connect", {"port": port})
                     assert got == SOCKETS_DENIED, (module_id, got)
@@ -133,7 +137,9 @@ def test_netprobe_reports_what_a_store_allows() -> None:
     store.set_wasi(wasi)
     instance = linker.instantiate(store, component)
     guest = instance.get_export_index(store, _engine.GUEST_INTERFACE)
-    func = instance.get_func(store, instance.get_export_index(store, "on-command", guest))
+    index = instance.get_export_index(store, "on-command", guest)
+    assert index is not None
+    func = instance.get_func(store, index)
     assert func is not None
     result = func(store, "connect", json.dumps({"port": 9}))
     func.post_return(store)

@@ -250,7 +250,8 @@ async def _raw_post_headers(client: httpx.AsyncClient, path: str, length: int) -
             raw += chunk
     header_block, _, body = raw.partition(b"\r\n\r\n")
     status = int(header_block.split(b" ", 2)[1])
-    headers = [tuple(line.split(b": ", 1)) for line in header_block.split(b"\r\n")[1:]]
+    lines = header_block.split(b"\r\n")[1:]
+    headers = [(name, value) for name, value in (line.split(b": ", 1) for line in lines)]
     return httpx.Response(status, headers=headers, content=body)
 
 

@@ -26,7 +26,7 @@ CODES = {
 }
 
 # Text a WebSocket text frame can carry (no lone surrogates).
-text = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
+text = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
 json_values = st.recursive(
     st.none()
     | st.booleans()

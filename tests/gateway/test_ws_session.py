@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,7 @@ async def test_subscribe_is_idempotent_and_unsubscribe_stops_events(
         for barrier in ("b1", "b2"):
             await send(conn, {"type": "call", "request_id": barrier, "module": "vessel",
                               "name": "ping"})  # fmt: skip
-            _, before = await receive_until(conn, lambda m, b=barrier: is_response(m, b))
+            _, before = await receive_until(conn, partial(is_response, rid=barrier))
             assert before == []
 
         # Subscribing again (a dashboard coming back to a page) replays the state again.
@@ -265,7 +266,9 @@ async def refused(gw: Gateway, **kw: Any) -> tuple[int, str, list[Message]]:
                 while True:
                     messages.append(json.loads(await conn.get_message()))
             except ConnectionClosed as exc:
-                return exc.reason.code, exc.reason.reason or "", messages
+                close = exc.reason
+                assert close is not None
+                return close.code, close.reason or "", messages
 
 
 async def test_missing_or_wrong_token_closes_4401(tmp_path: Path) -> None:

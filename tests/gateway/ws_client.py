@@ -123,4 +123,6 @@ async def closed_with(conn: WebSocketConnection, *, timeout: float = WAIT) -> tu
             while True:
                 await conn.get_message()
         except ConnectionClosed as exc:
-            return exc.reason.code, exc.reason.reason or ""
+            close = exc.reason
+            assert close is not None
+            return close.code, close.reason or ""

@@ -310,7 +310,8 @@ class FakeHomeAssistant:
             return
         data = dict(msg.get("service_data") or {})
         target = msg.get("target") or {}
-        wanted = target.get("entity_id", data.pop("entity_id", []))
+        fallback: str | list[str] = data.pop("entity_id", [])
+        wanted = target.get("entity_id", fallback)
         entity_ids = [wanted] if isinstance(wanted, str) else list(wanted)
         changes = []
         for entity_id in entity_ids:

@@ -104,7 +104,8 @@ async def test_timers_timeout_once_interval_repeats_cleared_never_again(
         assert once != every
 
         async def fired() -> list[int]:
-            return (await call(daemon, "alpha", "timers"))["fired"]
+            handles: list[int] = (await call(daemon, "alpha", "timers"))["fired"]
+            return handles
 
         with trio.fail_after(15):
             while (await fired()).count(every) < 3:
@@ -193,7 +194,7 @@ async def test_websocket_messages_both_ways(
         ws = await request.accept()
         message = await ws.get_message()
         received.append(str(message))
-        await ws.send_message(f"echo:{message}")
+        await ws.send_message(f"echo:{message!s}")
         await ws.aclose(code=1000, reason="bye")
 
     server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)

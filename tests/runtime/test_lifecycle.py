@@ -65,7 +65,8 @@ async def test_module_receives_subscribed_events(tmp_path: Path, make_module_dir
         await call(daemon, "beta", "emit", {"name": "pong", "data": 2})
 
         async def received() -> list[Any]:
-            return (await call(daemon, "alpha", "events"))["events"]
+            events: list[Any] = (await call(daemon, "alpha", "events"))["events"]
+            return events
 
         with trio.fail_after(15):
             while len(events := await received()) < 2:

@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 import trio
 
+from vessel._daemon import Daemon
 from vessel._manager import ModuleState
 
 from ..procs import Proc, alive, children_of, cmdline, comm, descendants_of
 from .harness import call, running_daemon
 
 
-def _refusal(daemon: Any, module_id: str) -> str:
+def _refusal(daemon: Daemon, module_id: str) -> str:
     reasons = [r.reason for r in daemon.manager.refused if r.module_id == module_id]
     assert reasons, f"{module_id} was not refused; refused: {daemon.manager.refused}"
     return reasons[0]

@@ -221,7 +221,7 @@ async def test_websocket_messages_and_peer_close_reach_the_callbacks(
     async def echo_then_close(request: WebSocketRequest) -> None:
         ws = await request.accept()
         text = await ws.get_message()
-        await ws.send_message(f"echo: {text}")
+        await ws.send_message(f"echo: {text!s}")
         await ws.aclose(1000, "bye")
 
     make_module_dir(tmp_path, "sdkkit", permissions=FULL)

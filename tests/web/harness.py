@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import httpx
 import trio
-from playwright.sync_api import expect
+from playwright.sync_api import ViewportSize, expect
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
@@ -41,8 +41,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 #: The narrowest phone the dashboard is laid out for.
 NARROWEST = 360
 

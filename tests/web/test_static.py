@@ -132,9 +132,9 @@ async def test_the_api_and_health_are_unchanged_by_the_dashboard(tmp_path: Path)
             assert response.json()["code"] == "not_found"
         status, _ = await raw_get(gw, "/api/modules/..%2Fetc")
         assert status == 401  # no token: refused before anything else
-        status, response = await raw_get(gw, "/api/modules/..%2Fetc", token=True)
+        status, raw = await raw_get(gw, "/api/modules/..%2Fetc", token=True)
         assert status == 404
-        assert b'"unknown_module"' in response
+        assert b'"unknown_module"' in raw
         bad_id = await client.get("/api/modules/UPPER", headers=gw.auth)
         assert bad_id.json()["code"] == "unknown_module"
         for method in ("POST", "PUT", "DELETE"):

@@ -245,3 +245,67 @@ def test_the_watchdog_makes_only_long_work_yield() -> None:
 _WAT = """(module
   (func (export "nop"))
   (func (export "spin") (loop $l (br $l))))"""
+
+
+def test_long_work_busy_with_the_host_yields_once_the_host_refuses_it() -> None:
+    """Long work that keeps calling the host (a burst of emits) is the daemon's work: it
+    is neither reported (quarantined) nor made to yield. Once the host refuses its calls
+    for a rate limit it is a flood that gives the daemon nothing to do: from then on it
+    is reported and yields like any other long work."""
+    box = box_cpu()
+    changes: list[bool] = []
+    engine = make_engine()
+    watchdog = Watchdog(engine, Confinement(box, changes.append))
+    callback = EpochCallback(lambda: watchdog.fired)
+    store = wasmtime.Store(engine)
+    callback.install(store)
+    #: Wall time of the invocation's start, and when the host starts refusing (None: never).
+    plan: dict[str, float | None] = {"start": 0.0, "refuse_after": None}
+
+    def host_call() -> int:
+        watchdog.pause()
+        try:
+            elapsed = time.monotonic() - (plan["start"] or 0.0)
+            refuse_after = plan["refuse_after"]
+            if refuse_after is not None and elapsed >= refuse_after:
+                watchdog.refused()
+            return 1 if elapsed < 0.1 else 0  # 100 ms of work, then it returns
+        finally:
+            watchdog.resume()
+
+    host = wasmtime.Func(store, wasmtime.FuncType([], [wasmtime.ValType.i32()]), host_call)
+    module = wasmtime.Module(engine, _HOST_BUSY_WAT)
+    busy = wasmtime.Instance(store, module, [host]).exports(store)["busy"]
+    assert isinstance(busy, wasmtime.Func)
+    try:
+
+        def invocation(refuse_after: float | None) -> int:
+            """Yields during one invocation of ``busy``."""
+            plan["start"], plan["refuse_after"] = time.monotonic(), refuse_after
+            before = callback.yields
+            store.set_epoch_deadline(1)
+            watchdog.arm(5.0)
+            try:
+                busy(store)
+            finally:
+                watchdog.disarm()
+            return callback.yields - before
+
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(invocation, None).result(timeout=10) == 0
+            assert changes == []
+            # Refused from 20 ms in: well after the watchdog found it busy with the host.
+            assert pool.submit(invocation, 0.02).result(timeout=10) > 0
+            # Reported while it flooded, and no longer once it ended (where there is a
+            # box to report: with one CPU nothing is confined).
+            assert changes == ([True, False] if box is not None else [])
+            # Refused from the start: never counted as busy with the host at all.
+            assert pool.submit(invocation, 0.0).result(timeout=10) > 0
+    finally:
+        watchdog.close()
+
+
+#: A core module whose ``busy`` export calls the host until the host returns 0.
+_HOST_BUSY_WAT = """(module
+  (import "host" "call" (func $call (result i32)))
+  (func (export "busy") (loop $l (br_if $l (call $call)))))"""

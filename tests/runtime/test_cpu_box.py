@@ -216,30 +216,36 @@ async def test_long_work_that_ends_well_is_let_out_soon_a_trap_is_not(
         assert _all(healthy, CLEAR)
 
 
+async def _warm_emitter(daemon: Any, module_id: str) -> None:
+    """Warm up the guest's emit command: its first run takes about 2 ms of CPU of its
+    own before it emits at all, which on a busy machine is long work, not busy with the
+    host (and may quarantine the module for LINGER: waited out)."""
+    box = daemon.cpu_box
+    await call(daemon, module_id, "emit", {"name": "warm", "data": {"n": 0}, "count": 3})
+    with trio.fail_after(5):
+        while box.quarantined:
+            await trio.sleep(0.01)
+
+
 async def test_long_work_busy_with_the_host_is_confined_but_not_quarantined(
     tmp_path: Path, make_module_dir: Any
 ) -> None:
     """A burst of emits is long work, but the daemon's own: it must not keep off a CPU
     while it handles it (the fan-out figure lost ~10 points when it did), and the burst
     does not yield its CPU every slice."""
-    make_module_dir(tmp_path, "testkit", module_id="emitter")
+    limits = {"max_event_rate": 100_000}
+    make_module_dir(tmp_path, "testkit", module_id="emitter", limits=limits)
     async with running_daemon(tmp_path, quarantine=60) as daemon:
         box = daemon.cpu_box
         assert box is not None
         emitter = daemon.manager.get("emitter")
-        # Warm up the guest's emit command: its first run takes about 2 ms of CPU of its
-        # own before it emits at all, which on a busy machine is long work, not busy
-        # with the host (and may quarantine the module for LINGER: waited out).
-        await call(daemon, "emitter", "emit", {"name": "warm", "data": {"n": 0}, "count": 3})
-        with trio.fail_after(5):
-            while box.quarantined:
-                await trio.sleep(0.01)
+        await _warm_emitter(daemon, "emitter")
         stats = await emitter.stats()
         assert stats is not None
         confined, narrowings = stats.confined_invocations, box.narrowings
         yields = stats.guest_yields
-        burst = {"name": "burst", "data": {"n": 1}, "count": 20_000}
-        assert "refused" in await call(daemon, "emitter", "emit", burst)
+        burst = {"name": "burst", "data": {"n": 1}, "count": 5_000}
+        assert await call(daemon, "emitter", "emit", burst) == {"refused": 0}
         stats = await emitter.stats()
         assert stats is not None
         assert stats.confined_invocations >= confined + CONFINES
@@ -247,6 +253,60 @@ async def test_long_work_busy_with_the_host_is_confined_but_not_quarantined(
         assert stats.guest_yields == yields
         assert box.narrowings == narrowings
         assert box.quarantined == frozenset()
+
+
+#: A flood from one command, far beyond the default rate limits (200 events and 200 log
+#: lines a second): what the command is asked, and what its answer says was refused.
+FLOODS = {
+    "emit": ({"name": "flood", "data": {"n": 1}, "count": 20_000}, "refused"),
+    "log": ({"message": "flood", "count": 20_000}, None),
+}
+
+
+@pytest.mark.parametrize("command", sorted(FLOODS))
+async def test_a_flood_the_rate_limit_refuses_is_quarantined_and_yields(
+    tmp_path: Path, make_module_dir: Any, command: str
+) -> None:
+    """A burst of emits (or log lines) beyond the module's rate limit is a flood, not
+    work for the daemon: what it sends is refused in the module process and never
+    reaches the daemon. So from its first refusal it is treated as any other runaway:
+    its module is quarantined (the bench's hostile neighbour floods) and it yields every
+    slice."""
+    make_module_dir(tmp_path, "testkit", module_id="flooder")
+    make_module_dir(tmp_path, "testkit", module_id="healthy")
+    async with running_daemon(tmp_path, quarantine=60) as daemon:
+        box = daemon.cpu_box
+        assert box is not None
+        flooder = daemon.manager.get("flooder")
+        healthy = daemon.manager.get("healthy").pid
+        assert healthy is not None
+        await _warm_emitter(daemon, "flooder")
+        stats = await flooder.stats()
+        assert stats is not None
+        narrowings, yields = box.narrowings, stats.guest_yields
+        params, refused = FLOODS[command]
+        async with trio.open_nursery() as nursery:
+            result: list[Any] = []
+
+            async def flood() -> None:
+                result.append(await call(daemon, "flooder", command, params))
+
+            nursery.start_soon(flood)
+            if BOX is not None:
+                await _until(
+                    "the flooder quarantined, the healthy module off its CPU",
+                    lambda: box.quarantined == {"flooder"} and _all(healthy, CLEAR),
+                )
+            # The healthy module serves meanwhile.
+            assert await call(daemon, "healthy", "echo", {"ok": 1}) == {"ok": 1}
+        if refused is not None:
+            assert result[0][refused] > 0
+        stats = await flooder.stats()
+        assert stats is not None
+        assert stats.guest_yields > yields
+        assert box.narrowings == narrowings + CONFINES
+        # It ended well: let out after LINGER, not kept for the quarantine after a trap.
+        await _until("let out", lambda: _settled(box, healthy), timeout=LINGER * 20)
 
 
 def _starts(module: Any) -> list[str]:

@@ -43,7 +43,9 @@ CONFINE_CPU = 0.001
 #: Guest work that has made this many host calls by the time it is confined is busy with
 #: the host (a burst of emits, say: measured, 4 to 6 calls in its first 2 ms of guest
 #: time, against none for a computation): it is confined all the same, but not reported
-#: to the daemon, which must not keep off a CPU while it handles that very work.
+#: to the daemon, which must not keep off a CPU while it handles that very work. Calls
+#: the host refused for a rate limit do not count: a flood gives the daemon no work, and
+#: work that was busy with the host is reported from its first refused call.
 HOST_BUSY_CALLS = 2
 
 
@@ -89,9 +91,15 @@ class Confinement:
         self._restore[tid] = (before, threads)
         self.count += 1
         if report:
-            self._reported.add(tid)
-            if len(self._reported) == 1 and self._on_change is not None:
-                self._on_change(True)
+            self.report(tid)
+
+    def report(self, tid: int) -> None:
+        """Count confined thread ``tid`` for ``on_change`` (if it was confined without)."""
+        if tid not in self._restore or tid in self._reported:
+            return
+        self._reported.add(tid)
+        if len(self._reported) == 1 and self._on_change is not None:
+            self._on_change(True)
 
     def release(self, tid: int) -> None:
         """Undo :meth:`confine` for ``tid``, if it was confined, and for the threads it

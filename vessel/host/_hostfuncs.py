@@ -74,6 +74,9 @@ class HostFunctions:
         self._current_chain = current_chain
         self._defer_reply = defer_reply
         self._complete_reply = complete_reply
+        #: Told when an emit is refused for the rate limit (the guest runtime's
+        #: ``refused``: a flood is long work that gives the daemon nothing to do).
+        self.on_rate_refused: Callable[[], None] = lambda: None
 
     def imports(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -133,6 +136,7 @@ class HostFunctions:
         problem = emit_problem(event.name, event.data)
         if problem is None and not self._rate.take():
             problem = rate_exceeded(self._max_event_rate)
+            self.on_rate_refused()
         try:
             if problem is not None:
                 self._refused += 1

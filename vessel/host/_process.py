@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,9 @@ class ModuleProcess:
         self._output = _OutputLines()
         self._loop_thread = threading.current_thread()
         self._log_limit = _LogLimit()
+        #: Told when the guest thread's log line is dropped for the rate limit (the guest
+        #: runtime's ``refused``: a flood of lines gives the daemon nothing to do).
+        self._rate_refused: Callable[[], None] = lambda: None
         self._stopping = False
         self._timers: TimerService | None = None
         self._websockets: WebSocketService | None = None
@@ -238,6 +242,7 @@ class ModuleProcess:
                 on_output=self._on_output,
                 on_box=box.guest,
             )
+            host.on_rate_refused = self._rate_refused = runtime.refused
             started = time.monotonic()
             # Set first: a timer that on-load sets may fire before it returns, and its fire
             # must wait in the mailbox, not be lost.
@@ -317,6 +322,8 @@ class ModuleProcess:
             self._send_log(level, message, source)
         else:
             admitted, dropped = self._log_limit.admit(level)
+            if not admitted:
+                self._rate_refused()
             lane = self._link.lanes[0] if self._link is not None else None
             if lane is None:
                 self._token.run_sync_soon(self._send_log, level, message, source)

@@ -78,8 +78,11 @@ class Watchdog:
         self._cpu_ident: int | None = None
         self._cpu_clock: int | None = None
         self._cpu_at_arm = 0.0
-        #: Host calls the armed invocation has made so far.
+        #: Host calls the armed invocation has made so far (not counting refused ones).
         self._host_calls = 0
+        #: The armed invocation was confined as long work busy with the host: neither
+        #: reported nor made to yield (``HOST_BUSY_CALLS``).
+        self._host_busy = False
         #: When the thread will look next; None while it waits for a notify.
         self._wake_at: float | None = None
         self._closed = False
@@ -109,6 +112,7 @@ class Watchdog:
             self._remaining = self._long_remaining = None
             self._tid = threading.get_native_id()
             self._host_calls = 0
+            self._host_busy = False
             self._cpu_at_arm = time.thread_time()
             if self._cpu_clock is None or self._cpu_ident != threading.get_ident():
                 self._cpu_ident = threading.get_ident()
@@ -124,6 +128,7 @@ class Watchdog:
             self._deadline = self._remaining = None
             self._long_at = self._long_remaining = None
             self._tick_at = self._tick_remaining = None
+            self._host_busy = False
             if self._tid is not None:
                 self._confinement.release(self._tid)
                 self._tid = None
@@ -153,6 +158,24 @@ class Watchdog:
             if self._tick_remaining is not None:
                 self._tick_at, self._tick_remaining = now + self._tick_remaining, None
             self._plan()
+
+    def refused(self) -> None:
+        """The host refused the current host call for a rate limit (call from inside it,
+        on the guest thread): it gave the daemon no work to do.
+
+        So it does not count towards being busy with the host, and long work that was
+        confined as busy with the host is now a flood: from here on it is reported (its
+        module is quarantined) and yields every slice, like any other runaway.
+        """
+        with self._cond:
+            self._host_calls = max(0, self._host_calls - 1)
+            if not self._host_busy:
+                return
+            self._host_busy = False
+            if self._tid is not None:
+                self._confinement.report(self._tid)
+            # The call is paused: ``resume`` starts the clock of the first slice.
+            self._tick_remaining = SLICE
 
     def close(self) -> None:
         with self._cond:
@@ -187,10 +210,10 @@ class Watchdog:
                         # must not get a healthy module confined (and quarantined).
                         self._long_at = now + short
                     else:
-                        busy_with_host = self._host_calls >= HOST_BUSY_CALLS
+                        self._host_busy = self._host_calls >= HOST_BUSY_CALLS
                         if self._tid is not None:
-                            self._confinement.confine(self._tid, report=not busy_with_host)
-                        if not busy_with_host:
+                            self._confinement.confine(self._tid, report=not self._host_busy)
+                        if not self._host_busy:
                             self._tick_at = now + SLICE
                     continue
                 if self._tick_at is not None and now >= self._tick_at:
@@ -308,6 +331,11 @@ class GuestRuntime:
     def confined(self) -> int:
         """Invocations so far that ran long and were confined to one CPU (``_confine``)."""
         return self._watchdog.confined
+
+    def refused(self) -> None:
+        """A host function refused the current host call for a rate limit
+        (``Watchdog.refused``)."""
+        self._watchdog.refused()
 
     @property
     def yields(self) -> int:

@@ -13,7 +13,8 @@ invocation's deadline into a trap, as epoch interruption does without a callback
 Long work busy with the host (``_confine.HOST_BUSY_CALLS``: a burst of emits) does not
 yield: it is the daemon's own work, and yielding slowed a burst of 5,000 emits from 400 to
 490 ms (median of 10; the watchdog's wake-ups every slice compete for the GIL with the
-host calls).
+host calls). A burst the rate limit refuses yields from its first refused emit
+(``Watchdog.refused``): a flood gives the daemon no work.
 
 Measured on 2 cores (bench/, the isolation figure, 7 runs each taking turns with the
 code before): with the measuring client left to the kernel, a healthy module's noisy p99

@@ -275,7 +275,8 @@ def _socket(p: Params) -> Any:
 
 
 def _log(p: Params) -> Any:
-    host.log(_str(p, "level", "info"), _str(p, "message"))
+    for _ in range(_uint(p, "count", 32, 1)):
+        host.log(_str(p, "level", "info"), _str(p, "message"))
     return {}
 
 

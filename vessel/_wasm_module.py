@@ -149,7 +149,8 @@ class WasmModule:
                     module_dir=str(self.source.dir),
                     source_hash=self.source.hash,
                     manifest=self.manifest,
-                    boxed=self._crashed,
+                    # With one usable CPU there is no box to start up in.
+                    boxed=self._crashed and self._box is not None and self._box.enabled,
                 )
                 try:
                     raw = await proc.request(_ipc.GUEST_START, params, timeout=START_TIMEOUT)

@@ -513,12 +513,16 @@ class Bench:
         off the CPU Vessel quarantines misbehaving modules to (vessel/_cpu_box.py): on
         this machine it would otherwise wait there behind the neighbour, which no remote
         client does. It still shares the other CPUs with the daemon and the healthy
-        module. The same rounds with the client left to the kernel are measured too, and
-        the note gives them."""
+        module. The benchmark process that drives the neighbour stands in for a remote
+        caller too, and keeps to that CPU while it does (bench/_neighbour.py). The same
+        rounds with nothing placed (client and driver left to the kernel) are measured
+        too, and the note gives them."""
         s = self.s
         data_dir = self.data_dir({"bench-echo": "bench-echo", MODULE: MODULE})
         spec = {**_rtt_spec("", None, s), "n": max(s.rtt_calls // s.call_rounds, 20)}
         off_box = _off_box_cpus()
+        box = box_cpu(os.sched_getaffinity(0))
+        driver = {box} if box is not None else None
         sides = ("quiet", "noisy", "floor_quiet", "floor_noisy", "free_quiet", "free_noisy")
         runs: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
         echo_dir = self.echo_dir()
@@ -542,9 +546,13 @@ class Bench:
                 for key, side in (("quiet", ours), ("floor_quiet", floor), ("free_quiet", free)):
                     await neighbour.settle()
                     runs[key].append(await client(side))
-                for key, side in (("noisy", ours), ("floor_noisy", floor), ("free_noisy", free)):
+                for key, side, cpus in (
+                    ("noisy", ours, driver),
+                    ("floor_noisy", floor, driver),
+                    ("free_noisy", free, None),
+                ):
                     await neighbour.settle()
-                    runs[key].append(await neighbour.beside(side))
+                    runs[key].append(await neighbour.beside(side, cpus))
         m = {side: median_of(runs[side]) for side in sides}
 
         def ratio(quiet: str, noisy: str) -> str:
@@ -564,10 +572,13 @@ class Bench:
                 "with and without the neighbour taking turns, the neighbour restarted "
                 "before each round; the measuring client kept off the CPU a misbehaving "
                 f"module is quarantined to (CPUs {off_box}: it stands in for a remote "
-                "dashboard). What the neighbour's calls came to, over all noisy "
-                f"rounds: {neighbour.summary()}. The same with the client left to the "
-                f"kernel: {ratio('free_quiet', 'free_noisy')}. For context, the in-process "
-                f"floor server beside the same neighbour: {ratio('floor_quiet', 'floor_noisy')}",
+                "dashboard), and the benchmark process that drives the neighbour kept to "
+                f"that CPU ({sorted(driver) if driver else None}: it stands in for a remote "
+                "caller). What the neighbour's calls came to, over all noisy "
+                f"rounds: {neighbour.summary()}. The same with nothing placed (client and "
+                f"driver left to the kernel): {ratio('free_quiet', 'free_noisy')}. For "
+                "context, the in-process floor server beside the same neighbour (driver "
+                f"placed as above): {ratio('floor_quiet', 'floor_noisy')}",
             )
         )
 

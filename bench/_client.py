@@ -11,6 +11,9 @@ Modes:
 * ``rtt``: ``n`` sequential round trips of ``frame`` (after ``warmup`` more), latencies.
   With ``"gate": true`` it prints ``warm`` after the warm-up and waits for a line on
   stdin before it measures (the isolation figure starts its neighbour then).
+* ``stamped``: round trips of ``frame`` one after the other (after ``warmup`` more),
+  from a ``go`` line on stdin to a ``stop`` line, each with the ``time.monotonic`` it
+  started at and how long it took (``bench/timeline.py``). Prints ``warm`` when ready.
 * ``pipelined``: ``n`` frames with ``window`` in flight at once; messages per second.
 * ``fanout``: ``connections`` sockets, each subscribed; prints ``ready`` once all are, then
   counts ``expect`` messages per socket; reports when the last one arrived
@@ -69,6 +72,34 @@ async def _rtt(ws: WebSocketConnection, spec: dict[str, Any]) -> dict[str, Any]:
         if i >= spec["warmup"]:
             samples.append(elapsed)
     return latency_summary(samples)
+
+
+async def _stamped(ws: WebSocketConnection, spec: dict[str, Any]) -> dict[str, Any]:
+    for i in range(spec["warmup"]):
+        await ws.send_message(_call_frame(spec, str(i)))
+        reply = await ws.get_message()
+        if i == 0:
+            _check_reply(reply)
+    print("warm", flush=True)
+    await trio.to_thread.run_sync(sys.stdin.readline)  # go
+    stop = trio.Event()
+    calls: list[tuple[float, float]] = []
+
+    async def stop_on_line() -> None:
+        await trio.to_thread.run_sync(sys.stdin.readline)  # stop (or EOF)
+        stop.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_on_line)
+        i = spec["warmup"]
+        while not stop.is_set():
+            frame = _call_frame(spec, str(i))
+            i += 1
+            at, start = time.monotonic(), time.perf_counter()
+            await ws.send_message(frame)
+            await ws.get_message()
+            calls.append((at, time.perf_counter() - start))
+    return {"calls": calls}
 
 
 def _check_reply(reply: str | bytes) -> None:
@@ -151,6 +182,8 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
             return await _rtt(ws, spec)
         if spec["mode"] == "pipelined":
             return await _pipelined(ws, spec)
+        if spec["mode"] == "stamped":
+            return await _stamped(ws, spec)
     raise ValueError(f"unknown mode {spec['mode']!r}")
 
 

@@ -38,8 +38,10 @@ from ._control import Control
 from ._procs import BenchError, gated_client
 
 MODULE = "bench-hostile"
+#: Commands for the neighbour, in turn: (name, params).
+Acts = tuple[tuple[str, dict[str, Any]], ...]
 #: What the neighbour is asked to do, over and over, in a noisy round.
-HOSTILE_LOOP: tuple[tuple[str, dict[str, Any]], ...] = (
+HOSTILE_LOOP: Acts = (
     ("spin", {}),
     ("trap", {}),
     ("flood", {"count": 2000}),
@@ -92,28 +94,33 @@ class Neighbour:
         """Be hostile until ``stop``; each call runs to its end (the next quiet round
         must not start beside a neighbour still spinning)."""
         started = trio.current_time()
-        before = _keep_to(driver_cpus) if driver_cpus else None
+        before = keep_to(driver_cpus) if driver_cpus else None
         try:
             await self._run(stop)
         finally:
             if before is not None:
-                _keep_to(before)
+                keep_to(before)
             self.hostile_time += trio.current_time() - started
 
     async def _run(self, stop: trio.Event) -> None:
-        while True:
-            for name, params in HOSTILE_LOOP:
-                if stop.is_set():
-                    return
-                self._forget_lifecycle()
-                doc = await self.control.request(
-                    {"type": "call", "module": MODULE, "name": name, "params": params},
-                    check=False,
-                )
-                outcome = _outcome(doc)
-                self.outcomes[f"{name}: {outcome}"] += 1
-                if outcome == "module_unavailable":
-                    await self._comeback()
+        while not stop.is_set():
+            await self.act(HOSTILE_LOOP, stop)
+
+    async def act(self, calls: Acts, stop: trio.Event | None = None) -> None:
+        """Make the neighbour do ``calls`` in turn, each to its end (until ``stop``),
+        waiting for it while it is away restarting; their outcomes are counted."""
+        for name, params in calls:
+            if stop is not None and stop.is_set():
+                return
+            self._forget_lifecycle()
+            doc = await self.control.request(
+                {"type": "call", "module": MODULE, "name": name, "params": params},
+                check=False,
+            )
+            outcome = _outcome(doc)
+            self.outcomes[f"{name}: {outcome}"] += 1
+            if outcome == "module_unavailable":
+                await self._comeback()
 
     def summary(self) -> str:
         acts = ", ".join(f"{key} {count}" for key, count in sorted(self.outcomes.items()))
@@ -153,7 +160,7 @@ class Neighbour:
                 return
 
 
-def _keep_to(cpus: set[int]) -> set[int]:
+def keep_to(cpus: set[int]) -> set[int]:
     """Keep every thread of this process to ``cpus``; the CPUs it had before. (Clients
     started meanwhile would inherit them: the measuring client is started before.)"""
     before = os.sched_getaffinity(0)

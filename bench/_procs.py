@@ -200,8 +200,36 @@ async def gated_client(
     """One ``rtt`` client process that measures only once ``when_warm()`` has returned
     (it runs after the client's warm-up, so whatever it starts is there from the first
     measured call, not spent during the client's own start-up)."""
+
+    async def gate(stdin: trio.abc.SendStream) -> None:
+        await when_warm()
+        await stdin.send_all(b"go\n")
+
+    return await _gated({**spec, "gate": True}, gate, timeout)
+
+
+async def stamped_client(
+    spec: dict[str, Any], drive: Callable[[], Awaitable[None]], timeout: float = 600.0
+) -> dict[str, Any]:
+    """One ``stamped`` client process calling while ``drive()`` runs, from the end of
+    the client's warm-up to ``drive``'s return: ``{"calls": [[started_at, seconds]...]}``."""
+
+    async def gate(stdin: trio.abc.SendStream) -> None:
+        await stdin.send_all(b"go\n")
+        await drive()
+        await stdin.send_all(b"stop\n")
+
+    return await _gated({**spec, "mode": "stamped"}, gate, timeout)
+
+
+async def _gated(
+    spec: dict[str, Any],
+    gate: Callable[[trio.abc.SendStream], Awaitable[None]],
+    timeout: float,
+) -> dict[str, Any]:
+    """A client process whose ``warm`` line runs ``gate`` (given the client's stdin)."""
     process = await trio.lowlevel.open_process(
-        [PYTHON, "-m", "bench._client", json.dumps({**spec, "gate": True})],
+        [PYTHON, "-m", "bench._client", json.dumps(spec)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -215,8 +243,7 @@ async def gated_client(
         with trio.fail_after(timeout):
             async for line in _lines(process.stdout):
                 if line == "warm":
-                    await when_warm()
-                    await process.stdin.send_all(b"go\n")
+                    await gate(process.stdin)
                 elif line.startswith("{"):
                     result = json.loads(line)
             if await process.wait() != 0 or result is None:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import trio
 
@@ -162,38 +162,55 @@ class CpuBox:
                 now = trio.current_time()
                 for module_id in [m for m, until in self._until.items() if until <= now]:
                     del self._until[module_id]
-                self._apply(frozenset(self._holding) | frozenset(self._until))
+                for _ in self._apply(frozenset(self._holding) | frozenset(self._until)):
+                    await trio.lowlevel.checkpoint()
         finally:
-            self._apply(frozenset())  # stopping: leave no thread narrowed or boxed
+            # Stopping (maybe in the middle of a placement): leave no thread narrowed
+            # or boxed, all at once.
+            for _ in self._apply(frozenset(), force=True):
+                pass
 
     # -- placing threads -----------------------------------------------------------------
 
-    def _apply(self, quarantined: frozenset[str]) -> None:
+    def _apply(self, quarantined: frozenset[str], *, force: bool = False) -> Iterator[None]:
+        """Place every thread for ``quarantined`` being the quarantine, one process at a
+        time: the caller lets the daemon's other tasks run at each step. Moving the
+        threads of every module process holds the daemon's loop for as long as it takes
+        (measured: 0.4 ms with 10 module processes, 1.4-3 ms with 50, and several times
+        that in a busy daemon), which every call and event then waits for. The daemon
+        goes first, then the quarantined modules, then the others and the helpers.
+        ``force``: place everything even if nothing changed (a placement cut short)."""
         recheck, self._recheck = self._recheck, set()
-        if quarantined == self._placed:
+        if quarantined == self._placed and not force:
             # Nothing changed but reports: put back what a confinement's end let out.
             processes = self._processes()
             for module_id in recheck & quarantined:
                 if module_id in processes:
                     self.moved += self._place(processes[module_id], self._boxed, True)
+                    yield
             return
         before, self._placed = self._placed, quarantined
         if quarantined and not before:
             self.narrowings += 1
         moved = self._place(os.getpid(), self._target(None), False)
         affinity_changed()  # the daemon's active wait must not spin on a single CPU
-        for pid in self._helpers():
-            moved += self._place(pid, self._boxed if quarantined else self._everything, True)
-        for module_id, pid in self._processes().items():
+        processes = self._processes()
+        for module_id in sorted(processes, key=lambda m: m not in quarantined):
+            yield
+            pid = processes[module_id]
             moved += self._place(pid, self._target(module_id), module_id in before | quarantined)
+        for pid in self._helpers():
+            yield
+            moved += self._place(pid, self._boxed if quarantined else self._everything, True)
         self.moved += moved
-        log.info(
-            "%s: %d threads moved",
-            f"quarantined to CPU {self._box}: {', '.join(sorted(quarantined))}"
-            if quarantined
-            else "quarantine over, every CPU in use again",
-            moved,
-        )
+        if quarantined != before or moved:
+            log.info(
+                "%s: %d threads moved",
+                f"quarantined to CPU {self._box}: {', '.join(sorted(quarantined))}"
+                if quarantined
+                else "quarantine over, every CPU in use again",
+                moved,
+            )
 
     def _target(self, module_id: str | None) -> frozenset[int]:
         if module_id is not None and module_id in self._placed:

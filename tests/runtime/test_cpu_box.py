@@ -379,6 +379,46 @@ async def test_only_threads_placed_by_the_box_are_moved() -> None:
                 await child.wait()
 
 
+async def test_the_box_places_one_process_at_a_time() -> None:
+    """Moving every module process's threads holds the daemon's loop for as long as it
+    takes (milliseconds with tens of modules); the box lets the daemon's other tasks run
+    between two processes, so a call or an event waits for one process's placement at
+    most, not for all of them. The quarantined module goes first."""
+    argv = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+    children = [await trio.lowlevel.open_process(argv, stdin=subprocess.PIPE) for _ in range(4)]
+    first, others = children[0], children[1:]
+    try:
+        box = CpuBox(lambda: {f"m{i}": c.pid for i, c in enumerate(children)}, quarantine=60)
+        #: How many of the others were off the box, at each look between two steps.
+        seen: set[int] = set()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(box.run)
+            if BOX is None:
+                await _one_cpu_does_nothing(box, *(c.pid for c in children))
+                nursery.cancel_scope.cancel()
+                return
+            box.occupied("m0", True)
+            with trio.fail_after(5):
+                while True:
+                    placed = sum(_all(c.pid, CLEAR) for c in others)
+                    seen.add(placed)
+                    if placed == len(others):
+                        break
+                    if placed:
+                        assert _all(first.pid, BOXED)  # the quarantined module first
+                    await trio.lowlevel.checkpoint()
+            nursery.cancel_scope.cancel()
+        # This task ran between the placements: it saw some of the others placed, not all.
+        assert seen & set(range(1, len(others))), seen
+        assert all(_all(c.pid, EVERYTHING) for c in children)  # given back on stopping
+    finally:
+        for child in children:
+            assert child.stdin is not None
+            await child.stdin.aclose()
+            with trio.fail_after(10):
+                await child.wait()
+
+
 async def _one_cpu_does_nothing(box: CpuBox, *pids: int) -> None:
     assert not box.enabled
     box.occupied("q", True)

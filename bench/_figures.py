@@ -27,7 +27,7 @@ from vessel.host._confine import box_cpu
 from . import _procs
 from ._control import open_control
 from ._inproc import PARAMS
-from ._neighbour import MODULE, Neighbour
+from ._neighbour import MODULE, neighbourhood
 from ._procs import PYTHON, ROOT, BenchError, Vessel, client, fanout_clients, vessel_serve
 from ._setup import Guest, add_module
 from ._stats import median_of
@@ -527,17 +527,11 @@ class Bench:
         runs: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
         echo_dir = self.echo_dir()
         async with (
-            vessel_serve(data_dir) as vessel,
-            open_control(vessel) as control,
-            httpx.AsyncClient(
-                base_url=vessel.url, headers={"authorization": f"Bearer {vessel.token}"}
-            ) as http,
+            neighbourhood(data_dir) as (vessel, neighbour),
             # For context: how much the same neighbour slows the in-process floor server,
             # one process doing all the work (the machine's share of the figure).
             _procs.floor_server(echo_dir / "modules" / "bench-echo") as floor_url,
         ):
-            neighbour = Neighbour(control, http)
-            await vessel.wait_started(2)
             free = {**spec, "url": vessel.ws_url, "token": vessel.token}
             ours = {**free, "cpus": off_box}
             floor = {**spec, "url": floor_url.replace("http://", "ws://") + "/guest"}

@@ -28,14 +28,16 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
 
-from ._control import Control
-from ._procs import BenchError, gated_client
+from ._control import Control, open_control
+from ._procs import BenchError, Vessel, gated_client, vessel_serve
 
 MODULE = "bench-hostile"
 #: Commands for the neighbour, in turn: (name, params).
@@ -94,12 +96,10 @@ class Neighbour:
         """Be hostile until ``stop``; each call runs to its end (the next quiet round
         must not start beside a neighbour still spinning)."""
         started = trio.current_time()
-        before = keep_to(driver_cpus) if driver_cpus else None
         try:
-            await self._run(stop)
+            with driving_from(driver_cpus):
+                await self._run(stop)
         finally:
-            if before is not None:
-                keep_to(before)
             self.hostile_time += trio.current_time() - started
 
     async def _run(self, stop: trio.Event) -> None:
@@ -160,9 +160,36 @@ class Neighbour:
                 return
 
 
-def keep_to(cpus: set[int]) -> set[int]:
-    """Keep every thread of this process to ``cpus``; the CPUs it had before. (Clients
-    started meanwhile would inherit them: the measuring client is started before.)"""
+@contextlib.asynccontextmanager
+async def neighbourhood(data_dir: Path) -> AsyncIterator[tuple[Vessel, Neighbour]]:
+    """``vessel serve`` on ``data_dir`` (``bench-echo`` and the neighbour installed),
+    both modules started, and the neighbour's driver."""
+    async with (
+        vessel_serve(data_dir) as vessel,
+        open_control(vessel) as control,
+        httpx.AsyncClient(
+            base_url=vessel.url, headers={"authorization": f"Bearer {vessel.token}"}
+        ) as http,
+    ):
+        await vessel.wait_started(2)
+        yield vessel, Neighbour(control, http)
+
+
+@contextlib.contextmanager
+def driving_from(cpus: set[int] | None) -> Iterator[None]:
+    """Keep every thread of this process to ``cpus`` (None: leave them be) for the
+    block. (A client started meanwhile would inherit them: start it before.)"""
+    if not cpus:
+        yield
+        return
+    before = _keep_to(cpus)
+    try:
+        yield
+    finally:
+        _keep_to(before)
+
+
+def _keep_to(cpus: set[int]) -> set[int]:
     before = os.sched_getaffinity(0)
     for tid in os.listdir("/proc/self/task"):
         with contextlib.suppress(ProcessLookupError):  # the thread ended

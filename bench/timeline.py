@@ -30,15 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import trio
 
 from vessel.host._confine import box_cpu
 
-from ._control import open_control
 from ._figures import Bench, Settings, _echo_frame, _off_box_cpus
-from ._neighbour import HOSTILE_LOOP, MODULE, Acts, Neighbour, keep_to
-from ._procs import stamped_client, vessel_serve
+from ._neighbour import HOSTILE_LOOP, MODULE, Acts, Neighbour, driving_from, neighbourhood
+from ._procs import stamped_client
 from ._setup import build_guests
 from ._stats import percentile
 
@@ -102,28 +100,16 @@ async def run(args: argparse.Namespace, bench: Bench) -> tuple[Timeline, Neighbo
     data_dir = bench.data_dir({"bench-echo": "bench-echo", MODULE: MODULE})
     box = box_cpu(os.sched_getaffinity(0))
     timeline = Timeline(gap=args.gap)
-    async with (
-        vessel_serve(data_dir) as vessel,
-        open_control(vessel) as control,
-        httpx.AsyncClient(
-            base_url=vessel.url, headers={"authorization": f"Bearer {vessel.token}"}
-        ) as http,
-    ):
-        neighbour = Neighbour(control, http)
-        await vessel.wait_started(2)
+    async with neighbourhood(data_dir) as (vessel, neighbour):
 
         async def drive() -> None:
             for _ in range(args.acts):
                 await neighbour.settle()
                 await trio.sleep(args.gap)
-                # The driver stands in for a remote caller, as in the figure.
-                before = keep_to({box}) if box is not None else None
                 begin = time.monotonic()  # the client's clock: it stamps its calls
-                try:
+                # The driver stands in for a remote caller, as in the figure.
+                with driving_from({box} if box is not None else None):
                     await neighbour.act(ACTS[args.act])
-                finally:
-                    if before is not None:
-                        keep_to(before)
                 timeline.acts.append((begin, time.monotonic()))
                 await trio.sleep(args.gap)
 

@@ -174,8 +174,12 @@ class Watchdog:
             self._host_busy = False
             if self._tid is not None:
                 self._confinement.report(self._tid)
-            # The call is paused: ``resume`` starts the clock of the first slice.
-            self._tick_remaining = SLICE
+            if self._remaining is not None:
+                # Inside a host call, the clock paused: ``resume`` starts the first slice.
+                self._tick_remaining = SLICE
+            else:  # a line the guest printed, say: no host call to come back from
+                self._tick_at = time.monotonic() + SLICE
+                self._plan()
 
     def close(self) -> None:
         with self._cond:

@@ -521,8 +521,7 @@ class Bench:
         data_dir = self.data_dir({"bench-echo": "bench-echo", MODULE: MODULE})
         spec = {**_rtt_spec("", None, s), "n": max(s.rtt_calls // s.call_rounds, 20)}
         off_box = _off_box_cpus()
-        box = box_cpu(os.sched_getaffinity(0))
-        driver = {box} if box is not None else None
+        driver = _box_cpus()
         sides = ("quiet", "noisy", "floor_quiet", "floor_noisy", "free_quiet", "free_noisy")
         runs: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
         echo_dir = self.echo_dir()
@@ -591,6 +590,13 @@ class Bench:
             "x": [float(n) for n in s.modules_curve],
             "vessel": p50,
         }
+
+
+def _box_cpus() -> set[int] | None:
+    """The CPU Vessel quarantines misbehaving modules to, as a set (None: a single CPU,
+    no box)."""
+    box = box_cpu(os.sched_getaffinity(0))
+    return {box} if box is not None else None
 
 
 def _off_box_cpus() -> list[int] | None:

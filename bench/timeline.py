@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import statistics
 import sys
@@ -32,9 +31,7 @@ from typing import Any
 
 import trio
 
-from vessel.host._confine import box_cpu
-
-from ._figures import Bench, Settings, _echo_frame, _off_box_cpus
+from ._figures import Bench, Settings, _box_cpus, _echo_frame, _off_box_cpus
 from ._neighbour import HOSTILE_LOOP, MODULE, Acts, Neighbour, driving_from, neighbourhood
 from ._procs import stamped_client
 from ._setup import build_guests
@@ -98,7 +95,6 @@ class Timeline:
 
 async def run(args: argparse.Namespace, bench: Bench) -> tuple[Timeline, Neighbour]:
     data_dir = bench.data_dir({"bench-echo": "bench-echo", MODULE: MODULE})
-    box = box_cpu(os.sched_getaffinity(0))
     timeline = Timeline(gap=args.gap)
     async with neighbourhood(data_dir) as (vessel, neighbour):
 
@@ -108,13 +104,12 @@ async def run(args: argparse.Namespace, bench: Bench) -> tuple[Timeline, Neighbo
                 await trio.sleep(args.gap)
                 begin = time.monotonic()  # the client's clock: it stamps its calls
                 # The driver stands in for a remote caller, as in the figure.
-                with driving_from({box} if box is not None else None):
+                with driving_from(_box_cpus()):
                     await neighbour.act(ACTS[args.act])
                 timeline.acts.append((begin, time.monotonic()))
                 await trio.sleep(args.gap)
 
         spec = {
-            "mode": "stamped",
             "url": vessel.ws_url,
             "token": vessel.token,
             "frame": _echo_frame(),

@@ -90,8 +90,10 @@ class CpuBox:
         #: Modules with work in the box now, and when the others' quarantine ends.
         self._holding: set[str] = set()
         self._until: dict[str, float] = {}
-        #: The quarantined modules as last placed.
+        #: The quarantined modules as last placed, and as being placed now (the same
+        #: but during a placement: ``_apply`` goes in steps).
         self._placed: frozenset[str] = frozenset()
+        self._placing: frozenset[str] = frozenset()
         #: Quarantined modules that reported since: their threads are placed again (a
         #: confined thread given its CPUs back by its own process must go back in).
         self._recheck: set[str] = set()
@@ -147,7 +149,7 @@ class CpuBox:
     def process_started(self, module_id: str, pid: int) -> None:
         """Place a new module process at once: a quarantined module's in the box. (One
         forked meanwhile starts in the box, where the fork server is.)"""
-        if self._placed:
+        if self._placing:
             self.moved += self._place(pid, self._target(module_id), True)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -189,7 +191,10 @@ class CpuBox:
                     self.moved += self._place(processes[module_id], self._boxed, True)
                     yield
             return
-        before, self._placed = self._placed, quarantined
+        before = self._placed
+        # Threads in the box that a placement of ours (maybe one cut short) put there.
+        ours = before | self._placing | quarantined
+        self._placing = quarantined
         if quarantined and not before:
             self.narrowings += 1
         moved = self._place(os.getpid(), self._target(None), False)
@@ -198,10 +203,11 @@ class CpuBox:
         for module_id in sorted(processes, key=lambda m: m not in quarantined):
             yield
             pid = processes[module_id]
-            moved += self._place(pid, self._target(module_id), module_id in before | quarantined)
+            moved += self._place(pid, self._target(module_id), module_id in ours)
         for pid in self._helpers():
             yield
             moved += self._place(pid, self._boxed if quarantined else self._everything, True)
+        self._placed = quarantined
         self.moved += moved
         if quarantined != before or moved:
             log.info(
@@ -213,9 +219,9 @@ class CpuBox:
             )
 
     def _target(self, module_id: str | None) -> frozenset[int]:
-        if module_id is not None and module_id in self._placed:
+        if module_id is not None and module_id in self._placing:
             return self._boxed
-        return self._clear if self._placed else self._everything
+        return self._clear if self._placing else self._everything
 
     def _place(self, pid: int, target: frozenset[int], ours_in_box: bool) -> int:
         """Move the threads of ``pid`` that have one of our sets to ``target``. Threads

@@ -108,13 +108,14 @@ class CpuBox:
 
     @property
     def quarantined(self) -> frozenset[str]:
-        """The modules in quarantine now (as last placed)."""
-        return self._placed
+        """The modules in quarantine now (placed, or being placed)."""
+        return self._placing
 
     @property
     def narrowed(self) -> bool:
-        """True while the daemon and the other modules keep off the box."""
-        return bool(self._placed)
+        """True while the daemon and the other modules keep off the box: from the start
+        of a quarantine's placement to the end of the placement that lifts it."""
+        return bool(self._placed or self._placing)
 
     def occupied(self, module_id: str, occupied: bool) -> None:
         """Module ``module_id`` has (or no longer has) work on the box CPU."""

@@ -86,6 +86,8 @@ class BlockingChannel:
         os.set_blocking(write_fd, True)
         self._poller = select.poll()
         self._poller.register(read_fd, select.POLLIN)
+        self._writable = select.poll()
+        self._writable.register(write_fd, select.POLLOUT)
         self._max_frame_size = max_frame_size
         self._decoder = FrameDecoder(max_frame_size)
         self._inbox: deque[Incoming] = deque()
@@ -150,6 +152,30 @@ class BlockingChannel:
     def notify(self, method: str, body: Any) -> None:
         """Send a one-way message. Raises :class:`FrameTooLarge` if it cannot fit."""
         self._queue(encode_message(Notify(method, encode_body(body)), self._max_frame_size))
+
+    def try_notify(self, method: str, body: Any) -> bool:
+        """Send a one-way message now if the pipe has room for it, without blocking;
+        False (nothing sent) if it has none, or if the message and what :meth:`notify`
+        queued before it (written first) are more than a pipe writes whole (PIPE_BUF).
+
+        For a thread that must never wait for the parent (a watchdog, say): it may try
+        again once the pipe is writable (``trio.lowlevel.wait_writable(lane.write_fileno())``).
+        """
+        self._raise_if_closed()
+        frame = encode_message(Notify(method, encode_body(body)), self._max_frame_size)
+        size = self._out_bytes + len(frame)
+        # A pipe is writable while it has a free page, and a write of at most PIPE_BUF
+        # bytes is all-or-nothing: with room for it, the write below cannot block.
+        if size > select.PIPE_BUF or not self._writable.poll(0):
+            return False
+        self._out.append(frame)
+        self._out_bytes = size
+        self.flush()
+        return True
+
+    def write_fileno(self) -> int:
+        """The write end, to wait until it is writable after :meth:`try_notify` failed."""
+        return self._write_fd
 
     def request(self, method: str, body: Any, *, timeout: float) -> msgspec.Raw:
         """Call ``method`` on the parent and block for the raw reply body.

@@ -127,8 +127,10 @@ class WasmModule:
             # What ps/top show for a forked module process (comm keeps 15 bytes).
             title=f"vessel:{self.id}",
             on_output=self._child_output,
-            # The lane carries commands to the guest's thread and its host calls back.
-            lanes=1,
+            # The first lane carries commands to the guest's thread and its host calls
+            # back; the second, the module's work on the box CPU (``host._box_report``),
+            # sent straight from the thread that confines it.
+            lanes=2,
         )
         begun = trio.current_time()
         self._fatal = None

@@ -209,6 +209,51 @@ async def test_a_request_times_out_and_its_late_answer_is_dropped() -> None:
             )
 
 
+async def test_try_notify_never_blocks_and_what_it_sent_arrives_in_order() -> None:
+    """On a pipe the parent does not read, try_notify fills it and then says False at
+    once instead of blocking; once the parent reads, the lane is writable again and
+    everything sent arrives, in order (the refused ones are not sent at all)."""
+    up_read, up_write = os.pipe()
+    down_read, down_write = os.pipe()
+    lane = BlockingChannel(down_read, up_write, name="kid/lane2")
+    # Bigger than what a pipe writes whole (PIPE_BUF): never tried, even on an empty pipe.
+    assert not lane.try_notify("big", "y" * 5000)
+    filler = "x" * 1000
+    sent = 0
+    # On this thread, with nobody reading: a blocking write would hang the test.
+    while lane.try_notify("fill", [sent, filler]):
+        sent += 1
+        assert sent < 10_000, "try_notify never found the pipe full"
+    assert sent > 10  # a pipe holds 64 KiB by default: dozens of these
+    assert not lane.try_notify("fill", [sent, filler])
+    notes: list[Any] = []
+    got_last = trio.Event()
+
+    async def on_notify(method: str, body: msgspec.Raw) -> None:
+        notes.append((method, decode(body)))
+        if method == "last":
+            got_last.set()
+
+    channel = Channel(
+        trio.lowlevel.FdStream(down_write),
+        trio.lowlevel.FdStream(up_read),
+        name="parent",
+        on_request=parent_handler,
+        on_notify=on_notify,
+    )
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(channel.run)
+                await trio.lowlevel.wait_writable(lane.write_fileno())
+                assert lane.try_notify("last", sent)
+                await got_last.wait()
+                await channel.aclose()
+    finally:
+        lane.close()
+    assert notes == [*(("fill", [n, filler]) for n in range(sent)), ("last", sent)]
+
+
 async def test_the_parent_can_ping_a_lane_while_its_thread_waits() -> None:
     async with lane_pair() as (channel, lane):
         with trio.fail_after(10):

@@ -1,7 +1,9 @@
 """The module process: a trio loop for I/O, and the guest on a thread of its own.
 
 The daemon's commands reach the guest over a lane (a second pipe pair) that the guest's
-thread reads and answers itself (``_guest_thread``); everything else is the trio loop's:
+thread reads and answers itself (``_guest_thread``); a second lane carries the module's
+work on the box CPU, written by whichever thread changes it (``_box_report``); everything
+else is the trio loop's:
 the main channel (start, stats, heartbeats, events, log lines), timers, WebSockets and
 HTTP. Bus events, timer fires and socket frames are queued for the guest's thread, which
 takes them in turn with the commands, one invocation at a time, so the loop keeps
@@ -159,8 +161,8 @@ class ModuleProcess:
         self.dropped_events = 0
 
     def attach(self, link: ParentLink) -> None:
-        if len(link.lanes) != 1:
-            raise RuntimeError(f"a module process needs 1 lane, the daemon gave {len(link.lanes)}")
+        if len(link.lanes) != 2:
+            raise RuntimeError(f"a module process needs 2 lanes, the daemon gave {len(link.lanes)}")
         self._link = link
         self._attached.set()
 
@@ -196,8 +198,8 @@ class ModuleProcess:
             self._ws_message, self._ws_closed, max_connections=limits.max_websockets
         )
         http = HttpService()
-        box = BoxReport(self._token)
-        await self._nursery.start(box.run, self.channel)
+        box = BoxReport(self._link.lanes[1], self._token)
+        await self._nursery.start(box.run)
         await self._nursery.start(self._timers.run)
         await self._nursery.start(self._websockets.run)
         await self._nursery.start(http.run)

@@ -86,6 +86,10 @@ async def _serve_until_modules_run(
             "--data-dir",
             str(data_dir),
             "--no-bundled",
+            # Any free port: these tests run beside each other (xdist), and beside
+            # anything else on the machine that listens on the default one.
+            "--port",
+            "0",
             *options,
         ],
         stdout=subprocess.DEVNULL,
@@ -93,12 +97,21 @@ async def _serve_until_modules_run(
     )
     assert process.stderr is not None
     seen = b""
-    with trio.fail_after(60):
-        while seen.count(b"vessel running") == 0:
-            chunk = await process.stderr.receive_some()
-            if not chunk:
-                raise AssertionError(f"daemon exited early:\n{seen.decode()}")
-            seen += chunk
+    try:
+        with trio.fail_after(60):
+            while seen.count(b"vessel running") == 0:
+                chunk = await process.stderr.receive_some()
+                if not chunk:
+                    raise AssertionError(f"daemon exited early:\n{seen.decode()}")
+                seen += chunk
+    except BaseException:
+        # Reaped here, not left to the garbage collector: a failed start must not spill
+        # into the next test as an "unraisable" warning about a running subprocess.
+        process.kill()
+        with trio.move_on_after(10):
+            await process.wait()
+        await process.aclose()
+        raise
     children = children_of(process.pid)
     if "--no-forkserver" in options:
         modules = children

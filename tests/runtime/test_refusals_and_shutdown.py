@@ -110,7 +110,7 @@ async def _serve_until_modules_run(
         process.kill()
         with trio.move_on_after(10):
             await process.wait()
-        await process.aclose()
+        await process.stderr.aclose()
         raise
     children = children_of(process.pid)
     if "--no-forkserver" in options:

@@ -12,8 +12,8 @@ is a millisecond in which the healthy modules share their CPUs with it. Handing 
 report to this process's trio loop instead cost 0.5-2.5 ms on a busy machine, the loop
 waiting for a CPU to send it (bench/, ``python -m bench.timeline``).
 
-Those threads must never block (the watchdog enforces every deadline), so a report finds
-the lane's pipe full, it is left to the trio loop, which sends it once the pipe has room.
+Those threads must never block (the watchdog enforces every deadline), so a report that
+finds the lane's pipe full is left to the trio loop, which sends it once there is room.
 The latest state is sent, changes in between are folded, and none is dropped: a lost
 "no longer" would keep the module quarantined for nothing.
 """

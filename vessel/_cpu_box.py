@@ -112,6 +112,13 @@ class CpuBox:
         return self._placing
 
     @property
+    def placed(self) -> frozenset[str]:
+        """The quarantine as the last finished placement left it: these modules' threads
+        in the box, everyone else's off it. Behind :attr:`quarantined` while a placement
+        is under way (it goes one process at a time)."""
+        return self._placed
+
+    @property
     def narrowed(self) -> bool:
         """True while the daemon and the other modules keep off the box: from the start
         of a quarantine's placement to the end of the placement that lifts it."""

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import trio
 
-from actors import ProcessSpec
+from actors import BlockingChannel, Channel, NotifyHandler, ProcessSpec, RequestHandler
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
@@ -88,3 +89,29 @@ def children_of(parent: int) -> set[int]:
         if int(fields[1]) == parent:
             found.add(int(entry.name))
     return found
+
+
+def lane_pipes(name: str) -> tuple[BlockingChannel, int, int]:
+    """A lane over two real pipes of this process: the child's blocking end, and the
+    fds of the parent's end (read, write) for :func:`parent_channel`."""
+    up_read, up_write = os.pipe()
+    down_read, down_write = os.pipe()
+    return BlockingChannel(down_read, up_write, name=name), up_read, down_write
+
+
+def parent_channel(
+    read_fd: int,
+    write_fd: int,
+    *,
+    on_request: RequestHandler = parent_handler,
+    on_notify: NotifyHandler | None = None,
+    name: str = "parent",
+) -> Channel:
+    """The parent's end of a lane from :func:`lane_pipes` (it owns the two fds now)."""
+    return Channel(
+        trio.lowlevel.FdStream(write_fd),
+        trio.lowlevel.FdStream(read_fd),
+        name=name,
+        on_request=on_request,
+        on_notify=on_notify,
+    )

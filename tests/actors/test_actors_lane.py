@@ -36,7 +36,15 @@ from actors import (
     open_process_actor,
 )
 
-from ._support import child_argv, child_env, decode, kid_spec, parent_handler
+from ._support import (
+    child_argv,
+    child_env,
+    decode,
+    kid_spec,
+    lane_pipes,
+    parent_channel,
+    parent_handler,
+)
 
 PRELOAD = ("tests.actors._preloaded",)
 
@@ -51,16 +59,8 @@ async def lane_pair(
     on_request: RequestHandler = parent_handler, on_notify: NotifyHandler | None = None
 ) -> AsyncIterator[tuple[Channel, BlockingChannel]]:
     """A parent's Channel and a child's BlockingChannel over two real pipes."""
-    up_read, up_write = os.pipe()
-    down_read, down_write = os.pipe()
-    lane = BlockingChannel(down_read, up_write, name="kid/lane1")
-    channel = Channel(
-        trio.lowlevel.FdStream(down_write),
-        trio.lowlevel.FdStream(up_read),
-        name="parent",
-        on_request=on_request,
-        on_notify=on_notify,
-    )
+    lane, read_fd, write_fd = lane_pipes("kid/lane1")
+    channel = parent_channel(read_fd, write_fd, on_request=on_request, on_notify=on_notify)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(channel.run)
@@ -213,9 +213,7 @@ async def test_try_notify_never_blocks_and_what_it_sent_arrives_in_order() -> No
     """On a pipe the parent does not read, try_notify fills it and then says False at
     once instead of blocking; once the parent reads, the lane is writable again and
     everything sent arrives, in order (the refused ones are not sent at all)."""
-    up_read, up_write = os.pipe()
-    down_read, down_write = os.pipe()
-    lane = BlockingChannel(down_read, up_write, name="kid/lane2")
+    lane, read_fd, write_fd = lane_pipes("kid/lane2")
     # Bigger than what a pipe writes whole (PIPE_BUF): never tried, even on an empty pipe.
     assert not lane.try_notify("big", "y" * 5000)
     filler = "x" * 1000
@@ -234,13 +232,7 @@ async def test_try_notify_never_blocks_and_what_it_sent_arrives_in_order() -> No
         if method == "last":
             got_last.set()
 
-    channel = Channel(
-        trio.lowlevel.FdStream(down_write),
-        trio.lowlevel.FdStream(up_read),
-        name="parent",
-        on_request=parent_handler,
-        on_notify=on_notify,
-    )
+    channel = parent_channel(read_fd, write_fd, on_notify=on_notify)
     try:
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:

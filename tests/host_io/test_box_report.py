@@ -20,11 +20,12 @@ import msgspec
 import trio
 import trio.testing
 
-from actors import BlockingChannel, Channel
 from actors._framing import MAX_FRAME_SIZE, FrameDecoder
 from actors._wire import Notify, decode_message
 from vessel import _ipc
 from vessel.host._box_report import BoxReport
+
+from ..actors._support import lane_pipes, parent_channel
 
 
 def _boxed_states(data: bytes) -> list[bool]:
@@ -39,10 +40,9 @@ def _boxed_states(data: bytes) -> list[bool]:
     return states
 
 
-def _on_thread(fn: object, *args: object) -> None:
+def _on_thread(fn: Callable[..., object], *args: object) -> None:
     """Run ``fn`` on a thread of its own, as the watchdog does, and wait for it (a
     report that blocked would fail here, not hang)."""
-    assert callable(fn)
     thread = threading.Thread(target=fn, args=args)
     thread.start()
     thread.join(timeout=5)
@@ -50,9 +50,7 @@ def _on_thread(fn: object, *args: object) -> None:
 
 
 async def test_a_report_leaves_from_the_confining_thread_without_the_trio_loop() -> None:
-    up_read, up_write = os.pipe()
-    down_read, _down_write = os.pipe()
-    lane = BlockingChannel(down_read, up_write, name="module/lane2")
+    lane, up_read, down_write = lane_pipes("module/lane2")
     try:
         box = BoxReport(lane, trio.lowlevel.current_trio_token())
         box.started()
@@ -68,12 +66,11 @@ async def test_a_report_leaves_from_the_confining_thread_without_the_trio_loop()
     finally:
         lane.close()
         os.close(up_read)
+        os.close(down_write)
 
 
 async def test_start_up_work_is_not_reported_and_nested_work_is_one_report() -> None:
-    up_read, up_write = os.pipe()
-    down_read, _down_write = os.pipe()
-    lane = BlockingChannel(down_read, up_write, name="module/lane2")
+    lane, up_read, down_write = lane_pipes("module/lane2")
     os.set_blocking(up_read, False)
     try:
         box = BoxReport(lane, trio.lowlevel.current_trio_token())
@@ -88,6 +85,7 @@ async def test_start_up_work_is_not_reported_and_nested_work_is_one_report() -> 
     finally:
         lane.close()
         os.close(up_read)
+        os.close(down_write)
 
 
 class _Received:
@@ -119,12 +117,8 @@ async def _daemon_end(up_read: int, down_write: int) -> AsyncIterator[_Received]
     async def unexpected(method: str, body: msgspec.Raw) -> None:
         raise AssertionError(f"the report made a request: {method}")
 
-    channel = Channel(
-        trio.lowlevel.FdStream(down_write),
-        trio.lowlevel.FdStream(up_read),
-        name="daemon",
-        on_request=unexpected,
-        on_notify=on_notify,
+    channel = parent_channel(
+        up_read, down_write, on_request=unexpected, on_notify=on_notify, name="daemon"
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(channel.run)
@@ -133,20 +127,18 @@ async def _daemon_end(up_read: int, down_write: int) -> AsyncIterator[_Received]
 
 
 async def test_on_a_full_pipe_changes_are_folded_and_the_latest_goes_out_later() -> None:
-    up_read, up_write = os.pipe()
-    down_read, down_write = os.pipe()
-    lane = BlockingChannel(down_read, up_write, name="module/lane2")
+    lane, up_read, down_write = lane_pipes("module/lane2")
     box = BoxReport(lane, trio.lowlevel.current_trio_token())
     box.started()
     # A daemon that does not read for a while: flip the state until the pipe is full.
+    writable = select.poll()
+    writable.register(lane.write_fileno(), select.POLLOUT)
     sent = 0
     while True:
         _on_thread(box.guest, sent % 2 == 0)
         sent += 1
         assert sent < 100_000, "the pipe never filled"
-        poller = select.poll()
-        poller.register(up_write, select.POLLOUT)
-        if not poller.poll(0):
+        if not writable.poll(0):
             break
     # Full (the last flip may have found it full already). These are folded, and return
     # at once (_on_thread fails on a blocked thread).

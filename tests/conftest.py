@@ -61,6 +61,7 @@ import pytest
 import wasmtime
 
 from tests.adversarial._figures import FIGURES, Row
+from tests.fixture_types import MakeModuleDir
 from tests.procs import Proc, cmdline, proc_stat
 from vessel._toolchain import build_module, locked_file
 from vessel.host import _engine
@@ -79,9 +80,6 @@ GUEST_SOURCES: Mapping[str, Path] = {
 WATCHDOG_DEFAULT = 120.0
 WATCHDOG_GRACE = 30.0
 LEAK_GRACE = 5.0
-
-MakeModuleDir = Callable[..., Path]
-
 
 # -- guest components ------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from tests.fixture_types import MakeModuleDir
 from vessel._bus import Subscription
 from vessel._daemon import Daemon
 from vessel._errors import CallError
@@ -32,7 +33,7 @@ PACE = 0.02
 CALL_TIMEOUT = 5.0
 
 
-def healthy_modules(make_module_dir: Any, data_dir: Path) -> None:
+def healthy_modules(make_module_dir: MakeModuleDir, data_dir: Path) -> None:
     for module_id in HEALTHY:
         make_module_dir(data_dir, "testkit", module_id=module_id, permissions={"storage": True})
 

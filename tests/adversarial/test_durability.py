@@ -28,13 +28,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import trio
 
 from tests.cli._support import SERVE, Daemon, base_env, ctl, start_daemon, stop_daemon
+from tests.fixture_types import MakeModuleDir
 from vessel._paths import database_path
 from vessel._storage import Storage
 
@@ -118,7 +118,7 @@ async def _writes(
 @pytest.mark.watchdog(110)
 @pytest.mark.filterwarnings(ABANDONED_BODIES)
 async def test_sigkill_during_writes_loses_no_acknowledged_write(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """SIGKILL of ``vessel serve`` at a random moment during config and storage writes,
     three times in a row: after each restart every acknowledged write is on disk (new
@@ -197,7 +197,7 @@ def _read_only_serve(data: Path, serve: list[str]) -> list[str]:
 
 
 async def test_read_only_data_dir_is_a_clear_error_at_start(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """``vessel serve`` on a data dir it cannot write (a read-only bind mount, so it holds
     for root too) exits 1 at start with one line naming the data dir, no traceback."""
@@ -308,7 +308,7 @@ def _is_disk_full(r: httpx.Response, status: int = 507) -> bool:
 
 
 async def test_disk_full_is_a_clear_error_and_loses_nothing(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """The data dir on a small tmpfs, filled to the last byte by a ballast file. Config
     writes, a module's storage writes and an install are refused with an error naming

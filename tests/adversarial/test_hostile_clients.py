@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed
 
+from tests.fixture_types import MakeModuleDir
 from tests.gateway.harness import Gateway, running_gateway
 from tests.gateway.test_ws_fuzz import Prober, frames, json_values, text
 from tests.gateway.ws_client import (
@@ -52,7 +53,7 @@ ERROR_CODES = {
 
 @asynccontextmanager
 async def gateway_scenario(
-    tmp_path: Path, make_module_dir: Any, figures: Figures, name: str
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures, name: str
 ) -> AsyncIterator[tuple[Gateway, Row]]:
     """A gateway whose daemon runs the healthy pair and a victim testkit, watched."""
     healthy_modules(make_module_dir, tmp_path)
@@ -128,7 +129,7 @@ requests = st.tuples(
 )
 
 
-async def test_rest_fuzz(tmp_path: Path, make_module_dir: Any, figures: Figures) -> None:
+async def test_rest_fuzz(tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures) -> None:
     """Arbitrary and near-valid requests on every REST endpoint: each gets a documented
     answer (never a 500, never a hang), and the healthy modules never notice."""
     async with (
@@ -168,7 +169,7 @@ async def test_rest_fuzz(tmp_path: Path, make_module_dir: Any, figures: Figures)
         assert gw.daemon.storage.keys("healthy-a") == []
 
 
-async def test_ws_fuzz(tmp_path: Path, make_module_dir: Any, figures: Figures) -> None:
+async def test_ws_fuzz(tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures) -> None:
     """Arbitrary JSON, near-valid messages, raw text and binary frames on /ws: each is
     answered at most once (exactly once when it carried a request_id), the connection
     survives, and the healthy modules never notice."""
@@ -192,7 +193,7 @@ async def test_ws_fuzz(tmp_path: Path, make_module_dir: Any, figures: Figures) -
 
 
 async def test_oversized_frames_and_duplicate_ids(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """A frame over the protocol limit gets an error and the connection stays up; one over
     the transport limit ends only that connection; a request_id reused while in flight
@@ -243,7 +244,7 @@ SLOW_CLIENT_BOUND = 20.0
 
 
 async def test_client_that_never_reads(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """A client that subscribes to everything, then sends thousands of calls (some with
     big answers) and never reads: the gateway gives up on it while it still reads
@@ -316,7 +317,7 @@ async def test_client_that_never_reads(
 
 
 async def test_hundreds_of_connections_opened_and_dropped(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """Hundreds of TCP connections dropped at once, half-sent HTTP requests and
     WebSocket handshakes abandoned midway: the gateway keeps serving."""
@@ -364,7 +365,7 @@ async def _ws_call_once(gw: Gateway) -> None:
 
 
 async def test_path_traversal_in_ids_and_keys(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """Traversal in module ids and config keys never reaches the file system or another
     module's namespace."""
@@ -404,7 +405,7 @@ async def test_path_traversal_in_ids_and_keys(
 
 
 async def test_bad_uploads(
-    tmp_path: Path, make_module_dir: Any, figures: Figures, built_guests: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures, built_guests: Any
 ) -> None:
     """Uploads of non-wasm, truncated wasm, a core module and junk manifests are refused
     with invalid_module and leave nothing behind."""
@@ -618,7 +619,7 @@ def _tree(root: Path) -> list[str]:
 
 
 async def test_upload_fuzz(
-    tmp_path: Path, make_module_dir: Any, figures: Figures, built_guests: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures, built_guests: Any
 ) -> None:
     """Hundreds of generated uploads (cut and mutated real components, valid components of
     the wrong world, mutated manifests and multipart framing, zip bundles, wrong content
@@ -671,7 +672,7 @@ async def test_upload_fuzz(
 
 
 async def test_truncated_oversized_post_does_not_stop_the_gateway(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """Regression: a POST announcing a huge body, then a hang-up, made Hypercorn raise
     BusyResourceError out of ``serve`` and stopped the gateway for every client."""

@@ -21,6 +21,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from actors import ProcessActor
+from tests.fixture_types import MakeModuleDir
 from tests.gateway.harness import Gateway, running_gateway
 from tests.gateway.ws_client import call as ws_call
 from tests.gateway.ws_client import ready, send, ws_client
@@ -44,7 +45,7 @@ POLICY = SupervisionPolicy(max_restarts=4, period=60.0, backoff_initial=0.05, ba
 
 def _install(
     tmp_path: Path,
-    make_module_dir: Any,
+    make_module_dir: MakeModuleDir,
     *,
     permissions: dict[str, Any] | None = None,
     limits: dict[str, Any] | None = None,
@@ -71,7 +72,7 @@ def _install(
 @asynccontextmanager
 async def scenario(
     tmp_path: Path,
-    make_module_dir: Any,
+    make_module_dir: MakeModuleDir,
     figures: Figures,
     name: str,
     *,
@@ -93,7 +94,7 @@ async def scenario(
 @asynccontextmanager
 async def gateway_scenario(
     tmp_path: Path,
-    make_module_dir: Any,
+    make_module_dir: MakeModuleDir,
     figures: Figures,
     name: str,
     *,
@@ -111,7 +112,9 @@ async def gateway_scenario(
         await trio.sleep(0.1)
 
 
-async def test_trap_in_on_command(tmp_path: Path, make_module_dir: Any, figures: Figures) -> None:
+async def test_trap_in_on_command(
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
+) -> None:
     """A command that traps fails that call only; the instance is replaced and answers."""
     async with scenario(tmp_path, make_module_dir, figures, "trap in on-command") as (d, row):
         for _ in range(3):
@@ -127,7 +130,7 @@ def _sub(d: Daemon, *patterns: str) -> Any:
 
 
 async def test_trap_in_on_load_ends_failed(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """A module whose on-load always traps is restarted with backoff, then marked failed;
     its neighbours never notice."""
@@ -142,7 +145,9 @@ async def test_trap_in_on_load_ends_failed(
         assert err.code == "module_unavailable"
 
 
-async def test_trap_in_on_event(tmp_path: Path, make_module_dir: Any, figures: Figures) -> None:
+async def test_trap_in_on_event(
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
+) -> None:
     """A module trapping on every event it receives: each trap replaces its instance, and
     too many replacements end its process; the supervisor restarts it."""
     perms = {"storage": True, "subscribe": ["healthy-a.*"]}
@@ -175,7 +180,9 @@ async def test_trap_in_on_event(tmp_path: Path, make_module_dir: Any, figures: F
         assert await call(d, HOSTILE, "echo", {"ok": 1}) == {"ok": 1}
 
 
-async def test_trap_in_on_timer(tmp_path: Path, make_module_dir: Any, figures: Figures) -> None:
+async def test_trap_in_on_timer(
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
+) -> None:
     """A trap in on-timer replaces the instance and releases its timers."""
     perms = {"storage": True, "timers": True}
     async with scenario(
@@ -190,7 +197,9 @@ async def test_trap_in_on_timer(tmp_path: Path, make_module_dir: Any, figures: F
         assert await call(d, HOSTILE, "echo", {"ok": 1}) == {"ok": 1}
 
 
-async def test_trap_in_on_unload(tmp_path: Path, make_module_dir: Any, figures: Figures) -> None:
+async def test_trap_in_on_unload(
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
+) -> None:
     """A trap in on-unload does not keep a restart from completing; the trap reaches the
     module's log and the old process exits cleanly (regression: it could abort at exit
     with a Rust panic in a wasmtime thread, and lose that log line)."""
@@ -220,7 +229,7 @@ def _assert_clean_unload(proc: ProcessActor, logs: Iterable[LogLine]) -> None:
 
 
 async def test_infinite_loop_in_on_command(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """An endless loop hits invocation_timeout_ms: that call fails with timeout, the
     instance is replaced, the next call is answered."""
@@ -238,7 +247,7 @@ async def test_infinite_loop_in_on_command(
 
 
 async def test_infinite_loop_in_on_load(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """An on-load that never returns fails each start by its deadline; the module ends
     failed after the restart intensity."""
@@ -297,7 +306,7 @@ async def _echo_until(d: Daemon, module_id: str, done: trio.Event) -> int:
 
 
 async def test_infinite_loop_in_on_event(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """A module spinning in on-event: each event it takes runs into the invocation
     deadline, which traps it and replaces its instance (dropping its subscriptions); past
@@ -332,7 +341,7 @@ async def test_infinite_loop_in_on_event(
 
 
 async def test_infinite_loop_in_on_timer(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """A module spinning in on-timer is trapped by its deadline; the instance is replaced
     and its timers released; commands sent meanwhile are all answered."""
@@ -359,7 +368,7 @@ async def test_infinite_loop_in_on_timer(
 
 
 async def test_infinite_loop_in_on_unload(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """An on-unload that never returns cannot hold up a stop: with a short deadline the
     epoch interruption traps it and the process exits by itself; with a deadline longer
@@ -402,7 +411,9 @@ async def test_infinite_loop_in_on_unload(
             assert await call(d, module_id, "echo", {"ok": 1}) == {"ok": 1}
 
 
-async def test_unbounded_allocation(tmp_path: Path, make_module_dir: Any, figures: Figures) -> None:
+async def test_unbounded_allocation(
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
+) -> None:
     """Allocating without end stops at memory_mb: the call fails, the instance is
     replaced, the daemon's and the neighbours' memory is untouched."""
     async with scenario(
@@ -422,7 +433,7 @@ WS_ROUND_TRIP = 2.0
 
 
 async def test_event_flood_is_rate_limited(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """Emitting as fast as the module can: at most max_event_rate events/s reach the bus,
     the rest are refused and counted. Live /ws clients on the real gateway stay served
@@ -551,7 +562,9 @@ async def test_event_flood_is_rate_limited(
         assert max(round_trips) < WS_ROUND_TRIP, max(round_trips)
 
 
-async def test_thousands_of_timers(tmp_path: Path, make_module_dir: Any, figures: Figures) -> None:
+async def test_thousands_of_timers(
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
+) -> None:
     """Asking for a thousand timers: only max_timers are granted (handle 0 after); then
     max_timers intervals of 1 ms firing flat out do not starve the module's commands."""
     async with scenario(
@@ -580,7 +593,9 @@ async def test_thousands_of_timers(tmp_path: Path, make_module_dir: Any, figures
         assert stats is not None
 
 
-async def test_storage_until_quota(tmp_path: Path, make_module_dir: Any, figures: Figures) -> None:
+async def test_storage_until_quota(
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
+) -> None:
     """Writing until the quota: writes past it fail with the quota message and store
     nothing; every acknowledged write is on disk; the neighbours' storage is untouched."""
     async with scenario(
@@ -610,7 +625,7 @@ async def test_storage_until_quota(tmp_path: Path, make_module_dir: Any, figures
 
 
 async def test_call_cycles_are_refused(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """A module calling itself, or looping through another module, is refused with a
     cycle error instead of deadlocking both."""
@@ -633,7 +648,7 @@ async def test_call_cycles_are_refused(
 
 
 async def test_every_undeclared_capability(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """With no permissions, every capability-checked host function is denied with an
     error (never a crash), and the module keeps answering."""
@@ -661,7 +676,9 @@ async def test_every_undeclared_capability(
         assert d.manager.state(HOSTILE) is ModuleState.RUNNING
 
 
-async def test_huge_stdout_lines(tmp_path: Path, make_module_dir: Any, figures: Figures) -> None:
+async def test_huge_stdout_lines(
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
+) -> None:
     """Megabyte lines and a flood of lines on stdout are cut and rate-limited; the
     module and the daemon carry on."""
     async with scenario(tmp_path, make_module_dir, figures, "huge stdout lines") as (d, row):
@@ -678,7 +695,7 @@ async def test_huge_stdout_lines(tmp_path: Path, make_module_dir: Any, figures: 
 
 
 async def test_sigkill_in_a_row_ends_failed(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """kill -9 of the module process at random moments, again and again (between calls,
     and in the middle of a call, which then fails at once instead of hanging): restarted
@@ -737,7 +754,7 @@ async def _ws_server(nursery: trio.Nursery, chatty: bool) -> int:
 
 
 async def test_trap_in_on_websocket_message(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """A trap in on-websocket-message replaces the instance, which closes its sockets."""
     perms = {"network": {"websocket": True}}
@@ -759,7 +776,7 @@ async def test_trap_in_on_websocket_message(
 
 
 async def test_infinite_loop_in_on_websocket_message(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """A module spinning on a socket message is trapped by its deadline; the instance is
     replaced, which closes its sockets, and it answers again."""
@@ -784,7 +801,9 @@ async def test_infinite_loop_in_on_websocket_message(
         nursery.cancel_scope.cancel()
 
 
-async def test_sockets_in_a_loop(tmp_path: Path, make_module_dir: Any, figures: Figures) -> None:
+async def test_sockets_in_a_loop(
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
+) -> None:
     """Opening sockets in a loop: past max_websockets every connect is refused with an
     error; closing one makes room again."""
     perms = {"network": {"websocket": True}}
@@ -820,7 +839,7 @@ async def test_sockets_in_a_loop(tmp_path: Path, make_module_dir: Any, figures: 
 
 
 async def test_manifest_changed_after_install_is_refused(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """A manifest edited on disk after install (permissions widened) no longer matches
     manifest.hash: the module is refused at start, the others run."""

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import trio
 import wasmtime
 from wasmtime import _ffi as wasmtime_ffi
 from wasmtime import component as wc
 
+from tests.fixture_types import MakeModuleDir
 from tests.runtime.harness import call, next_event, running_daemon, wait_until
 from vessel._manager import ModuleState
 from vessel.host import _engine
@@ -34,7 +34,7 @@ ALL_NETWORK = {"network": {"http": True, "websocket": True, "tcp": True}}
 
 
 async def test_no_files_env_or_sockets(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """No host file system (not even the daemon's database), no environment, no sockets
     except through the host functions."""
@@ -54,7 +54,7 @@ async def test_no_files_env_or_sockets(
 
 
 async def test_no_other_modules_storage_or_identity(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """Storage keys name only the caller's own namespace, whatever they look like; an
     event emitted with a forged module id is stamped with the emitter's id."""
@@ -88,7 +88,7 @@ async def _no_connection(listener: trio.socket.SocketType, seconds: float) -> bo
 
 
 async def test_wasi_sockets_are_denied_to_a_hand_written_component(
-    tmp_path: Path, make_module_dir: Any, figures: Figures
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
 ) -> None:
     """A component written by hand in WAT (tests/guests/wat/netprobe.wat) that imports
     wasi:sockets itself, installed and run the way Vessel runs any module (install,

@@ -12,6 +12,8 @@ from typing import Any
 
 import trio
 
+from tests.fixture_types import MakeModuleDir
+
 from ..procs import alive, descendants_of
 from ._support import (
     Daemon,
@@ -120,7 +122,7 @@ async def test_install_list_restart_and_lifecycle_events(
 
 
 async def test_call_config_logs_and_errors(
-    tmp_path: Path, make_module_dir: Any, nursery: trio.Nursery
+    tmp_path: Path, make_module_dir: MakeModuleDir, nursery: trio.Nursery
 ) -> None:
     """`call` prints the module's JSON answer; a value set with `config` is what the module
     reads from its storage; `logs` shows its log lines and `logs -f` streams new ones
@@ -194,7 +196,7 @@ async def test_call_config_logs_and_errors(
 
 
 async def test_disable_survives_a_daemon_restart_and_sigterm_leaves_no_child(
-    tmp_path: Path, make_module_dir: Any, nursery: trio.Nursery
+    tmp_path: Path, make_module_dir: MakeModuleDir, nursery: trio.Nursery
 ) -> None:
     """A module stopped with `disable` stays disabled when the daemon restarts on the same
     data dir; SIGTERM on `vessel serve` exits 0 with every module process gone."""

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import trio
 
+from tests.fixture_types import MakeModuleDir
+
 from .harness import assert_error, open_api, running_gateway
 
 
-async def test_call_answers_with_module_data(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_call_answers_with_module_data(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
     """POST call/<name> passes the JSON body as params (no body: {}) and answers 200
     {"data": <the module's JSON>}; the built-in `vessel` module is callable too; a body
     that is not JSON or a bad ?version is 400 invalid_request."""
@@ -40,7 +43,9 @@ async def test_call_answers_with_module_data(tmp_path: Path, make_module_dir: An
                 assert "version" in assert_error(bad, 400, "invalid_request")
 
 
-async def test_call_errors_map_to_codes_and_statuses(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_call_errors_map_to_codes_and_statuses(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
     """Each CallError reaches the client as its code with its status: unknown_module 404,
     unknown_command 404, module_error 502, module_unavailable 503 (disabled), timeout 504
     (a deferred reply the module never completes)."""
@@ -115,7 +120,9 @@ async def test_every_api_route_needs_the_token(tmp_path: Path, method: str, path
             assert health.status_code == 200
 
 
-async def test_unauthorized_requests_change_nothing(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_unauthorized_requests_change_nothing(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
     """A request refused for its token has no effect: the module keeps running, its
     config is neither written nor deleted, and no module is installed."""
     make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
@@ -141,7 +148,9 @@ async def test_unauthorized_requests_change_nothing(tmp_path: Path, make_module_
 BAD_IDS = ["..%2Fvictim", "%2E%2E", "..%2F..%2Fvictim", ".hidden", "UPPER", "a_b", "-x", "x" * 64]
 
 
-async def test_malformed_ids_and_keys_are_refused(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_malformed_ids_and_keys_are_refused(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
     """A module id that is not well-formed (path traversal included) is 404 unknown_module
     on every route and nothing outside the modules folder is touched; a config key with
     a '.' or '..' segment is 400 invalid_request."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import trio
+
+from tests.fixture_types import MakeModuleDir
 
 from .harness import Gateway, assert_error, open_api
 
@@ -33,7 +34,7 @@ def followers(gateway: Gateway, module_id: str) -> int:
     return gateway.daemon.manager.log_followers(module_id)
 
 
-async def test_logs_returns_recent_lines(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_logs_returns_recent_lines(tmp_path: Path, make_module_dir: MakeModuleDir) -> None:
     """GET logs returns the module's recent lines (the testkit logs "testkit loaded" on
     load) oldest first, at most ?lines of them; a bad ?lines is 400."""
     make_module_dir(tmp_path, "testkit", module_id="alpha")
@@ -64,7 +65,7 @@ async def test_logs_returns_recent_lines(tmp_path: Path, make_module_dir: Any) -
 
 
 async def test_follow_streams_live_lines_and_releases_follower(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """?follow=true streams NDJSON: the last N lines, then a line the module logs while
     the client watches; when the client goes away the follower is released."""
@@ -93,7 +94,9 @@ async def test_follow_streams_live_lines_and_releases_follower(
                 await trio.sleep(0.01)
 
 
-async def test_follow_ends_when_daemon_shuts_down(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_follow_ends_when_daemon_shuts_down(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
     """A followed log ends (the response completes) when the gateway is shutting down,
     so shutdown never waits on a client that would follow forever."""
     make_module_dir(tmp_path, "testkit", module_id="alpha")
@@ -108,7 +111,7 @@ async def test_follow_ends_when_daemon_shuts_down(tmp_path: Path, make_module_di
             assert followers(gateway, "alpha") == 0
 
 
-async def test_config_set_get_list_delete(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_config_set_get_list_delete(tmp_path: Path, make_module_dir: MakeModuleDir) -> None:
     """PUT stores a value the module reads with storage-get; the key list never shows
     values; GET returns one value; DELETE removes it; missing keys are 404 not_found."""
     make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={"storage": True})
@@ -151,7 +154,7 @@ async def test_config_set_get_list_delete(tmp_path: Path, make_module_dir: Any) 
 
 
 async def test_config_refuses_bad_bodies_keys_and_quota(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A body that is not {"value": <string>} is 400 naming the problem; a key that is too
     long or has control characters is 400; a value past the module's storage quota is

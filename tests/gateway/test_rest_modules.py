@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import trio
 
+from tests.fixture_types import MakeModuleDir
 from vessel._manifest import HOST_API_VERSION
 from vessel.gateway._app import MAX_UPLOAD_BYTES
 
@@ -61,7 +62,7 @@ async def wait_state(client: httpx.AsyncClient, module_id: str, state: str) -> d
 
 
 async def test_list_shows_running_module_refusals_and_health(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """The list shows each module with the full ModuleInfo shape, a running one with its
     pid and live memory, a refused folder with its reason; /healthz counts them."""
@@ -116,7 +117,9 @@ async def test_version_is_not_shadowed_by_module_route(tmp_path: Path) -> None:
             assert response.json() == {"host_api_version": HOST_API_VERSION}
 
 
-async def test_detail_has_permissions_limits_and_hash(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_detail_has_permissions_limits_and_hash(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
     """A module's detail is ModuleInfo plus its granted permissions, limits and hash;
     an id that is not installed is 404 unknown_module."""
     module_dir = make_module_dir(
@@ -172,7 +175,7 @@ async def test_upload_installs_starts_and_serves_calls(
 
 
 async def test_install_refuses_bad_uploads(
-    tmp_path: Path, make_module_dir: Any, built_guests: Mapping[str, Path]
+    tmp_path: Path, make_module_dir: MakeModuleDir, built_guests: Mapping[str, Path]
 ) -> None:
     """Bad uploads are refused with a code and a message naming the problem, and leave
     nothing installed: a missing field, bytes that are not wasm, a truncated component,
@@ -263,7 +266,9 @@ def _length(raw: bytes) -> int:
     return 0
 
 
-async def test_remove_deletes_module_and_its_config(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_remove_deletes_module_and_its_config(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
     """DELETE stops and removes the module (204): its folder and config are gone and
     later requests for it are 404; ?keep_storage=true keeps the config."""
     make_module_dir(tmp_path, "testkit", module_id="alpha")
@@ -298,7 +303,7 @@ def _is_zombie(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] in "ZX"
 
 
-async def test_disable_enable_restart(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_disable_enable_restart(tmp_path: Path, make_module_dir: MakeModuleDir) -> None:
     """disable stops the module (state disabled, no pid) and restarting it then is 409
     module_unavailable; enable starts it again; restart replaces its process."""
     make_module_dir(tmp_path, "testkit", module_id="alpha")

@@ -10,6 +10,7 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed
 
+from tests.fixture_types import MakeModuleDir
 from vessel.gateway._protocol import PROTOCOL_MAX_MESSAGE
 
 from .harness import running_gateway
@@ -27,7 +28,7 @@ from .ws_client import (
 
 
 async def test_concurrent_calls_are_answered_independently(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """100 calls in flight on one socket each get exactly one response carrying their own
     result, and a slow call on one module does not hold up fast calls on another."""
@@ -62,7 +63,9 @@ async def test_concurrent_calls_are_answered_independently(
                                  "data": {}}  # fmt: skip
 
 
-async def test_failed_calls_carry_stable_codes(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_failed_calls_carry_stable_codes(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
     """Unknown module, unknown command, a failing and a trapping command each give a
     failed response with their stable code; the connection and the module keep working."""
     make_module_dir(tmp_path, "testkit", module_id="kit", permissions={})
@@ -98,7 +101,7 @@ async def test_params_default_and_any_json_value(tmp_path: Path) -> None:
 
 
 async def test_bad_input_is_named_and_the_connection_survives(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """Each kind of bad input is answered with an error naming the problem (a response
     when the frame had a string request_id, so the client's pending call resolves), and
@@ -178,7 +181,7 @@ async def test_frames_over_the_transport_limit_close_with_1009(tmp_path: Path) -
         assert code == 1009
 
 
-async def test_too_many_calls_in_flight(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_too_many_calls_in_flight(tmp_path: Path, make_module_dir: MakeModuleDir) -> None:
     """Past 256 calls in flight on one connection, a call is answered too_many_requests
     at once; the calls in flight still complete."""
     make_module_dir(tmp_path, "testkit", module_id="kit", permissions={})

@@ -11,6 +11,7 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from tests.fixture_types import MakeModuleDir
 from vessel._events import Event
 
 from .harness import Gateway, running_gateway
@@ -55,7 +56,7 @@ async def events_until(conn: WebSocketConnection, last: str) -> list[tuple[str, 
 
 
 async def test_each_client_gets_only_what_it_subscribed_to(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """Two clients with different patterns each receive exactly the events matching their
     own, in publication order, with the full envelope."""
@@ -89,7 +90,7 @@ async def test_each_client_gets_only_what_it_subscribed_to(
 
 
 async def test_late_subscriber_gets_retained_state_before_the_ack(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A client subscribing after retained state was emitted receives that state first (the
     latest value per key), and the subscribe's response only after it."""
@@ -117,7 +118,7 @@ async def test_late_subscriber_gets_retained_state_before_the_ack(
 
 
 async def test_subscribe_is_idempotent_and_unsubscribe_stops_events(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """Subscribing twice (or to an overlapping pattern) delivers each event once and replays
     nothing twice; unsubscribing an unknown pattern is fine; after an unsubscribe's
@@ -167,7 +168,7 @@ async def test_subscribe_is_idempotent_and_unsubscribe_stops_events(
 
 
 async def test_stalled_client_is_closed_and_others_keep_receiving(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A client that subscribes to a chatty pattern and stops reading is closed with 4408
     once its send queue is full, while a client that reads keeps receiving every event."""
@@ -230,7 +231,7 @@ async def test_stalled_client_is_closed_and_others_keep_receiving(
 
 
 async def test_disconnect_releases_everything_of_the_client(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A client that goes away with a call in flight and subscriptions held leaves nothing
     behind: its bus subscription is gone and the module keeps serving other clients."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+
+from tests.fixture_types import MakeModuleDir
 
 from ..gateway.harness import running_gateway
 from ..gateway.ws_client import call, is_event, is_response, ready, receive_until, send, ws_client
@@ -12,7 +13,7 @@ from .test_home_assistant import HA, LIGHT_ON, TOKEN, configure
 
 
 async def test_dashboard_calls_a_service_and_sees_the_state_change(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """Over /ws, a client's call to home-assistant.call_service is answered with HA's
     result and the state change arrives as an event with the envelope; a client that

@@ -9,6 +9,7 @@ from typing import Any
 
 import trio
 
+from tests.fixture_types import MakeModuleDir
 from vessel._bus import Subscription
 from vessel._daemon import Daemon
 from vessel._events import Event
@@ -37,7 +38,10 @@ def configure(data_dir: Path, **settings: object) -> None:
 
 @asynccontextmanager
 async def running_ha(
-    data_dir: Path, make_module_dir: Any, fake: FakeHomeAssistant | None, **settings: object
+    data_dir: Path,
+    make_module_dir: MakeModuleDir,
+    fake: FakeHomeAssistant | None,
+    **settings: object,
 ) -> AsyncIterator[Daemon]:
     make_module_dir(data_dir, HA)
     if fake is not None:
@@ -69,7 +73,7 @@ def ids_of(fake: FakeHomeAssistant, conn: int) -> list[int]:
 
 
 async def test_call_service_round_trip_and_state_events(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """call_service sends HA's exact call_service frame (with an id above every earlier
     one), answers with HA's own result, and the state change HA then pushes reaches a
@@ -113,7 +117,7 @@ async def test_call_service_round_trip_and_state_events(
         assert (await call(d, HA, "get_state", {"entity_id": "light.kitchen"}))["state"] == "on"
 
 
-async def test_ha_errors_and_queries(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_ha_errors_and_queries(tmp_path: Path, make_module_dir: MakeModuleDir) -> None:
     """HA's failure result becomes the call's error "<code>: <message>"; get_states is
     HA's own list; get_state of an entity HA never reported is an error; bad params are
     refused before anything is sent."""
@@ -137,7 +141,7 @@ async def test_ha_errors_and_queries(tmp_path: Path, make_module_dir: Any) -> No
 
 
 async def test_unconfigured_module_waits_then_connects_once_configured(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """Without a token the module says so (retained status, one log line), makes no
     connection and fails calls at once; setting url (the web UI's http address is
@@ -162,7 +166,7 @@ async def test_unconfigured_module_waits_then_connects_once_configured(
 
 
 async def test_wrong_token_reports_once_and_never_retries_until_reconfigured(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """auth_invalid gives exactly one auth_invalid status and one error event, then no
     further connection attempt (no reconnect storm) until the token changes."""
@@ -193,7 +197,7 @@ async def test_wrong_token_reports_once_and_never_retries_until_reconfigured(
 
 
 async def test_reconnects_and_resubscribes_after_ha_restarts(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """When HA goes away, pending calls fail with "connection lost", new calls fail at
     once (not after a timeout), retries back off (1 s, 2 s, ...), and once HA is back the
@@ -248,7 +252,7 @@ async def test_reconnects_and_resubscribes_after_ha_restarts(
         assert dropped["retry_in_ms"] == 1000  # the backoff starts over after an auth_ok
 
 
-async def test_missing_pong_reconnects(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_missing_pong_reconnects(tmp_path: Path, make_module_dir: MakeModuleDir) -> None:
     """The module pings HA every ping_interval_ms; when a pong does not come back before
     the next ping it drops the connection and connects again."""
     async with (

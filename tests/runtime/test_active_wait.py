@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from actors._spin import spin_statistics
+from tests.fixture_types import MakeModuleDir
 from vessel._active_wait import ActiveWait
 from vessel._daemon import Daemon
 from vessel.cli.serve import build_parser
@@ -73,7 +74,7 @@ async def _unpartitioned(daemon: Daemon) -> None:
 
 
 async def test_fast_module_waited_for_actively_slow_one_not(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
     async with running_daemon(tmp_path, active_wait=LIMIT) as daemon:
@@ -93,7 +94,9 @@ async def test_fast_module_waited_for_actively_slow_one_not(
             assert await _wait(daemon, "echo", {}) in ACTIVE
 
 
-async def test_active_wait_zero_turns_it_off(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_active_wait_zero_turns_it_off(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
     make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
     async with running_daemon(tmp_path, active_wait=0.0) as daemon:
         with trio.fail_after(30):

@@ -12,11 +12,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import trio
 import wasmtime
 
+from tests.fixture_types import MakeModuleDir
+from vessel._wasm_module import WasmModule
 from vessel.host._confine import CONFINE_AFTER, Confinement, box_cpu
 from vessel.host._engine import make_engine
 from vessel.host._runtime import Watchdog
@@ -42,7 +43,7 @@ def _affinities(pid: int) -> dict[int, set[int]]:
 
 
 async def test_a_long_invocation_is_confined_while_it_runs(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     make_module_dir(tmp_path, MODULE, limits={"invocation_timeout_ms": DEADLINE_MS})
     everything = os.sched_getaffinity(0)
@@ -92,19 +93,19 @@ async def test_a_long_invocation_is_confined_while_it_runs(
             assert await _confined(module) > before
 
 
-async def _stat(module: Any, name: str) -> int:
+async def _stat(module: WasmModule, name: str) -> int:
     """One counter of the module process's ``guest.stats``."""
     stats = await module.stats()
     assert stats is not None
     return int(getattr(stats, name))
 
 
-async def _confined(module: Any) -> int:
+async def _confined(module: WasmModule) -> int:
     return await _stat(module, "confined_invocations")
 
 
 async def test_time_waiting_in_a_host_call_is_not_long_work(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A guest waiting 300 ms for another module's answer is not confined (host calls do
     not count, as for its deadline); the other module, busy computing those 300 ms, is."""
@@ -169,12 +170,12 @@ def test_waiting_for_a_cpu_is_not_long_work() -> None:
         watchdog.close()
 
 
-async def _yields(module: Any) -> int:
+async def _yields(module: WasmModule) -> int:
     return await _stat(module, "guest_yields")
 
 
 async def test_long_work_gives_way_every_slice_and_still_meets_its_deadline(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A guest spinning towards its deadline yields the CPU at every slice's end
     (vessel/host/_slicing.py): on one CPU as on many, since a yield is what keeps a woken

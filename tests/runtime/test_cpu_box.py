@@ -25,8 +25,11 @@ from typing import Any
 import pytest
 import trio
 
+from tests.fixture_types import MakeModuleDir
 from vessel._cpu_box import LINGER, CpuBox
 from vessel._cpu_box import QUARANTINE as DEFAULT_QUARANTINE
+from vessel._daemon import Daemon
+from vessel._wasm_module import WasmModule
 from vessel.cli.serve import build_parser
 from vessel.host._confine import box_cpu
 
@@ -78,7 +81,7 @@ def _settled(box: CpuBox, *pids: int) -> bool:
 
 
 async def test_a_spinning_module_is_quarantined_and_the_others_keep_off_its_cpu(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     limits = {"invocation_timeout_ms": 1500}
     make_module_dir(tmp_path, "testkit", module_id="spinner", limits=limits)
@@ -135,7 +138,7 @@ async def test_a_spinning_module_is_quarantined_and_the_others_keep_off_its_cpu(
 
 
 async def test_a_module_restarting_after_a_crash_starts_up_in_quarantine(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """Its start-up (load, instantiation, on-load) is on the box and quarantines it; an
     admin restart is a start like any other, and lifts a quarantine."""
@@ -185,7 +188,7 @@ async def test_a_module_restarting_after_a_crash_starts_up_in_quarantine(
 
 
 async def test_long_work_that_ends_well_is_let_out_soon_a_trap_is_not(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A few milliseconds of computation now and then (parsing a big state dump, say) is
     confined, and the others keep off its CPU only while it runs and LINGER after; a
@@ -222,11 +225,12 @@ async def test_long_work_that_ends_well_is_let_out_soon_a_trap_is_not(
         assert _all(healthy, CLEAR)
 
 
-async def _warm_emitter(daemon: Any, module_id: str) -> None:
+async def _warm_emitter(daemon: Daemon, module_id: str) -> None:
     """Warm up the guest's emit command: its first run takes about 2 ms of CPU of its
     own before it emits at all, which on a busy machine is long work, not busy with the
     host (and may quarantine the module for LINGER: waited out)."""
     box = daemon.cpu_box
+    assert box is not None
     await call(daemon, module_id, "emit", {"name": "warm", "data": {"n": 0}, "count": 3})
     with trio.fail_after(5):
         while box.quarantined:
@@ -234,7 +238,7 @@ async def _warm_emitter(daemon: Any, module_id: str) -> None:
 
 
 async def test_long_work_busy_with_the_host_is_confined_but_not_quarantined(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A burst of emits is long work, but the daemon's own: it must not keep off a CPU
     while it handles it (the fan-out figure lost ~10 points when it did), and the burst
@@ -271,7 +275,7 @@ FLOODS = {
 
 @pytest.mark.parametrize("command", sorted(FLOODS))
 async def test_a_flood_the_rate_limit_refuses_is_quarantined_and_yields(
-    tmp_path: Path, make_module_dir: Any, command: str
+    tmp_path: Path, make_module_dir: MakeModuleDir, command: str
 ) -> None:
     """A burst of emits (or log lines) beyond the module's rate limit is a flood, not
     work for the daemon: what it sends is refused in the module process and never
@@ -315,7 +319,7 @@ async def test_a_flood_the_rate_limit_refuses_is_quarantined_and_yields(
         await _until("let out", lambda: _settled(box, healthy), timeout=LINGER * 20)
 
 
-def _starts(module: Any) -> list[str]:
+def _starts(module: WasmModule) -> list[str]:
     return [line.message for line in module.logs if line.message.startswith("loaded in")]
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import trio
 
+from tests.fixture_types import MakeModuleDir
 from vessel._errors import CallError
 
 from .harness import call, call_error, running_daemon
@@ -15,7 +16,7 @@ TIMERS = {"timers": True}
 
 
 async def test_deferred_reply_arrives_and_module_keeps_serving(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A command answered later returns what complete-reply gave; while it is pending
     the module answers other calls (its mailbox is not blocked)."""
@@ -38,7 +39,9 @@ async def test_deferred_reply_arrives_and_module_keeps_serving(
         assert answers == [{"n": 7}]
 
 
-async def test_deferred_error_reaches_the_caller(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_deferred_error_reaches_the_caller(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
     """complete-reply with err() fails the original call with that message."""
     make_module_dir(tmp_path, "testkit", module_id="alpha", permissions=TIMERS)
     async with running_daemon(tmp_path) as daemon:
@@ -48,7 +51,9 @@ async def test_deferred_error_reaches_the_caller(tmp_path: Path, make_module_dir
         assert (error.code, error.message) == ("module_error", "nope")
 
 
-async def test_uncompleted_deferred_reply_times_out(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_uncompleted_deferred_reply_times_out(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
     """A deferred reply never completed fails with `timeout` after limits.reply_timeout_ms
     and the module keeps working."""
     make_module_dir(
@@ -67,7 +72,7 @@ async def test_uncompleted_deferred_reply_times_out(tmp_path: Path, make_module_
 
 
 async def test_complete_reply_with_unknown_token_is_an_error(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A made-up token cannot answer anybody's call."""
     make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
@@ -76,7 +81,9 @@ async def test_complete_reply_with_unknown_token_is_an_error(
         assert "unknown or expired reply token 12345" in error.message
 
 
-async def test_a_command_nobody_waits_for_is_not_run(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_a_command_nobody_waits_for_is_not_run(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
     """A command queued behind a busy guest past limits.reply_timeout_ms fails with
     `timeout` for its caller, and the guest never runs it (its effect never happens)."""
     make_module_dir(
@@ -119,7 +126,7 @@ async def test_a_command_nobody_waits_for_is_not_run(tmp_path: Path, make_module
 
 
 async def test_commands_from_many_callers_are_all_answered_in_time(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """Many calls in flight at once on one module (they queue on its lane): every caller
     gets its own answer."""

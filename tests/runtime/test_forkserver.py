@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from tests.fixture_types import MakeModuleDir
 from vessel._daemon import FORKSERVER_NAME, Daemon, DaemonConfig, open_daemon
 from vessel._manager import ModuleState
 
@@ -29,7 +30,7 @@ def _start_line(daemon: Daemon, module_id: str) -> str:
 
 
 async def test_module_processes_are_forked_by_the_fork_server(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """With the default configuration every module process is a child of the daemon's
     one fork server, named vessel:<id>, and its log says it was forked."""
@@ -51,7 +52,7 @@ async def test_module_processes_are_forked_by_the_fork_server(
 
 
 async def test_a_killed_fork_server_takes_the_modules_and_they_come_back(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """kill -9 of the fork server kills every module process it forked; each is reported
     crashed (killed by SIGKILL) and restarted by the supervisor, forked by a new fork
@@ -92,7 +93,7 @@ async def test_a_killed_fork_server_takes_the_modules_and_they_come_back(
 
 
 async def test_without_the_fork_server_modules_are_spawned(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """DaemonConfig(forkserver=False) (vessel serve --no-forkserver): no fork server, each
     module process is a fresh interpreter and a direct child of the daemon."""

@@ -10,6 +10,8 @@ import pytest
 import trio
 import trio_websocket
 
+from tests.fixture_types import MakeModuleDir
+
 from ..servers import serve_http
 from .harness import call, call_error, running_daemon
 
@@ -32,7 +34,11 @@ DENIED = "capability denied: "
     ],
 )
 async def test_undeclared_capability_is_denied(
-    tmp_path: Path, make_module_dir: Any, command: str, params: dict[str, Any], needle: str
+    tmp_path: Path,
+    make_module_dir: MakeModuleDir,
+    command: str,
+    params: dict[str, Any],
+    needle: str,
 ) -> None:
     """With an empty permission set every fallible host function returns
     `capability denied: ...` to the guest, is logged, and the module keeps running."""
@@ -46,7 +52,7 @@ async def test_undeclared_capability_is_denied(
 
 
 async def test_undeclared_storage_get_and_timers_return_nothing(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """storage-get and set-timeout have no error channel in the WIT: without the
     capability they return none / handle 0, and the denial is logged."""
@@ -60,7 +66,7 @@ async def test_undeclared_storage_get_and_timers_return_nothing(
 
 
 async def test_subscribe_outside_declared_globs_is_denied(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A declared glob covers narrower patterns, not wider or other ones."""
     make_module_dir(
@@ -74,7 +80,7 @@ async def test_subscribe_outside_declared_globs_is_denied(
 
 
 async def test_guest_cannot_reach_host_files_env_or_sockets(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """WASI is linked with no preopens, no environment and no sockets: a guest cannot read
     a host file (even one next to its own module), see the daemon's environment, or open
@@ -92,7 +98,7 @@ async def test_guest_cannot_reach_host_files_env_or_sockets(
 
 
 async def test_timers_timeout_once_interval_repeats_cleared_never_again(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A timeout fires once; an interval fires repeatedly; a cleared interval never fires
     again."""
@@ -119,7 +125,7 @@ async def test_timers_timeout_once_interval_repeats_cleared_never_again(
 
 
 async def test_call_between_modules_allowed_and_denied(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A declared `module.name@version` call goes through and returns the target's answer;
     an undeclared one is denied."""
@@ -143,7 +149,9 @@ async def test_call_between_modules_allowed_and_denied(
         assert error.message.startswith(DENIED)
 
 
-async def test_call_cycle_fails_in_bounded_time(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_call_cycle_fails_in_bounded_time(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
     """A → B → A is refused with a cycle error instead of deadlocking both modules."""
     make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={"call": ["beta.call@1"]})
     make_module_dir(tmp_path, "testkit", module_id="beta", permissions={"call": ["alpha.echo@1"]})
@@ -161,7 +169,7 @@ async def test_call_cycle_fails_in_bounded_time(tmp_path: Path, make_module_dir:
 
 
 async def test_http_fetch_against_local_server(
-    tmp_path: Path, make_module_dir: Any, nursery: trio.Nursery
+    tmp_path: Path, make_module_dir: MakeModuleDir, nursery: trio.Nursery
 ) -> None:
     """With network.http a guest's request reaches a real local server with its method,
     headers and body, and the guest gets status, headers and body back."""
@@ -183,7 +191,7 @@ async def test_http_fetch_against_local_server(
 
 
 async def test_websocket_messages_both_ways(
-    tmp_path: Path, make_module_dir: Any, nursery: trio.Nursery
+    tmp_path: Path, make_module_dir: MakeModuleDir, nursery: trio.Nursery
 ) -> None:
     """With network.websocket a guest connects to a real local server, its frames arrive
     there, the server's frames arrive in on-websocket-message, and a server-side close
@@ -221,7 +229,7 @@ async def test_websocket_messages_both_ways(
 
 
 async def test_a_flood_of_refused_emits_is_one_message_to_the_daemon(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """Past limits.max_event_rate the guest's emits fail at once; the daemon still
     counts every refusal, from one message per invocation, not one per event (a

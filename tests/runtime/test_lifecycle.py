@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from tests.fixture_types import MakeModuleDir
 from vessel._manager import ModuleState
 from vessel._storage import Storage
 
@@ -19,7 +20,7 @@ ALL_BUS = {"subscribe": ["*"], "storage": True, "timers": True}
 
 
 async def test_module_runs_in_its_own_process_and_emits(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """on-load runs in a child process (its pid is not ours); an emitted event reaches a bus
     subscriber stamped with the module's own id; guest stdout lands in the module log."""
@@ -41,7 +42,7 @@ async def test_module_runs_in_its_own_process_and_emits(
 
 
 async def test_glob_filtering_delivers_only_matching_events(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A subscription for `alpha.door.*` gets door events and nothing else."""
     make_module_dir(tmp_path, "testkit", module_id="alpha", permissions=ALL_BUS)
@@ -55,7 +56,9 @@ async def test_glob_filtering_delivers_only_matching_events(
         assert got == ["door.open", "door.closed", "door.last"]
 
 
-async def test_module_receives_subscribed_events(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_module_receives_subscribed_events(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
     """A module that subscribes gets matching events in on-event, and only those."""
     make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={"subscribe": ["beta.*"]})
     make_module_dir(tmp_path, "testkit", module_id="beta", permissions={})
@@ -75,7 +78,7 @@ async def test_module_receives_subscribed_events(tmp_path: Path, make_module_dir
 
 
 async def test_trap_fails_one_call_and_the_next_succeeds(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A trap in on-command is an error for that call only; the instance is replaced and
     the next call is served by the same process."""
@@ -89,7 +92,9 @@ async def test_trap_fails_one_call_and_the_next_succeeds(
         assert daemon.manager.get("alpha").pid == pid
 
 
-async def test_guest_error_is_module_error_not_trap(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_guest_error_is_module_error_not_trap(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
     """An Err returned by the guest is passed to the caller verbatim."""
     make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
     async with running_daemon(tmp_path) as daemon:
@@ -100,7 +105,7 @@ async def test_guest_error_is_module_error_not_trap(tmp_path: Path, make_module_
 
 
 async def test_infinite_loop_hits_deadline_while_neighbour_answers(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """An infinite loop fails within its deadline; another module keeps answering meanwhile."""
     make_module_dir(
@@ -130,7 +135,7 @@ async def test_infinite_loop_hits_deadline_while_neighbour_answers(
 
 
 async def test_allocation_loop_is_stopped_by_memory_limit(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """Allocating without bound hits limits.memory_mb: that call fails, the module lives."""
     make_module_dir(tmp_path, "testkit", module_id="hog", permissions={}, limits={"memory_mb": 64})
@@ -144,7 +149,7 @@ async def test_allocation_loop_is_stopped_by_memory_limit(
 
 
 async def test_kill_9_restarts_with_backoff_and_lifecycle_events(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """SIGKILL of a module process: crashed → restarting (with a delay) → restarted with a
     new pid, and it serves calls again."""
@@ -166,7 +171,7 @@ async def test_kill_9_restarts_with_backoff_and_lifecycle_events(
 
 
 async def test_crash_loop_ends_in_failed_and_neighbours_are_untouched(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A module whose on-load always traps is restarted up to the intensity, then marked
     failed; the healthy module beside it keeps its process and answers."""
@@ -187,7 +192,7 @@ async def test_crash_loop_ends_in_failed_and_neighbours_are_untouched(
 
 
 async def test_storage_survives_module_and_daemon_restart(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A value stored by a module is there after its process is restarted and after the
     whole daemon is restarted."""
@@ -204,7 +209,7 @@ async def test_storage_survives_module_and_daemon_restart(
 
 
 async def test_disabled_state_persists_across_daemon_restart(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A disabled module stays disabled (no process) after the daemon restarts."""
     make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
@@ -220,7 +225,7 @@ async def test_disabled_state_persists_across_daemon_restart(
 
 
 async def test_compiled_once_then_started_from_the_artifact(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A module folder without a precompiled artifact is compiled on its first start and
     the artifact written; the next start loads it without compiling."""
@@ -239,7 +244,7 @@ async def test_compiled_once_then_started_from_the_artifact(
         assert second.load_seconds < first.load_seconds
 
 
-async def test_storage_quota_is_enforced(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_storage_quota_is_enforced(tmp_path: Path, make_module_dir: MakeModuleDir) -> None:
     """A write past limits.storage_quota_kb is refused with a message naming the quota;
     what was stored before stays, and deleting frees room again."""
     make_module_dir(

@@ -8,11 +8,11 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 
+from tests.fixture_types import MakeModuleDir
 from vessel._daemon import Daemon
 from vessel._manager import ModuleState
 
@@ -27,7 +27,7 @@ def _refusal(daemon: Daemon, module_id: str) -> str:
 
 
 async def test_tampered_wasm_is_refused_while_good_module_runs(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A module.wasm changed after install no longer matches manifest.hash: refused with
     'hash mismatch'; the good module beside it runs."""
@@ -43,7 +43,7 @@ async def test_tampered_wasm_is_refused_while_good_module_runs(
         assert await call(daemon, "good", "echo", {"ok": 1}) == {"ok": 1}
 
 
-async def test_newer_api_version_is_refused(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_newer_api_version_is_refused(tmp_path: Path, make_module_dir: MakeModuleDir) -> None:
     """api_version 2 is refused with a message naming both versions."""
     bad = make_module_dir(tmp_path, "testkit", module_id="future", permissions={})
     make_module_dir(tmp_path, "testkit", module_id="good", permissions={})
@@ -58,7 +58,9 @@ async def test_newer_api_version_is_refused(tmp_path: Path, make_module_dir: Any
         assert daemon.manager.state("good") is ModuleState.RUNNING
 
 
-async def test_manifest_with_unknown_field_is_refused(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_manifest_with_unknown_field_is_refused(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
     """A misspelt manifest field is an error that names the field."""
     bad = make_module_dir(tmp_path, "testkit", module_id="typo", permissions={})
     make_module_dir(tmp_path, "testkit", module_id="good", permissions={})
@@ -138,7 +140,7 @@ async def _assert_all_gone(procs: set[Proc]) -> None:
             await trio.sleep(0.05)
 
 
-async def test_no_child_left_after_sigterm(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_no_child_left_after_sigterm(tmp_path: Path, make_module_dir: MakeModuleDir) -> None:
     """SIGTERM on `vessel serve`: it shuts down cleanly (exit 0) and reaps every module
     process and the fork server."""
     make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
@@ -150,7 +152,7 @@ async def test_no_child_left_after_sigterm(tmp_path: Path, make_module_dir: Any)
     await _assert_all_gone(procs)
 
 
-async def test_no_child_left_after_sigint(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_no_child_left_after_sigint(tmp_path: Path, make_module_dir: MakeModuleDir) -> None:
     """SIGINT (Ctrl-C) stops the daemon the same orderly way."""
     make_module_dir(tmp_path, "testkit", module_id="alpha", permissions={})
     process, procs = await _serve_until_modules_run(tmp_path, ["alpha"])
@@ -162,7 +164,7 @@ async def test_no_child_left_after_sigint(tmp_path: Path, make_module_dir: Any) 
 
 @pytest.mark.parametrize("options", [(), ("--no-forkserver",)], ids=["forked", "spawned"])
 async def test_no_child_left_after_daemon_sigkill(
-    tmp_path: Path, make_module_dir: Any, options: tuple[str, ...]
+    tmp_path: Path, make_module_dir: MakeModuleDir, options: tuple[str, ...]
 ) -> None:
     """Even when the daemon is SIGKILLed (no cleanup runs), nothing it started survives:
     the fork server sees end-of-file on its socket and SIGKILLs the module processes (which

@@ -9,6 +9,8 @@ from typing import Any
 import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
+from tests.fixture_types import MakeModuleDir
+from vessel._daemon import Daemon
 from vessel._manager import ModuleState
 from vessel._paths import database_path
 from vessel._storage import Storage
@@ -24,12 +26,12 @@ FULL = {
 }
 
 
-def _logs(daemon: Any, module: str) -> list[str]:
+def _logs(daemon: Daemon, module: str) -> list[str]:
     return [line.message for line in daemon.manager.logs(module)]
 
 
 async def test_commands_answer_and_every_failure_is_an_error_not_a_trap(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A command's return value is its JSON answer; CommandError, HostError and any other
     exception become the call's error (the latter logged with its traceback); unknown
@@ -72,7 +74,7 @@ async def test_commands_answer_and_every_failure_is_an_error_not_a_trap(
 
 
 async def test_deferred_replies_answer_later_or_fail_cleanly(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A deferred command is answered by reply.ok/err from a later callback (the module
     serves other calls meanwhile), or at once; an exception in a deferred handler fails
@@ -105,7 +107,7 @@ async def test_deferred_replies_answer_later_or_fail_cleanly(
 
 
 async def test_timers_fire_by_handle_and_a_failing_callback_is_logged(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """set_timeout fires its callback once, set_interval until clear_timer; an exception
     in a timer callback is logged with its traceback and the instance lives on."""
@@ -140,7 +142,9 @@ async def test_timers_fire_by_handle_and_a_failing_callback_is_logged(
         assert await call(daemon, "sdkkit", "loads") == 1
 
 
-async def test_timers_not_granted_is_a_clear_error(tmp_path: Path, make_module_dir: Any) -> None:
+async def test_timers_not_granted_is_a_clear_error(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
     """Without the timers permission the host refuses with handle 0, and the SDK raises a
     HostError that names the permission to declare."""
     make_module_dir(tmp_path, "sdkkit", permissions={**FULL, "timers": False})
@@ -151,7 +155,7 @@ async def test_timers_not_granted_is_a_clear_error(tmp_path: Path, make_module_d
 
 
 async def test_events_are_dispatched_to_every_matching_glob(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """on_event handlers are subscribed in on-load and each event goes to every handler
     whose glob matches its module.name, in registration order, with decoded data."""
@@ -172,7 +176,7 @@ async def test_events_are_dispatched_to_every_matching_glob(
 
 
 async def test_emit_call_and_storage_go_through_the_host(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """app.emit publishes (retained when asked) under the module's own id, app.call
     returns the other module's decoded answer, app.storage round-trips."""
@@ -195,7 +199,7 @@ async def test_emit_call_and_storage_go_through_the_host(
 
 
 async def test_exception_in_on_load_refuses_the_module_with_its_traceback(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """An exception escaping an on_load handler is on-load's err (the module does not
     run) and its traceback is in the module log, not a bare trap."""
@@ -213,7 +217,7 @@ async def test_exception_in_on_load_refuses_the_module_with_its_traceback(
 
 
 async def test_websocket_messages_and_peer_close_reach_the_callbacks(
-    tmp_path: Path, make_module_dir: Any
+    tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """websocket_connect returns a Socket whose frames arrive in on_message; a peer close
     calls on_close once, and close() after that is a no-op."""

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import BrowserContext, expect, sync_playwright
+
+from tests.fixture_types import MakeModuleDir
 
 from ..ha.fake_ha import open_fake_ha
 from .harness import (
@@ -30,7 +31,7 @@ from .harness import (
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path, make_module_dir: Any) -> Path:
+def data_dir(tmp_path: Path, make_module_dir: MakeModuleDir) -> Path:
     """A data dir with example and testkit installed (precompiled)."""
     path = tmp_path / "data"
     for name in ("example", "testkit"):
@@ -39,7 +40,7 @@ def data_dir(tmp_path: Path, make_module_dir: Any) -> Path:
 
 
 @pytest.fixture
-def fake_ha(data_dir: Path, make_module_dir: Any) -> Iterator[FakeHAThread]:
+def fake_ha(data_dir: Path, make_module_dir: MakeModuleDir) -> Iterator[FakeHAThread]:
     """The fake Home Assistant, and the home-assistant module configured to use it."""
     from vessel._paths import database_path
     from vessel._storage import Storage
@@ -57,7 +58,7 @@ def fake_ha(data_dir: Path, make_module_dir: Any) -> Iterator[FakeHAThread]:
 
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
+def browser(tmp_path: Path) -> Iterator[BrowserContext]:
     """A browser context (Chromium with a fresh profile) whose waits are bounded."""
     if not os.access(CHROMIUM, os.X_OK):
         # scripts/test installs it; a missing browser must fail, never pass by skipping.

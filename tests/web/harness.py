@@ -18,14 +18,16 @@ import subprocess
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import trio
-from playwright.sync_api import ViewportSize, expect
+from playwright.sync_api import BrowserContext, Page, ViewportSize, expect
+
+from ..ha.fake_ha import FakeHomeAssistant
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
@@ -60,6 +62,8 @@ STOP_TIMEOUT = 20.0
 BROWSER_TIMEOUT_MS = 15_000
 
 T = TypeVar("T")
+#: ``tests/ha/fake_ha.open_fake_ha``: runs a fake Home Assistant for the block.
+OpenFakeHA = Callable[..., AbstractAsyncContextManager[FakeHomeAssistant]]
 
 
 @dataclass
@@ -161,14 +165,14 @@ def running_daemon(data_dir: Path, *, port: int = 0) -> Iterator[Daemon]:
 class FakeHAThread:
     """tests/ha/fake_ha.py's server, running in its own trio loop on a helper thread."""
 
-    def __init__(self, open_fake_ha: Callable[..., Any], token: str) -> None:
+    def __init__(self, open_fake_ha: OpenFakeHA, token: str) -> None:
         self._open = open_fake_ha
         self._token = token
         self._started = threading.Event()
         self._error: BaseException | None = None
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
-        self.fake: Any = None
+        self._fake: FakeHomeAssistant | None = None
         self._thread = threading.Thread(target=self._main, name="fake-ha", daemon=True)
 
     def _main(self) -> None:
@@ -176,7 +180,7 @@ class FakeHAThread:
             self._stop = trio.Event()
             self._trio_token = trio.lowlevel.current_trio_token()
             async with self._open(token=self._token) as fake:
-                self.fake = fake
+                self._fake = fake
                 self._started.set()
                 await self._stop.wait()
 
@@ -189,8 +193,15 @@ class FakeHAThread:
 
     def start(self) -> None:
         self._thread.start()
-        if not self._started.wait(START_TIMEOUT) or self.fake is None:
+        if not self._started.wait(START_TIMEOUT) or self._fake is None:
             raise AssertionError(f"the fake Home Assistant did not start: {self._error!r}")
+
+    @property
+    def fake(self) -> FakeHomeAssistant:
+        """The running fake (after :meth:`start`)."""
+        if self._fake is None:
+            raise AssertionError("the fake Home Assistant is not running: call start() first")
+        return self._fake
 
     def run(self, afn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``await afn(*args)`` in the fake's trio loop and return its result."""
@@ -213,25 +224,24 @@ class FakeHAThread:
 # -- the page ----------------------------------------------------------------------------
 
 
-def open_page(context: Any, daemon: Daemon) -> Any:
-    """A new tab on the dashboard; uncaught script errors are collected in
-    ``page.script_errors`` (tests assert there are none)."""
+def open_page(context: BrowserContext, daemon: Daemon) -> tuple[Page, list[str]]:
+    """A new tab on the dashboard, and the list its uncaught script errors are collected
+    in (tests assert there are none)."""
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.script_errors = errors
     page.goto(daemon.url + "/")
-    return page
+    return page, errors
 
 
-def sign_in(page: Any, token: str) -> None:
+def sign_in(page: Page, token: str) -> None:
     """Fill the sign-in form and wait until the page says it is connected."""
     page.get_by_label("Admin token").fill(token)
     page.get_by_role("button", name="Sign in").click()
     expect(page.locator("#conn")).to_have_text("Connected")
 
 
-def screenshot(page: Any, name: str, *, dark: bool = False) -> None:
+def screenshot(page: Page, name: str, *, dark: bool = False) -> None:
     """Save the page at desktop and phone width into test-artifacts/screenshots/ (and
     in dark mode at phone width if ``dark``); fail if a 360 px wide screen would have
     to scroll sideways."""

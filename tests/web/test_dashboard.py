@@ -7,12 +7,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import expect
+import httpx
+from playwright.sync_api import BrowserContext, expect
 
 from .harness import HA, FakeHAThread, open_page, running_daemon, screenshot, sign_in
 
 
-def _pid(daemon_api: Any, module_id: str) -> int:
+def _pid(daemon_api: httpx.Client, module_id: str) -> int:
     info = daemon_api.get(f"/api/modules/{module_id}").raise_for_status().json()
     assert info["state"] == "running", info
     pid: int = info["pid"]
@@ -20,12 +21,12 @@ def _pid(daemon_api: Any, module_id: str) -> int:
 
 
 def test_sign_in_refuses_a_wrong_token_and_remembers_the_right_one(
-    browser: Any, data_dir: Path
+    browser: BrowserContext, data_dir: Path
 ) -> None:
     """A wrong token is refused with the daemon's reason and the form stays for a retry;
     the right one connects, survives a reload (localStorage), and sign-out forgets it."""
     with running_daemon(data_dir) as daemon:
-        page = open_page(browser, daemon)
+        page, script_errors = open_page(browser, daemon)
         expect(page.get_by_role("heading", name="Vessel")).to_be_visible()
         screenshot(page, "sign-in")
 
@@ -46,11 +47,11 @@ def test_sign_in_refuses_a_wrong_token_and_remembers_the_right_one(
         page.get_by_role("button", name="Sign out").click()
         expect(page.get_by_label("Admin token")).to_be_visible()
         assert page.evaluate("localStorage.getItem('vessel.token')") is None
-        assert page.script_errors == []
+        assert script_errors == []
 
 
 def test_home_shows_entities_and_a_click_toggles_the_light(
-    browser: Any, data_dir: Path, fake_ha: FakeHAThread
+    browser: BrowserContext, data_dir: Path, fake_ha: FakeHAThread
 ) -> None:
     """Home shows every Home Assistant entity from retained state, grouped by domain,
     the HA connection status and example's retained tick; a click on a light calls
@@ -58,7 +59,7 @@ def test_home_shows_entities_and_a_click_toggles_the_light(
     failed call shows its error on the tile."""
     fake = fake_ha.fake
     with running_daemon(data_dir) as daemon:
-        page = open_page(browser, daemon)
+        page, script_errors = open_page(browser, daemon)
         sign_in(page, daemon.token)
 
         status = page.locator("[data-kind=ha-status]")
@@ -109,18 +110,18 @@ def test_home_shows_entities_and_a_click_toggles_the_light(
         assert saved["value"] == "new-token"
         assert "new-token" not in card.inner_text()
         screenshot(page, "modules-home-assistant")
-        assert page.script_errors == []
+        assert script_errors == []
 
 
 def test_modules_view_shows_pids_restarts_configures_and_reads_logs(
-    browser: Any, data_dir: Path, tmp_path: Path
+    browser: BrowserContext, data_dir: Path, tmp_path: Path
 ) -> None:
     """Modules lists every module with the PID the daemon reports; Restart shows the new
     PID; Disable/Enable follow the lifecycle; a configuration value set from the page
     reaches the module's storage and is shown only on request; the log panel shows the
     module's lines; a refused upload explains why."""
     with running_daemon(data_dir) as daemon, daemon.api() as api:
-        page = open_page(browser, daemon)
+        page, script_errors = open_page(browser, daemon)
         sign_in(page, daemon.token)
         page.get_by_role("link", name="Modules").click()
 
@@ -179,10 +180,12 @@ def test_modules_view_shows_pids_restarts_configures_and_reads_logs(
         expect(page.locator("form.install .alert")).to_contain_text(
             "Install failed (invalid_module)"
         )
-        assert page.script_errors == []
+        assert script_errors == []
 
 
-def test_event_stream_shows_emitted_events_filters_and_pauses(browser: Any, data_dir: Path) -> None:
+def test_event_stream_shows_emitted_events_filters_and_pauses(
+    browser: BrowserContext, data_dir: Path
+) -> None:
     """Events shows a module's emitted event with its payload pretty-printed; a glob
     filter hides the others (and only matching events arrive afterwards); pause holds
     new events until resume; clear empties the list."""
@@ -192,7 +195,7 @@ def test_event_stream_shows_emitted_events_filters_and_pauses(browser: Any, data
             params = {"name": name, "data": data}
             api.post("/api/modules/testkit/call/emit", json=params).raise_for_status()
 
-        page = open_page(browser, daemon)
+        page, script_errors = open_page(browser, daemon)
         sign_in(page, daemon.token)
         page.get_by_role("link", name="Events").click()
         stream = page.locator("ol.stream")
@@ -230,11 +233,11 @@ def test_event_stream_shows_emitted_events_filters_and_pauses(browser: Any, data
         page.get_by_role("button", name="Clear").click()
         expect(stream.locator("li")).to_have_count(0)
         screenshot(page, "events-filtered")
-        assert page.script_errors == []
+        assert script_errors == []
 
 
 def test_page_reconnects_and_resubscribes_after_the_daemon_restarts(
-    browser: Any, data_dir: Path
+    browser: BrowserContext, data_dir: Path
 ) -> None:
     """When the daemon stops, the page says it is reconnecting (with a countdown); when
     it is back on the same port, the page reconnects by itself, without a reload, and
@@ -244,7 +247,7 @@ def test_page_reconnects_and_resubscribes_after_the_daemon_restarts(
     # the restart takes it again.
     with running_daemon(data_dir) as daemon:
         port = daemon.port
-        page = open_page(browser, daemon)
+        page, script_errors = open_page(browser, daemon)
         sign_in(page, daemon.token)
         tick = page.locator("[data-key='example.tick'] .tile-value")
         expect(tick).to_have_text(re.compile(r"count \d+"))
@@ -270,4 +273,4 @@ def test_page_reconnects_and_resubscribes_after_the_daemon_restarts(
         assert new_pid != old_pid
         expect(page.locator("[data-module=example] [data-field=pid]")).to_have_text(str(new_pid))
         assert page.evaluate("window.sameDocument") is True
-        assert page.script_errors == []
+        assert script_errors == []

@@ -31,7 +31,8 @@ from vessel._cpu_box import QUARANTINE as DEFAULT_QUARANTINE
 from vessel._daemon import Daemon
 from vessel._wasm_module import WasmModule
 from vessel.cli.serve import build_parser
-from vessel.host._confine import box_cpu
+from vessel.host._confine import CONFINE_AFTER, box_cpu
+from vessel.host._slicing import SLICE
 
 from .harness import call, call_error, data, lifecycle, next_event, running_daemon
 
@@ -242,7 +243,8 @@ async def test_long_work_busy_with_the_host_is_confined_but_not_quarantined(
 ) -> None:
     """A burst of emits is long work, but the daemon's own: it must not keep off a CPU
     while it handles it (the fan-out figure lost ~10 points when it did), and the burst
-    does not yield its CPU every slice."""
+    does not yield its CPU every slice (only in its first 2 ms, before the module process
+    can tell it from a runaway)."""
     limits = {"max_event_rate": 100_000}
     make_module_dir(tmp_path, "testkit", module_id="emitter", limits=limits)
     async with running_daemon(tmp_path, quarantine=60) as daemon:
@@ -260,7 +262,10 @@ async def test_long_work_busy_with_the_host_is_confined_but_not_quarantined(
         assert stats is not None
         assert stats.confined_invocations >= confined + CONFINES
         # Nor is it made to yield (vessel/host/_slicing.py): that slowed a burst by 20 %.
-        assert stats.guest_yields == yields
+        # It may have in its first 2 ms, as any guest work: a few times (more on a busy
+        # machine, where it takes longer to have used the CPU that counts as long work),
+        # not every slice of its 400 ms.
+        assert stats.guest_yields - yields <= 3 * CONFINE_AFTER / SLICE
         assert box.narrowings == narrowings
         assert box.quarantined == frozenset()
 

@@ -43,9 +43,9 @@ class GuestTrap(Exception):
 
 
 class Watchdog:
-    """Advances the engine's epoch when an invocation's deadline passes; confines an
-    invocation that runs long to one CPU (``_confine``), and from then on advances the
-    epoch every slice so that it yields the CPU (``_slicing``).
+    """Advances the engine's epoch when an invocation's deadline passes; advances it
+    every slice, once the invocation has used a slice of CPU, so that it yields the CPU
+    (``_slicing``); confines an invocation that runs long to one CPU (``_confine``).
 
     Ticking only at deadlines (instead of a fixed-rate ticker) keeps an idle module process
     idle. Time spent inside host functions is not charged to the guest: a host call pauses
@@ -69,9 +69,11 @@ class Watchdog:
         #: When the invocation would count as long work, if it still runs then.
         self._long_at: float | None = None
         self._long_remaining: float | None = None
-        #: When long work next yields the CPU (``_slicing``).
+        #: When the invocation next yields the CPU (``_slicing``), and whether it has
+        #: begun to (before, the watchdog only looks whether it has used a slice of CPU).
         self._tick_at: float | None = None
         self._tick_remaining: float | None = None
+        self._yielding = False
         #: The thread running the armed invocation (the one to confine), its CPU clock,
         #: and the CPU time it had used when armed.
         self._tid: int | None = None
@@ -119,7 +121,8 @@ class Watchdog:
                 self._cpu_clock = time.pthread_getcpuclockid(self._cpu_ident)
             self._deadline = now + seconds
             self._long_at = now + CONFINE_AFTER
-            self._tick_at = self._tick_remaining = None
+            self._tick_at, self._tick_remaining = now + SLICE, None
+            self._yielding = False
             self._plan()
 
     def disarm(self) -> None:
@@ -186,16 +189,16 @@ class Watchdog:
             self._closed = True
             self._cond.notify()
 
-    def _cpu_short(self) -> float:
-        """How much CPU time the armed invocation still has to use to count as long
-        work (0: it has used enough, or its thread cannot be asked)."""
+    def _cpu_short(self, needed: float) -> float:
+        """How much CPU time the armed invocation still has to use to have used
+        ``needed`` (0: it has, or its thread cannot be asked)."""
         if self._cpu_clock is None:
             return 0.0
         try:
             used = time.clock_gettime(self._cpu_clock) - self._cpu_at_arm
         except OSError:
             return 0.0
-        return max(0.0, CONFINE_CPU - used)
+        return max(0.0, needed - used)
 
     def _loop(self) -> None:
         with self._cond:
@@ -208,7 +211,7 @@ class Watchdog:
                     continue
                 if self._long_at is not None and now >= self._long_at:
                     self._long_at = None
-                    short = self._cpu_short()
+                    short = self._cpu_short(CONFINE_CPU)
                     if short > 0:
                         # It has been waiting for a CPU, not using one: a busy machine
                         # must not get a healthy module confined (and quarantined).
@@ -217,10 +220,16 @@ class Watchdog:
                         self._host_busy = self._host_calls >= HOST_BUSY_CALLS
                         if self._tid is not None:
                             self._confinement.confine(self._tid, report=not self._host_busy)
-                        if not self._host_busy:
-                            self._tick_at = now + SLICE
+                        if self._host_busy:
+                            self._tick_at = None  # the daemon's own work: no yielding
                     continue
                 if self._tick_at is not None and now >= self._tick_at:
+                    if not self._yielding:
+                        short = self._cpu_short(SLICE)
+                        if short > 0:  # it has been waiting for a CPU: nothing to give up
+                            self._tick_at = now + short
+                            continue
+                        self._yielding = True
                     self._tick_at = now + SLICE
                     self._engine.increment_epoch()
                     continue

@@ -6,40 +6,53 @@ CPU from them — among them, quite likely, the very process whose answer is awa
 a module spinning beside it, a healthy module's p99 call latency went from 1.7x to 2.8x
 of its quiet figure in bench/). So the active wait asks this first.
 
-"Other processes" is the machine's busy time (``/proc/stat``) minus this process's own
-(``time.process_time``), averaged since the last look, which is taken at most every
-``interval`` seconds so that asking costs nothing on a hot path.
+"Other processes" is the busy time of the CPUs this process may use (their lines of
+``/proc/stat``) minus this process's own (``time.process_time``), averaged since the last
+look, which is taken at most every ``interval`` seconds so that asking costs nothing on a
+hot path. Only those CPUs: in a container given two cores of a busy eight-core host, what
+runs on the other six takes nothing from the waiting task.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
 
-def _busy_and_total(stat: Path) -> tuple[int, int] | None:
-    """Jiffies the machine's CPUs spent busy, and in all, since boot (None: unreadable)."""
+def _busy_and_total(stat: Path, cpus: frozenset[int]) -> tuple[int, int] | None:
+    """Jiffies CPUs ``cpus`` spent busy, and in all, since boot (None: unreadable, or a
+    CPU's line is missing)."""
     try:
         with open(stat, "rb") as f:
-            fields = f.readline().split()
+            lines = f.read().splitlines()
     except OSError:
         return None
-    if len(fields) < 5 or fields[0] != b"cpu":
-        return None
-    try:
-        # user nice system idle iowait irq softirq steal ...; guest time is already in
-        # user. Waiting for I/O is idle here; stolen time (a VM's host ran something
-        # else) is not: the core was not ours to use.
-        values = [int(v) for v in fields[1:9]]
-    except ValueError:
-        return None
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    total = sum(values)
-    return total - idle, total
+    busy = total = 0
+    seen = 0
+    for line in lines:
+        fields = line.split()
+        if not fields or not fields[0].startswith(b"cpu") or fields[0] == b"cpu":
+            continue
+        try:
+            if int(fields[0][3:]) not in cpus:
+                continue
+            # user nice system idle iowait irq softirq steal ...; guest time is already
+            # in user. Waiting for I/O is idle here; stolen time (a VM's host ran
+            # something else) is not: the core was not ours to use.
+            values = [int(v) for v in fields[1:9]]
+        except ValueError:
+            return None
+        if len(values) < 4:
+            return None
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        busy += sum(values) - idle
+        total += sum(values)
+        seen += 1
+    return (busy, total) if seen == len(cpus) else None
 
 
 class SpareCore:
@@ -48,13 +61,13 @@ class SpareCore:
     def __init__(
         self,
         *,
-        cores: int | None = None,
+        cpus: Iterable[int] | None = None,
         interval: float = 0.1,
         stat: Path = Path("/proc/stat"),
         own_cpu: Callable[[], float] = time.process_time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.cores = cores if cores is not None else len(os.sched_getaffinity(0))
+        self.cpus = frozenset(os.sched_getaffinity(0) if cpus is None else cpus)
         self.interval = interval
         self._stat = stat
         self._own_cpu = own_cpu
@@ -66,11 +79,21 @@ class SpareCore:
         #: Cores' worth of CPU the machine's other processes used in the last window.
         self.others: float | None = None
 
+    @property
+    def cores(self) -> int:
+        return len(self.cpus)
+
+    def use(self, cpus: Iterable[int]) -> None:
+        """This process may now run on ``cpus`` only (``sched_setaffinity``): look at
+        those from the next look on, afresh."""
+        self.cpus = frozenset(cpus)
+        self._at, self._spare, self.others = None, False, None
+
     def __call__(self) -> bool:
         now = self._clock()
         if self._at is not None and now - self._at < self.interval:
             return self._spare
-        sample = _busy_and_total(self._stat)
+        sample = _busy_and_total(self._stat, self.cpus)
         own = self._own_cpu()
         if sample is None:
             self._at, self._spare, self.others = now, False, None

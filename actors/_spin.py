@@ -27,7 +27,7 @@ _spare_core = SpareCore()
 def affinity_changed() -> None:
     """Call after this process's CPUs changed (``sched_setaffinity``): spinning on a
     single usable core takes the CPU from the very process that is to answer."""
-    _spare_core.cores = len(os.sched_getaffinity(0))
+    _spare_core.use(os.sched_getaffinity(0))
 
 
 @dataclass

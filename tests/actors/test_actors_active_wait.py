@@ -48,7 +48,7 @@ def idle_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The spin tests need a core to spare, whatever else runs beside the suite: the
     active wait reads the machine's load from a /proc/stat that says it is idle."""
     stat = tmp_path / "stat"
-    stat.write_text("cpu  100 0 100 1000 0 0 0 0 0 0\n")
+    stat.write_text(_stat({cpu: (100, 1000) for cpu in os.sched_getaffinity(0)}))
     spare = SpareCore(stat=stat, interval=0.0)
     spare()  # the first look only takes the starting point
     monkeypatch.setattr(_spin, "_spare_core", spare)
@@ -158,24 +158,31 @@ def test_no_spinning_once_narrowed_to_a_single_core() -> None:
     assert _spins_in_child(code) == "0 1"
 
 
-def _stat_line(busy: int, idle: int) -> str:
-    return f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\n"
+def _stat(cpus: dict[int, tuple[int, int]]) -> str:
+    """A /proc/stat whose CPU ``n`` has spent ``cpus[n]`` = (busy, idle) jiffies (user
+    and idle), with the machine's line first as the kernel writes it."""
+    busy, idle = sum(b for b, _ in cpus.values()), sum(i for _, i in cpus.values())
+    lines = [f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0"]
+    lines += [f"cpu{n} {b} 0 0 {i} 0 0 0 0 0 0" for n, (b, i) in sorted(cpus.items())]
+    return "\n".join([*lines, "intr 12345 0 0", ""])
 
 
 def test_spare_core_reads_the_other_processes_load(tmp_path: Path) -> None:
-    """Busy time of the machine minus this process's own, in cores, against the usable
-    cores less the one the waiting task takes."""
+    """Busy time of the CPUs it may use minus this process's own, in cores, against
+    those CPUs less the one the waiting task takes."""
     stat = tmp_path / "stat"
-    stat.write_text(_stat_line(1000, 5000))
+    stat.write_text(_stat({0: (1000, 5000), 1: (0, 5000)}))
     now = [100.0]
-    spare = SpareCore(cores=2, stat=stat, interval=0.0, own_cpu=lambda: 0.0, clock=lambda: now[0])
+    spare = SpareCore(
+        cpus={0, 1}, stat=stat, interval=0.0, own_cpu=lambda: 0.0, clock=lambda: now[0]
+    )
     assert spare() is False  # the first look only takes the starting point
     now[0] += 0.1
     assert spare() is True  # nothing was busy since
     begun = now[0]
     now[0] += 0.1
     # 0.4 s of CPU time in 0.1 s: the other processes keep more than one core busy.
-    stat.write_text(_stat_line(1000 + int(0.4 * os.sysconf("SC_CLK_TCK")), 5000))
+    stat.write_text(_stat({0: (1000 + int(0.4 * os.sysconf("SC_CLK_TCK")), 5000), 1: (0, 5000)}))
     assert spare() is False
     assert spare.others is not None
     assert spare.others > 0.4 / (now[0] - begun) - 0.01
@@ -183,14 +190,50 @@ def test_spare_core_reads_the_other_processes_load(tmp_path: Path) -> None:
     assert spare() is True  # and then idle again
 
 
+def test_spare_core_counts_only_the_cpus_it_may_use(tmp_path: Path) -> None:
+    """Two CPUs of an eight-core host, say in a container: the other six all busy take
+    nothing from a task waiting on those two (the machine's line of /proc/stat would
+    say six cores are busy); its own two busy do. Narrowed to one CPU, it never spares
+    one."""
+    stat = tmp_path / "stat"
+    now = [100.0]
+    second = os.sysconf("SC_CLK_TCK")
+
+    def load(ours: int, elsewhere: int) -> None:
+        """Jiffies busy so far on each of CPUs 0-1, and on each of CPUs 2-7."""
+        jiffies = {n: (elsewhere, 5000) for n in range(2, 8)}
+        stat.write_text(_stat({0: (ours, 5000), 1: (ours, 5000), **jiffies}))
+
+    load(0, 0)
+    spare = SpareCore(
+        cpus={0, 1}, stat=stat, interval=0.0, own_cpu=lambda: 0.0, clock=lambda: now[0]
+    )
+    assert spare() is False  # the starting point
+    now[0] += 1.0
+    load(0, second)  # a second of CPU on each of the other six
+    assert spare() is True
+    assert spare.others == 0
+    now[0] += 1.0
+    load(second, 2 * second)  # and on both of its own
+    assert spare() is False
+    assert spare.others == 2
+    spare.use({0})
+    now[0] += 1.0
+    load(second, 3 * second)
+    assert spare.cores == 1
+    assert spare() is False  # a fresh starting point after the change
+
+
 def test_spare_core_is_false_when_the_load_cannot_be_read(tmp_path: Path) -> None:
-    for text in (None, "garbage\n", "cpu  a b c d e\n"):
+    """No file, garbage, a CPU's line that is not numbers, or one of its CPUs missing."""
+    texts = (None, "garbage\n", "cpu  a b c d e\ncpu0 a b c d e\ncpu1 1 2 3 4\n", "cpu0 1 0 0 5\n")
+    for text in texts:
         stat = tmp_path / "stat"
         if text is None:
             stat.unlink(missing_ok=True)
         else:
             stat.write_text(text)
-        spare = SpareCore(cores=2, stat=stat, interval=0.0)
+        spare = SpareCore(cpus={0, 1}, stat=stat, interval=0.0)
         assert (spare(), spare()) == (False, False)
 
 

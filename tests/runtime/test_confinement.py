@@ -135,6 +135,51 @@ async def test_time_waiting_in_a_host_call_is_not_long_work(
         assert await _confined(beta) == expected
 
 
+def test_a_host_call_spinning_on_the_cpu_is_not_the_guests_time() -> None:
+    """The same as above, seen at the watchdog alone and deterministic whatever the
+    machine's load: a guest whose one host call keeps its thread busy for 50 ms (the
+    host's work, not the guest's) is neither confined nor made to yield; its guest time
+    is the few microseconds around the call."""
+    confinement = Confinement(box_cpu())
+    engine = make_engine()
+    watchdog = Watchdog(engine, confinement)
+    callback = EpochCallback(lambda: watchdog.fired)
+    store = wasmtime.Store(engine)
+    callback.install(store)
+
+    def host_call() -> int:
+        watchdog.pause()
+        try:
+            end = time.monotonic() + 0.05
+            while time.monotonic() < end:  # CPU time, all of it the host's
+                pass
+            return 0  # ``busy`` stops after one call
+        finally:
+            watchdog.resume()
+
+    host = wasmtime.Func(store, wasmtime.FuncType([], [wasmtime.ValType.i32()]), host_call)
+    busy = wasmtime.Instance(store, wasmtime.Module(engine, _HOST_BUSY_WAT), [host]).exports(store)[
+        "busy"
+    ]
+    assert isinstance(busy, wasmtime.Func)
+    try:
+
+        def invocation() -> None:
+            store.set_epoch_deadline(1)
+            watchdog.arm(5.0)
+            try:
+                busy(store)
+            finally:
+                watchdog.disarm()
+
+        with ThreadPoolExecutor(1) as pool:
+            for _ in range(3):
+                pool.submit(invocation).result(timeout=10)
+    finally:
+        watchdog.close()
+    assert (confinement.count, callback.yields) == (0, 0)
+
+
 def test_waiting_for_a_cpu_is_not_long_work() -> None:
     """The watchdog confines an invocation 2 ms in only if it has used 1 ms of CPU
     meanwhile: one that was descheduled (here: sleeping, which uses none) on a busy

@@ -39,8 +39,9 @@ log = logging.getLogger("vessel.host")
 #: first milliseconds of a spinner cost the healthy modules their p99, and a normal
 #: command is done long before.
 CONFINE_AFTER = 0.002
-#: ... and only once it has used this much CPU time (host calls included): a guest that
-#: was waiting for a CPU on a busy machine is not running long.
+#: ... and only once it has used this much CPU time of its own (host calls not counted,
+#: as for its time): a guest that was waiting for a CPU on a busy machine is not running
+#: long, and neither is one whose host call kept its thread busy.
 CONFINE_CPU = 0.001
 #: Guest work that has made this many host calls by the time it is confined is busy with
 #: the host (a burst of emits, say: measured, 4 to 6 calls in its first 2 ms of guest

@@ -75,11 +75,14 @@ class Watchdog:
         self._tick_remaining: float | None = None
         self._yielding = False
         #: The thread running the armed invocation (the one to confine), its CPU clock,
-        #: and the CPU time it had used when armed.
+        #: and the CPU time it had used when armed plus what its host calls have used
+        #: since (the guest's own CPU time is the rest), and when the current host call
+        #: began, on that clock.
         self._tid: int | None = None
         self._cpu_ident: int | None = None
         self._cpu_clock: int | None = None
         self._cpu_at_arm = 0.0
+        self._host_cpu_from: float | None = None
         #: Host calls the armed invocation has made so far (not counting refused ones).
         self._host_calls = 0
         #: The armed invocation was confined as long work busy with the host: neither
@@ -116,6 +119,7 @@ class Watchdog:
             self._host_calls = 0
             self._host_busy = False
             self._cpu_at_arm = time.thread_time()
+            self._host_cpu_from = None
             if self._cpu_clock is None or self._cpu_ident != threading.get_ident():
                 self._cpu_ident = threading.get_ident()
                 self._cpu_clock = time.pthread_getcpuclockid(self._cpu_ident)
@@ -137,8 +141,11 @@ class Watchdog:
                 self._tid = None
 
     def pause(self) -> None:
+        """A host call begins (on the guest's thread): neither its time nor its CPU time
+        is the guest's."""
         with self._cond:
             self._host_calls += 1
+            self._host_cpu_from = time.thread_time()
             now = time.monotonic()
             if self._deadline is not None:
                 self._remaining = max(0.0, self._deadline - now)
@@ -152,7 +159,11 @@ class Watchdog:
                 self._tick_at = None
 
     def resume(self) -> None:
+        """The host call has returned (on the guest's thread)."""
         with self._cond:
+            if self._host_cpu_from is not None:
+                self._cpu_at_arm += time.thread_time() - self._host_cpu_from
+                self._host_cpu_from = None
             now = time.monotonic()
             if self._remaining is not None:
                 self._deadline, self._remaining = now + self._remaining, None
@@ -190,8 +201,8 @@ class Watchdog:
             self._cond.notify()
 
     def _cpu_short(self, needed: float) -> float:
-        """How much CPU time the armed invocation still has to use to have used
-        ``needed`` (0: it has, or its thread cannot be asked)."""
+        """How much CPU time the armed invocation's guest still has to use to have used
+        ``needed`` of its own (0: it has, or its thread cannot be asked)."""
         if self._cpu_clock is None:
             return 0.0
         try:

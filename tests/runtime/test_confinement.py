@@ -10,6 +10,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -157,24 +158,11 @@ def test_a_host_call_spinning_on_the_cpu_is_not_the_guests_time() -> None:
         finally:
             watchdog.resume()
 
-    host = wasmtime.Func(store, wasmtime.FuncType([], [wasmtime.ValType.i32()]), host_call)
-    busy = wasmtime.Instance(store, wasmtime.Module(engine, _HOST_BUSY_WAT), [host]).exports(store)[
-        "busy"
-    ]
-    assert isinstance(busy, wasmtime.Func)
+    busy = _host_busy_guest(engine, store, host_call)
     try:
-
-        def invocation() -> None:
-            store.set_epoch_deadline(1)
-            watchdog.arm(5.0)
-            try:
-                busy(store)
-            finally:
-                watchdog.disarm()
-
         with ThreadPoolExecutor(1) as pool:
             for _ in range(3):
-                pool.submit(invocation).result(timeout=10)
+                pool.submit(_armed, watchdog, store, busy).result(timeout=10)
     finally:
         watchdog.close()
     assert (confinement.count, callback.yields) == (0, 0)
@@ -375,22 +363,14 @@ def test_long_work_busy_with_the_host_yields_once_the_host_refuses_it() -> None:
         finally:
             watchdog.resume()
 
-    host = wasmtime.Func(store, wasmtime.FuncType([], [wasmtime.ValType.i32()]), host_call)
-    module = wasmtime.Module(engine, _HOST_BUSY_WAT)
-    busy = wasmtime.Instance(store, module, [host]).exports(store)["busy"]
-    assert isinstance(busy, wasmtime.Func)
+    busy = _host_busy_guest(engine, store, host_call)
     try:
 
         def invocation(refuse_after: float | None) -> int:
             """Yields during one invocation of ``busy``."""
             plan["start"], plan["refuse_after"] = time.monotonic(), refuse_after
             before = callback.yields
-            store.set_epoch_deadline(1)
-            watchdog.arm(5.0)
-            try:
-                busy(store)
-            finally:
-                watchdog.disarm()
+            _armed(watchdog, store, busy)
             return callback.yields - before
 
         with ThreadPoolExecutor(1) as pool:
@@ -414,3 +394,25 @@ def test_long_work_busy_with_the_host_yields_once_the_host_refuses_it() -> None:
 _HOST_BUSY_WAT = """(module
   (import "host" "call" (func $call (result i32)))
   (func (export "busy") (loop $l (br_if $l (call $call)))))"""
+
+
+def _host_busy_guest(
+    engine: wasmtime.Engine, store: wasmtime.Store, host_call: Callable[[], int]
+) -> wasmtime.Func:
+    """``_HOST_BUSY_WAT``'s ``busy``, calling ``host_call`` (which pauses the watchdog
+    as the real host functions do)."""
+    host = wasmtime.Func(store, wasmtime.FuncType([], [wasmtime.ValType.i32()]), host_call)
+    module = wasmtime.Module(engine, _HOST_BUSY_WAT)
+    busy = wasmtime.Instance(store, module, [host]).exports(store)["busy"]
+    assert isinstance(busy, wasmtime.Func)
+    return busy
+
+
+def _armed(watchdog: Watchdog, store: wasmtime.Store, func: wasmtime.Func) -> None:
+    """One invocation of ``func`` under ``watchdog``, as GuestRuntime makes one."""
+    store.set_epoch_deadline(1)
+    watchdog.arm(5.0)
+    try:
+        func(store)
+    finally:
+        watchdog.disarm()

@@ -31,14 +31,11 @@ def _busy_and_total(stat: Path, cpus: frozenset[int]) -> tuple[int, int] | None:
             lines = f.read().splitlines()
     except OSError:
         return None
-    busy = total = 0
-    seen = 0
-    for line in lines:
-        fields = line.split()
-        if not fields or not fields[0].startswith(b"cpu") or fields[0] == b"cpu":
-            continue
+    busy = total = seen = 0
+    # Only the per-CPU lines are split: the others (interrupt counts) can be long.
+    for fields in (line.split() for line in lines if line.startswith(b"cpu")):
         try:
-            if int(fields[0][3:]) not in cpus:
+            if fields[0] == b"cpu" or int(fields[0][3:]) not in cpus:
                 continue
             # user nice system idle iowait irq softirq steal ...; guest time is already
             # in user. Waiting for I/O is idle here; stolen time (a VM's host ran

@@ -72,6 +72,8 @@ class Settings:
     call_rounds: int = 9
     window: int = 64
     fanout_events: int = 2000
+    #: The fan-out figure alternates Vessel and its floor this many times (see fanout()).
+    fanout_rounds: int = 7
     repeats: int = 7
     modules_curve: tuple[int, ...] = (1, 10, 50)
     clients_curve: tuple[int, ...] = (1, 10, 100)
@@ -88,6 +90,7 @@ class Settings:
             call_rounds=1,
             window=8,
             fanout_events=20,
+            fanout_rounds=1,
             repeats=1,
             modules_curve=(1, 2),
             clients_curve=(1, 2),
@@ -300,34 +303,45 @@ class Bench:
         return _rate(clients * events, start, results)
 
     async def fanout(self) -> None:
+        """The fan-out figure and curves, Vessel and its floor taking turns.
+
+        As in calls(): both servers run at once and each measurement of one is followed
+        by the same measurement of the other, so a burst of load from elsewhere on this
+        shared machine lands on both sides alike. (Measured one after the other, all
+        floor rounds first, the figure ranged 64-122 % over one session's runs of the
+        same code.)
+        """
         s = self.s
         clients = 10 if not s.quick else 2
-        async with _procs.floor_server() as floor_url:
-            floor = [
-                await self._floor_fanout(floor_url, clients, s.fanout_events, 100)
-                for _ in range(min(3, s.repeats))
-            ]
-            floor_curve = [
-                await self._floor_fanout(floor_url, n, s.fanout_events, 100)
-                for n in s.clients_curve
-            ]
-            floor_sizes = [
-                await self._floor_fanout(floor_url, 1, _events_for(size, s), size)
-                for size in s.sizes_curve
-            ]
-        async with vessel_serve(self.echo_dir()) as vessel:
+        floor: list[float] = []
+        ours: list[float] = []
+        floor_curve: list[float] = []
+        curve: list[float] = []
+        floor_sizes: list[float] = []
+        sizes: list[float] = []
+        async with (
+            _procs.floor_server() as floor_url,
+            vessel_serve(self.echo_dir()) as vessel,
+        ):
             await vessel.wait_started(1)
-            ours = [
-                await self._vessel_fanout(vessel, clients, s.fanout_events, 100)
-                for _ in range(min(3, s.repeats))
-            ]
-            curve = [
-                await self._vessel_fanout(vessel, n, s.fanout_events, 100) for n in s.clients_curve
-            ]
-            sizes = [
-                await self._vessel_fanout(vessel, 1, _events_for(size, s), size)
-                for size in s.sizes_curve
-            ]
+
+            async def both(n: int, events: int, size: int) -> tuple[float, float]:
+                theirs = await self._floor_fanout(floor_url, n, events, size)
+                return theirs, await self._vessel_fanout(vessel, n, events, size)
+
+            for _ in range(s.fanout_rounds):
+                theirs, mine = await both(clients, s.fanout_events, 100)
+                floor.append(theirs)
+                ours.append(mine)
+            for n in s.clients_curve:
+                theirs, mine = await both(n, s.fanout_events, 100)
+                floor_curve.append(theirs)
+                curve.append(mine)
+            for size in s.sizes_curve:
+                theirs, mine = await both(1, _events_for(size, s), size)
+                floor_sizes.append(theirs)
+                sizes.append(mine)
+        rounds = sorted(mine / theirs for mine, theirs in zip(ours, floor, strict=True))
         self.results.figures.append(
             Figure(
                 "fanout",
@@ -337,8 +351,9 @@ class Bench:
                 "msgs/s",
                 0.75,
                 higher_is_better=True,
-                note="a module emits 100 B events; floor = bare Quart-Trio broadcast of the same "
-                "frames",
+                note=f"a module emits 100 B events; floor = bare Quart-Trio broadcast of the "
+                f"same frames; medians of {s.fanout_rounds} rounds, taking turns (the rounds' "
+                f"own ratios: {rounds[0]:.0%} to {rounds[-1]:.0%})",
             )
         )
         self.results.curves["fanout_vs_clients"] = {

@@ -167,6 +167,65 @@ async def test_subscribe_is_idempotent_and_unsubscribe_stops_events(
         assert back["data"] == {"pattern": "kit.*", "replayed": 1}
 
 
+async def test_a_burst_reaches_every_subscriber_whole_and_in_order(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
+    """A module emits 2000 numbered events in one command to three subscribed clients,
+    one of which keeps calling meanwhile: each client receives every event once, in the
+    order emitted, and the caller every response. (What queues up for a client leaves
+    in batched writes, vessel/gateway/_write_batch.py.)"""
+    make_module_dir(
+        tmp_path,
+        "testkit",
+        module_id="kit",
+        permissions=EMITTER,
+        limits={"max_event_rate": 100_000},
+    )
+    count, pings = 2000, 50
+    async with (
+        running_gateway(tmp_path) as gw,
+        ws_client(gw) as ctl,
+        ws_client(gw) as quiet,
+        ws_client(gw) as other,
+        ws_client(gw) as caller,
+    ):
+        clients = {"quiet": quiet, "other": other, "caller": caller}
+        await ready(ctl)
+        for conn in clients.values():
+            await ready(conn)
+            await subscribe(conn, "kit", "n", "s")
+        numbers: dict[str, list[int]] = {name: [] for name in clients}
+        answered: set[str] = set()
+
+        async def collect(name: str, conn: WebSocketConnection) -> None:
+            expected = pings if conn is caller else 0
+            while len(numbers[name]) < count or (conn is caller and len(answered) < expected):
+                message = await receive(conn)
+                if is_event(message, "kit", "n"):
+                    numbers[name].append(message["data"]["n"])
+                elif conn is caller and message["type"] == "response":
+                    assert message["success"] is True, message
+                    answered.add(message["request_id"])
+
+        async def keep_calling() -> None:
+            for i in range(pings):
+                await send(caller, {"type": "call", "request_id": f"p{i}", "module": "vessel",
+                                    "name": "ping"})  # fmt: skip
+                await trio.sleep(0.002)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for name, conn in clients.items():
+                    nursery.start_soon(collect, name, conn)
+                nursery.start_soon(keep_calling)
+                params = {"name": "n", "count": count, "numbered": True}
+                response = await call(ctl, "kit", "emit", params, rid="burst")
+                assert response["data"] == {"refused": 0}, response
+        for name in clients:
+            assert numbers[name] == list(range(count)), name
+        assert answered == {f"p{i}" for i in range(pings)}
+
+
 async def test_stalled_client_is_closed_and_others_keep_receiving(
     tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:

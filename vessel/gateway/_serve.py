@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Closed, Event, Updated
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.trio import run as _hypercorn_run
 from hypercorn.trio import serve
 from hypercorn.trio.tcp_server import TCPServer
 
 from .._daemon import Daemon
 from ._app import GatewayState, create_app
+from ._write_batch import current_connection
 
 log = logging.getLogger("vessel.gateway")
 
@@ -25,7 +28,7 @@ TRANSPORT_MAX_MESSAGE = 4 * 1024 * 1024
 
 
 class _TCPServer(TCPServer):
-    """Hypercorn's trio connection, with two fixes.
+    """Hypercorn's trio connection, with two fixes and batched writes.
 
     * One way less for a client to stop the whole server. Hypercorn 0.18 sends EOF on
       close (``_close``) without its send lock; when the client hangs up while a
@@ -39,14 +42,40 @@ class _TCPServer(TCPServer):
       so one idle HTTP client held every ``systemctl stop`` for the whole graceful
       timeout (3 s). Idle means: no request in progress (Hypercorn's ``Updated``
       events); a WebSocket never is, the gateway closes those itself.
+    * A task may batch its writes (``batched``; see _write_batch.py): what it sends in
+      the block is held and written with one system call when the block ends. A write
+      from any other task first sends what is held, so bytes leave in the order they
+      were sent.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._idle = True
         self._became_idle = trio.Event()
+        self._batching: trio.lowlevel.Task | None = None
+        self._held: list[bytes] = []
+
+    @asynccontextmanager
+    async def batched(self) -> AsyncIterator[None]:
+        if self._batching is not None:  # one batch at a time; the others write through
+            yield
+            return
+        self._batching = trio.lowlevel.current_task()
+        try:
+            yield
+        finally:
+            self._batching = None
+            await self._send_held()
+
+    async def _send_held(self) -> None:
+        if self._held:
+            data = b"".join(self._held)
+            self._held.clear()
+            await self._send(RawData(data))
 
     async def run(self) -> None:
+        # Seen by the tasks Hypercorn starts for this connection (the app's handler).
+        current_connection.set(self)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._close_idle_at_shutdown)
             await super().run()
@@ -61,11 +90,18 @@ class _TCPServer(TCPServer):
         await self.stream.aclose()
 
     async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, RawData) and self._batching is trio.lowlevel.current_task():
+            self._held.append(event.data)
+            return
+        await self._send_held()
         if isinstance(event, Updated):
             self._idle = event.idle
             if event.idle:
                 self._became_idle.set()
                 self._became_idle = trio.Event()
+        await self._send(event)
+
+    async def _send(self, event: Event) -> None:
         try:
             await super().protocol_send(event)
         except trio.BusyResourceError:

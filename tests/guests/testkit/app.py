@@ -143,9 +143,12 @@ def _emit(p: Params) -> Any:
     if "count" not in p:
         emit(event)
         return {}
-    # A burst from one invocation: refusals (rate limit) are counted, not raised.
+    # A burst from one invocation: refusals (rate limit) are counted, not raised. With
+    # "numbered", event i carries {"n": i} instead of the data.
     refused = 0
-    for _ in range(_uint(p, "count", 32)):
+    for i in range(_uint(p, "count", 32)):
+        if p.get("numbered", False):
+            event.data = json.dumps({"n": i})
         try:
             emit(event)
         except Err:

@@ -22,6 +22,7 @@ from wasmtime import component as wc
 from . import _engine
 from ._confine import CONFINE_AFTER, CONFINE_CPU, HOST_BUSY_CALLS, Confinement, box_cpu
 from ._slicing import SLICE, EpochCallback
+from ._wasm_types import add_import, fix_export
 
 log = logging.getLogger("vessel.host")
 
@@ -305,7 +306,7 @@ class GuestRuntime:
         linker.add_wasip2()
         with linker.root() as root, root.add_instance(_engine.HOST_INTERFACE) as inst:
             for name, fn in self._imports.items():
-                inst.add_func(name, self._wrap_import(name, fn))
+                add_import(inst, name, self._wrap_import(name, fn))
         self._linker = linker
 
     def _wrap_import(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -346,7 +347,7 @@ class GuestRuntime:
             index = instance.get_export_index(store, name, guest)
             func = instance.get_func(store, index) if index is not None else None
             if func is not None:
-                _cache_type(func, store)
+                fix_export(func, store)
                 funcs[name] = func
         self._store = store
         self._funcs = funcs
@@ -394,46 +395,6 @@ class GuestRuntime:
         self._watchdog.close()
         self._store = None
         self._funcs = {}
-
-
-class _FixedFuncType:
-    """A function's parameter and result types, fetched from wasmtime once."""
-
-    __slots__ = ("_source", "params", "result")
-
-    def __init__(self, source: wc.FuncType) -> None:
-        self._source = source  # owns the C objects the types below point into
-        self.params = source.params
-        self.result = source.result
-
-
-def _cache_type(func: wc.Func, store: wasmtime.Store) -> None:
-    """Make ``func`` reuse its type instead of fetching it from wasmtime on every call.
-
-    wasmtime-py's ``Func.__call__`` asks for the function's type (a C call plus Python
-    wrappers for every parameter type) each time, and a result/option/variant type asks
-    again for its cases on every value it converts: most of the Python time of a call
-    (bench/, profiled). An export's type never changes for the life of its instance, so
-    the first answers are kept on the objects. wasmtime is pinned to one major version
-    (pyproject.toml) because this leans on how its ``Func.__call__`` uses the type.
-    """
-    fixed = _FixedFuncType(func.type(store))
-    for _name, param in fixed.params:
-        _fix_cases(param)
-    if fixed.result is not None:
-        _fix_cases(fixed.result)
-    func.type = lambda store: fixed  # type: ignore[method-assign,assignment,return-value]
-
-
-def _fix_cases(ty: wc.ValType) -> None:
-    if isinstance(ty, wc.ResultType | wc.OptionType | wc.VariantType):
-        cases = ty._cases()
-        tagged = ty._tagged()
-        ty._cases = lambda: cases  # type: ignore[method-assign]
-        ty._tagged = lambda: tagged  # type: ignore[method-assign]
-        for _name, case in cases:
-            if case is not None:
-                _fix_cases(case)
 
 
 def _describe_trap(exc: wasmtime.WasmtimeError, deadline_fired: bool) -> str:

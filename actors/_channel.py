@@ -69,6 +69,9 @@ _READS_BEFORE_YIELD = 8
 # Coalescing pays off for many small frames; past this size a write is already efficient
 # and a bigger batch would only delay the first frame in it.
 _MAX_BATCH_BYTES = 256 * 1024
+# Queued notifications handled in one step of the notification task before it lets
+# other tasks run.
+NOTIFY_BATCH = 16
 #: Requests from the peer handled at once by default; more are refused, not queued.
 MAX_CONCURRENT_REQUESTS = 1024
 #: Seconds a channel that has ended still gives its handler to the notifications it
@@ -612,7 +615,12 @@ class Channel:
                 # growing memory. The handler task drains this queue in order. If the
                 # channel fails meanwhile the queue is closed: drop the message.
                 with contextlib.suppress(trio.ClosedResourceError):
-                    await self._notify_send.send(message)
+                    try:
+                        # No step through the scheduler while there is room: the reader
+                        # yields when the pipe is empty anyway (_receive).
+                        self._notify_send.send_nowait(message)
+                    except trio.WouldBlock:
+                        await self._notify_send.send(message)
             case Ping(seq=seq):
                 await self._send_internal(encode_message(Pong(seq)))
             case Pong(seq=seq):
@@ -642,17 +650,27 @@ class Channel:
     async def _notification_loop(self, drained: trio.Event) -> None:
         """Handle notifications in order until the channel ends and the queue is empty."""
         async for message in self._notify_receive:
-            if self._on_notify is None:
-                continue
-            try:
-                await self._on_notify(message.method, message.body)
-            except Exception:
-                # A notification has nobody to report to; one bad message must not stop
-                # the ones behind it.
-                logger.exception(
-                    "%s: notification handler for %r raised", self.name, message.method
-                )
+            await self._handle_notification(message)
+            # A burst (a module emitting) arrives many frames per read: handle what else
+            # is queued in this same step, a step through the scheduler saved per
+            # message, but only a few, so other tasks keep their turn.
+            for _ in range(NOTIFY_BATCH - 1):
+                try:
+                    message = self._notify_receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                await self._handle_notification(message)
         drained.set()
+
+    async def _handle_notification(self, message: Notify) -> None:
+        if self._on_notify is None:
+            return
+        try:
+            await self._on_notify(message.method, message.body)
+        except Exception:
+            # A notification has nobody to report to; one bad message must not stop
+            # the ones behind it.
+            logger.exception("%s: notification handler for %r raised", self.name, message.method)
 
     async def _writer(self) -> None:
         outbox = self._outbox_receive

@@ -24,7 +24,7 @@ from actors import (
     Reply,
     wait_heartbeat_lost,
 )
-from actors._channel import _READ_SIZE, _READS_BEFORE_YIELD, NOTIFY_DRAIN_TIMEOUT
+from actors._channel import _READ_SIZE, _READS_BEFORE_YIELD, NOTIFY_BATCH, NOTIFY_DRAIN_TIMEOUT
 from actors._wire import encode_message
 
 
@@ -117,6 +117,53 @@ async def test_notifications_are_handled_in_order() -> None:
                 client.notify_nowait("n", i)
             await all_seen.wait()
     assert seen == list(range(50))
+
+
+class _HandledPerStep(trio.abc.Instrument):
+    """How many notifications each task step handled (steps that handled any)."""
+
+    def __init__(self) -> None:
+        self.handled = 0
+        self.per_step: list[int] = []
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self.handled:
+            self.per_step.append(self.handled)
+            self.handled = 0
+
+
+async def test_a_burst_of_notifications_is_handled_a_few_per_step(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Notifications that arrive together are handled several in one scheduler step (a
+    step saved per message), never more than NOTIFY_BATCH before other tasks get a turn,
+    in order, and a handler that raises for one of them does not stop the rest."""
+    seen: list[int] = []
+    steps = _HandledPerStep()
+    all_seen = trio.Event()
+
+    async def on_notify(method: str, body: msgspec.Raw) -> None:
+        n = decode(body)
+        seen.append(n)
+        steps.handled += 1
+        if len(seen) == 200:
+            all_seen.set()
+        if n == 5:
+            raise ValueError("bad notification 5")
+
+    with trio.fail_after(5):
+        async with channel_pair(on_notify=on_notify) as (client, _):
+            trio.lowlevel.add_instrument(steps)
+            try:
+                for i in range(200):
+                    client.notify_nowait("n", i)
+                await all_seen.wait()
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+    assert seen == list(range(200))
+    assert max(steps.per_step) <= NOTIFY_BATCH, steps.per_step
+    assert max(steps.per_step) > 1, steps.per_step
+    assert "bad notification 5" in caplog.text
 
 
 async def test_handler_error_becomes_remote_error() -> None:

@@ -1,17 +1,23 @@
 """Function types fetched from wasmtime once (vessel/host/_wasm_types.py), read off a real
-component: the fixed types give the same answers as wasmtime's, from Python alone.
+component: the fixed types give the same answers as wasmtime's, from Python alone, and
+host imports linked through Vessel's trampoline convert values both ways.
 
-That calls through them convert values as before is what the rest of the suite checks:
-every host import and guest export is exercised through a real component."""
+The rest of the suite exercises every host import and guest export through a real
+component in a real module process."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from wasmtime import component as wc
 
+from tests.fixture_types import MakeModuleDir
+from vessel._manifest import load_module_dir
 from vessel.host._engine import GUEST_INTERFACE, HOST_INTERFACE, make_engine
+from vessel.host._runtime import GuestRuntime, Limits
 from vessel.host._wasm_types import FixedFuncType
 
 
@@ -75,3 +81,48 @@ def test_fixed_types_ask_wasmtime_nothing_more(guest_artifact: Callable[[str], A
     headers = dict(request.fields)["headers"]
     assert isinstance(headers, wc.ListType)
     assert headers.element is headers.element
+
+
+def test_host_imports_convert_both_ways_through_the_trampoline(
+    tmp_path: Path, make_module_dir: MakeModuleDir, guest_artifact: Callable[[str], Any]
+) -> None:
+    """The testkit guest in-process, with Python host functions linked through Vessel's
+    trampoline: an ``event`` record reaches ``emit`` field by field, every call; ``ok``
+    and ``err`` go back as the guest sees them (it counts the refused one); an
+    ``option`` result (``storage-get``) and no result (``log``) work too."""
+    module_dir = make_module_dir(tmp_path, "testkit", module_id="kit")
+    emitted: list[tuple[str, str, int, Any, int]] = []
+    logged: list[tuple[str, str]] = []
+
+    def emit(event: Any) -> str | None:
+        emitted.append((event.module, event.name, event.version, json.loads(event.data),
+                        event.timestamp))  # fmt: skip
+        return "refused: the second one" if len(emitted) == 2 else None
+
+    def unexpected(*args: Any) -> Any:
+        raise AssertionError(f"host function called unexpectedly with {args}")
+
+    names = _functions(guest_artifact, HOST_INTERFACE)
+    imports: dict[str, Callable[..., Any]] = dict.fromkeys(names, unexpected)
+    imports["emit"] = emit
+    imports["storage-get"] = lambda key: None
+    imports["log"] = lambda level, message: logged.append((level, message))
+    runtime = GuestRuntime(
+        module_id="kit",
+        module_dir=module_dir,
+        source_hash=load_module_dir(module_dir).hash,
+        limits=Limits(memory_bytes=256 << 20, invocation_seconds=30.0),
+        imports=imports,
+        on_output=lambda _stream, _data: None,
+    )
+    try:
+        runtime.load()
+        runtime.instantiate()
+        runtime.call("on-load")
+        assert logged == [("info", "testkit loaded")]
+        params = {"name": "n", "count": 3, "numbered": True, "version": 7}
+        answer = runtime.call("on-command", "emit", json.dumps(params))
+    finally:
+        runtime.close()
+    assert (answer.tag, json.loads(answer.payload)) == ("ok", {"refused": 1})
+    assert emitted == [("testkit", "n", 7, {"n": i}, 0) for i in range(3)]

@@ -52,6 +52,17 @@ async def events_until(conn: WebSocketConnection, last: str) -> list[tuple[str, 
     return [(m["name"], m["data"]) for m in [*before, end] if m["type"] == "event"]
 
 
+def install_chatty_kit(data_dir: Path, make_module_dir: MakeModuleDir) -> None:
+    """The testkit guest as ``kit``, allowed to emit far beyond the default rate."""
+    make_module_dir(
+        data_dir,
+        "testkit",
+        module_id="kit",
+        permissions=EMITTER,
+        limits={"max_event_rate": 100_000},
+    )
+
+
 # -- subscriptions -------------------------------------------------------------------
 
 
@@ -174,13 +185,7 @@ async def test_a_burst_reaches_every_subscriber_whole_and_in_order(
     one of which keeps calling meanwhile: each client receives every event once, in the
     order emitted, and the caller every response. (What queues up for a client leaves
     in batched writes, vessel/gateway/_write_batch.py.)"""
-    make_module_dir(
-        tmp_path,
-        "testkit",
-        module_id="kit",
-        permissions=EMITTER,
-        limits={"max_event_rate": 100_000},
-    )
+    install_chatty_kit(tmp_path, make_module_dir)
     count, pings = 2000, 50
     async with (
         running_gateway(tmp_path) as gw,
@@ -231,13 +236,7 @@ async def test_stalled_client_is_closed_and_others_keep_receiving(
 ) -> None:
     """A client that subscribes to a chatty pattern and stops reading is closed with 4408
     once its send queue is full, while a client that reads keeps receiving every event."""
-    make_module_dir(
-        tmp_path,
-        "testkit",
-        module_id="kit",
-        permissions=EMITTER,
-        limits={"max_event_rate": 100_000},
-    )
+    install_chatty_kit(tmp_path, make_module_dir)
     async with running_gateway(tmp_path) as gw, ws_client(gw) as healthy:
         bus = gw.daemon.bus
         await ready(healthy)

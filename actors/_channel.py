@@ -5,7 +5,9 @@ A :class:`Channel` is symmetric: both ends can send requests and both answer the
 
 * the *reader* decodes frames and dispatches them; it answers Pings itself, so a busy
   handler never delays a heartbeat, and it completes the caller's pending request on a
-  Reply;
+  Reply, once every notification the peer sent before that Reply has been handled (so a
+  caller that gets its answer also sees what the peer said on the way: a module's log
+  lines and events of the call it answers);
 * the *writer* owns the send stream and coalesces every queued frame into one write;
 * one task per incoming Request (a slow handler never blocks the others), at most
   ``max_concurrent_requests`` at once: past that a request is refused at once with an
@@ -112,6 +114,16 @@ class _Call:
             self.value = value
             self.error = error
             self.done.set()
+
+
+@dataclass(slots=True)
+class _HeldReply:
+    """A reply that arrived behind notifications not handled yet (see ``_finish``)."""
+
+    after: int  # the notifications that must be handled first (a count since run)
+    call: _Call
+    value: msgspec.Raw | None
+    error: ActorError | None
 
 
 class PendingRequest:
@@ -221,6 +233,11 @@ class Channel:
         self._ping_seqs = itertools.count(1)
         self._pending: dict[int, _Call] = {}
         self._pings: dict[int, _Call] = {}
+        #: Notifications queued for the handler so far, and handled so far: a Reply that
+        #: arrives while the two differ waits in _held for the ones before it.
+        self._notes_queued = 0
+        self._notes_handled = 0
+        self._held: deque[_HeldReply] = deque()
         self._frames_sent = 0
         self._frames_received = 0
         self._bytes_sent = 0
@@ -495,6 +512,11 @@ class Channel:
             return
         self._failure = (error_type, message)
         self._state = _State.CLOSED if error_type is ChannelClosed else _State.BROKEN
+        # A reply that came is an answer, even if the notifications before it will never
+        # be handled now (the handler may be the reason the channel is going away).
+        while self._held:
+            reply = self._held.popleft()
+            reply.call.finish(reply.value, reply.error)
         for call in (*self._pending.values(), *self._pings.values()):
             call.finish(error=error_type(message))
         self._outbox_send.close()
@@ -574,6 +596,7 @@ class Channel:
                     return
                 if isinstance(message, Notify):
                     await self._notify_send.send(message)
+                    self._notes_queued += 1
             try:
                 data = await self._receive()
             except (trio.ClosedResourceError, trio.BrokenResourceError, OSError):
@@ -606,10 +629,10 @@ class Channel:
             case Reply(id=request_id, body=body):
                 # A reply whose caller already gave up (timeout) finds no entry: dropped.
                 if (call := self._pending.get(request_id)) is not None:
-                    call.finish(value=body)
+                    self._finish(call, body, None)
             case ErrorReply(id=request_id, type=type_name, message=text, actor=actor):
                 if (call := self._pending.get(request_id)) is not None:
-                    call.finish(error=RemoteError(type_name, text, actor))
+                    self._finish(call, None, RemoteError(type_name, text, actor))
             case Notify():
                 # Bounded: a flood of notifications pushes back on the peer instead of
                 # growing memory. The handler task drains this queue in order. If the
@@ -621,6 +644,7 @@ class Channel:
                         self._notify_send.send_nowait(message)
                     except trio.WouldBlock:
                         await self._notify_send.send(message)
+                    self._notes_queued += 1
             case Ping(seq=seq):
                 await self._send_internal(encode_message(Pong(seq)))
             case Pong(seq=seq):
@@ -663,14 +687,31 @@ class Channel:
         drained.set()
 
     async def _handle_notification(self, message: Notify) -> None:
-        if self._on_notify is None:
-            return
         try:
-            await self._on_notify(message.method, message.body)
+            if self._on_notify is not None:
+                await self._on_notify(message.method, message.body)
         except Exception:
             # A notification has nobody to report to; one bad message must not stop
             # the ones behind it.
             logger.exception("%s: notification handler for %r raised", self.name, message.method)
+        finally:
+            self._notes_handled += 1
+            held = self._held
+            while held and held[0].after <= self._notes_handled:
+                reply = held.popleft()
+                reply.call.finish(reply.value, reply.error)
+
+    def _finish(self, call: _Call, value: msgspec.Raw | None, error: ActorError | None) -> None:
+        """Complete a call with its reply, or hold the reply until the notifications the
+        peer sent before it have been handled: what a peer says, it says in order.
+
+        So the notification handler must not wait for a reply on this same channel (it
+        would wait for itself); a ping is never held.
+        """
+        if self._notes_handled == self._notes_queued:
+            call.finish(value, error)
+        else:
+            self._held.append(_HeldReply(self._notes_queued, call, value, error))
 
     async def _writer(self) -> None:
         outbox = self._outbox_receive

@@ -119,6 +119,76 @@ async def test_notifications_are_handled_in_order() -> None:
     assert seen == list(range(50))
 
 
+@asynccontextmanager
+async def _notes_before_reply(
+    gate: trio.Event, handled: list[int]
+) -> AsyncIterator[tuple[Channel, list[Any], trio.Event]]:
+    """A client whose notification handler waits at ``gate`` before the first one, and
+    a server that answers ``work`` after notifying 0, 1, 2. Yields the client, the
+    replies it has seen (with what was handled when it saw each) and an event set on
+    the first reply, once the reply has arrived and waits."""
+    left, right = trio.testing.memory_stream_pair()
+
+    async def on_notify(method: str, body: msgspec.Raw) -> None:
+        await gate.wait()
+        handled.append(decode(body))
+
+    async def answer(method: str, body: msgspec.Raw) -> str:
+        for i in range(3):
+            await server.notify("log", i)
+        return "done"
+
+    client = Channel(
+        left.send_stream, left.receive_stream, name="client",
+        on_request=no_requests, on_notify=on_notify,
+    )  # fmt: skip
+    server = Channel(right.send_stream, right.receive_stream, name="server", on_request=answer)
+    seen: list[Any] = []
+    replied = trio.Event()
+
+    async def call() -> None:
+        value = decode(await client.request("work", None))
+        seen.append((value, list(handled)))
+        replied.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        await nursery.start(server.run)
+        nursery.start_soon(call)
+        # Everything idle: the reply has come in, and the handler waits at the gate.
+        await trio.testing.wait_all_tasks_blocked()
+        yield client, seen, replied
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_reply_waits_for_the_notifications_sent_before_it() -> None:
+    """What a peer says, it says in order: a caller sees its reply only once every
+    notification the peer sent before it has been handled (a module's log lines and
+    events of a call before the call's answer). Pings are not held behind them."""
+    gate = trio.Event()
+    handled: list[int] = []
+    with trio.fail_after(5):
+        async with _notes_before_reply(gate, handled) as (client, seen, replied):
+            assert client.statistics().frames_received >= 4  # 3 notifications, the reply
+            assert seen == []
+            await client.ping(timeout=2)
+            gate.set()
+            await replied.wait()
+    assert seen == [("done", [0, 1, 2])]
+
+
+async def test_a_held_reply_is_still_answered_when_the_channel_ends() -> None:
+    """A reply held behind notifications that will never be handled now (the channel
+    is going away) is given to its caller, not failed: it did come."""
+    handled: list[int] = []
+    with trio.fail_after(5):
+        async with _notes_before_reply(trio.Event(), handled) as (client, seen, replied):
+            assert seen == []
+            client.abort("the peer is gone")
+            await replied.wait()
+    assert seen == [("done", [])]
+
+
 class _HandledPerStep(trio.abc.Instrument):
     """How many notifications each task step handled (steps that handled any)."""
 

@@ -26,6 +26,12 @@ from ._wasm_types import add_import, fix_export
 
 log = logging.getLogger("vessel.host")
 
+#: An invocation's deadline is its limit of the guest's own CPU time, but at most this
+#: many times the limit of wall-clock time (host calls excluded) passes before it traps.
+DEADLINE_WAIT_FACTOR = 2.0
+#: The least time given at once for having waited (fewer wake-ups near the end).
+MIN_WAIT_STEP = 0.001
+
 #: Host functions of ``vessel:host/host@1.0.0``, by WIT name. Each gets the guest's
 #: arguments (not the store) and must never raise: errors are returned as values.
 HostImports = dict[str, Callable[..., Any]]
@@ -53,6 +59,12 @@ class Watchdog:
     the clock, so a slow ``call`` or ``http-fetch`` (which has its own timeout) cannot make
     the caller miss its compute deadline (nor get it confined).
 
+    Nor is time the guest spent waiting for a CPU: when its deadline comes, an invocation
+    that has used less CPU than its limit gets the difference (a busy machine, a runaway
+    beside it in the box, pages read back from disk), up to as much again as the limit
+    (``DEADLINE_WAIT_FACTOR``). A guest can only compute or call the host, so its CPU
+    time is the work it did; the cap still stops one that the machine starves for good.
+
     Arming, pausing and disarming happen on every invocation and every host call, so they
     only write the times under the lock: the watchdog thread is woken only when it is
     idle or would look too late. Otherwise it wakes at the time it last planned for,
@@ -67,6 +79,10 @@ class Watchdog:
         self._cond = threading.Condition()
         self._deadline: float | None = None
         self._remaining: float | None = None
+        #: The armed invocation's limit (CPU time of its own), and the wall-clock time
+        #: it may still be given at its deadline for having waited for a CPU.
+        self._limit = 0.0
+        self._wait_left = 0.0
         #: When the invocation would count as long work, if it still runs then.
         self._long_at: float | None = None
         self._long_remaining: float | None = None
@@ -125,6 +141,8 @@ class Watchdog:
                 self._cpu_ident = threading.get_ident()
                 self._cpu_clock = time.pthread_getcpuclockid(self._cpu_ident)
             self._deadline = now + seconds
+            self._limit = seconds
+            self._wait_left = seconds * (DEADLINE_WAIT_FACTOR - 1)
             self._long_at = now + CONFINE_AFTER
             self._tick_at, self._tick_remaining = now + SLICE, None
             self._yielding = False
@@ -217,6 +235,13 @@ class Watchdog:
             while not self._closed:
                 now = time.monotonic()
                 if self._deadline is not None and now >= self._deadline:
+                    # It needs at least that much more time to use its CPU time.
+                    short = self._cpu_short(self._limit)
+                    more = min(max(short, MIN_WAIT_STEP), self._wait_left) if short else 0.0
+                    if more > 0:
+                        self._deadline = now + more
+                        self._wait_left -= more
+                        continue
                     self._deadline = None
                     self.fired = True
                     self._engine.increment_epoch()

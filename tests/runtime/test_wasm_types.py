@@ -12,12 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from wasmtime import component as wc
 
 from tests.fixture_types import MakeModuleDir
 from vessel._manifest import load_module_dir
 from vessel.host._engine import GUEST_INTERFACE, HOST_INTERFACE, make_engine
-from vessel.host._runtime import GuestRuntime, Limits
+from vessel.host._runtime import GuestRuntime, GuestTrap, Limits
 from vessel.host._wasm_types import FixedFuncType
 
 
@@ -99,22 +100,11 @@ def test_host_imports_convert_both_ways_through_the_trampoline(
                         event.timestamp))  # fmt: skip
         return "refused: the second one" if len(emitted) == 2 else None
 
-    def unexpected(*args: Any) -> Any:
-        raise AssertionError(f"host function called unexpectedly with {args}")
-
-    names = _functions(guest_artifact, HOST_INTERFACE)
-    imports: dict[str, Callable[..., Any]] = dict.fromkeys(names, unexpected)
+    imports = _unexpected_imports(guest_artifact)
     imports["emit"] = emit
     imports["storage-get"] = lambda key: None
     imports["log"] = lambda level, message: logged.append((level, message))
-    runtime = GuestRuntime(
-        module_id="kit",
-        module_dir=module_dir,
-        source_hash=load_module_dir(module_dir).hash,
-        limits=Limits(memory_bytes=256 << 20, invocation_seconds=30.0),
-        imports=imports,
-        on_output=lambda _stream, _data: None,
-    )
+    runtime = _in_process(module_dir, imports)
     try:
         runtime.load()
         runtime.instantiate()
@@ -126,3 +116,65 @@ def test_host_imports_convert_both_ways_through_the_trampoline(
         runtime.close()
     assert (answer.tag, json.loads(answer.payload)) == ("ok", {"refused": 1})
     assert emitted == [("testkit", "n", 7, {"n": i}, 0) for i in range(3)]
+
+
+def test_a_host_function_that_raises_traps_that_instance_only(
+    tmp_path: Path,
+    make_module_dir: MakeModuleDir,
+    guest_artifact: Callable[[str], Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Host functions return their errors as values. One that raises anyway (a bug in
+    Vessel) traps the invocation as any trap does: a GuestTrap that names the function
+    and the exception, the traceback in the log, the instance gone; a fresh one works."""
+    module_dir = make_module_dir(tmp_path, "testkit", module_id="kit")
+    logged: list[tuple[str, str]] = []
+    failures = [KeyError("the host's own bug")]
+
+    def storage_get(key: str) -> str | None:
+        if failures:
+            raise failures.pop()
+        return None
+
+    imports = _unexpected_imports(guest_artifact)
+    imports["storage-get"] = storage_get
+    imports["log"] = lambda level, message: logged.append((level, message))
+    runtime = _in_process(module_dir, imports)
+    try:
+        runtime.load()
+        runtime.instantiate()
+        with pytest.raises(GuestTrap) as trap:
+            runtime.call("on-load")
+        assert trap.value.export == "on-load"
+        assert "host function 'storage-get' failed: KeyError" in trap.value.reason
+        assert "host's own bug" in caplog.text
+        with pytest.raises(GuestTrap, match="no live instance"):
+            runtime.call("on-command", "echo", "{}")
+        runtime.instantiate()
+        runtime.call("on-load")
+        answer = runtime.call("on-command", "echo", json.dumps({"ok": 1}))
+    finally:
+        runtime.close()
+    assert logged == [("info", "testkit loaded")]
+    assert (answer.tag, json.loads(answer.payload)) == ("ok", {"ok": 1})
+
+
+def _unexpected_imports(guest_artifact: Callable[[str], Any]) -> dict[str, Callable[..., Any]]:
+    """Every host import of the world, failing the test if the guest calls it."""
+
+    def unexpected(*args: Any) -> Any:
+        raise AssertionError(f"host function called unexpectedly with {args}")
+
+    return dict.fromkeys(_functions(guest_artifact, HOST_INTERFACE), unexpected)
+
+
+def _in_process(module_dir: Path, imports: dict[str, Callable[..., Any]]) -> GuestRuntime:
+    """The module's guest in this process, with ``imports`` as its host functions."""
+    return GuestRuntime(
+        module_id="kit",
+        module_dir=module_dir,
+        source_hash=load_module_dir(module_dir).hash,
+        limits=Limits(memory_bytes=256 << 20, invocation_seconds=30.0),
+        imports=imports,
+        on_output=lambda _stream, _data: None,
+    )

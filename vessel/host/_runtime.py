@@ -37,6 +37,19 @@ MIN_WAIT_STEP = 0.001
 HostImports = dict[str, Callable[..., Any]]
 
 
+class HostFunctionFailed(Exception):
+    """A host function raised (a bug in Vessel: they return their errors as values).
+
+    wasmtime turns the exception into a trap of the calling guest and raises it again
+    once the guest has unwound: the instance is as dead as after any other trap.
+    """
+
+    def __init__(self, name: str, cause: Exception) -> None:
+        super().__init__(f"host function {name!r} failed: {cause!r}")
+        self.name = name
+        self.cause = cause
+
+
 class GuestTrap(Exception):
     """A guest export trapped, ran past its deadline or ran out of memory.
 
@@ -341,6 +354,8 @@ class GuestRuntime:
             watchdog.pause()
             try:
                 return fn(*args)
+            except Exception as exc:
+                raise HostFunctionFailed(name, exc) from exc
             finally:
                 watchdog.resume()
 
@@ -364,6 +379,8 @@ class GuestRuntime:
             instance = self._linker.instantiate(store, self._component)
         except wasmtime.WasmtimeError as exc:
             raise GuestTrap("instantiate", _describe_trap(exc, self._watchdog.fired)) from None
+        except HostFunctionFailed as exc:
+            raise _host_trap("instantiate", exc) from exc
         finally:
             self._watchdog.disarm()
         guest = instance.get_export_index(store, _engine.GUEST_INTERFACE)
@@ -412,6 +429,10 @@ class GuestRuntime:
             self._store = None
             self._funcs = {}
             raise GuestTrap(export, _describe_trap(exc, self._watchdog.fired)) from None
+        except HostFunctionFailed as exc:
+            self._store = None
+            self._funcs = {}
+            raise _host_trap(export, exc) from exc
         finally:
             self._watchdog.disarm()
         return result
@@ -420,6 +441,13 @@ class GuestRuntime:
         self._watchdog.close()
         self._store = None
         self._funcs = {}
+
+
+def _host_trap(export: str, exc: HostFunctionFailed) -> GuestTrap:
+    """The trap a failed host function caused, with its traceback in the process's log:
+    the guest did nothing wrong, but its instance is gone all the same."""
+    log.error("host function %r raised in %s", exc.name, export, exc_info=exc.cause)
+    return GuestTrap(export, f"{exc} (a bug in Vessel: please report it)")
 
 
 def _describe_trap(exc: wasmtime.WasmtimeError, deadline_fired: bool) -> str:

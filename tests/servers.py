@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -71,12 +72,16 @@ async def http_app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-async def serve_http(nursery: trio.Nursery) -> str:
-    """Serve ``http_app`` on 127.0.0.1 (a free port) in ``nursery``; its base URL."""
+async def serve_http(nursery: trio.Nursery, *, tls_pem: Path | None = None) -> str:
+    """Serve ``http_app`` on 127.0.0.1 (a free port) in ``nursery``; its base URL.
+
+    ``tls_pem``: a file with the server's key and certificate chain: https://."""
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 0.1
+    if tls_pem is not None:
+        config.certfile = config.keyfile = str(tls_pem)
     binds: list[str] = await nursery.start(serve, http_app, config)
     return binds[0]

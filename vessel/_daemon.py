@@ -22,6 +22,7 @@ from ._install import install_from_dir
 from ._manager import ModuleManager, SupervisionPolicy
 from ._paths import database_path, modules_dir, repo_root
 from ._storage import Storage
+from ._tls import load_trusted_certificates
 from ._wasm_module import HOST_PRELOAD
 
 log = logging.getLogger("vessel.daemon")
@@ -51,6 +52,9 @@ class DaemonConfig:
     #: Seconds a module stays quarantined to the box CPU after a trap or a crash
     #: (``vessel._cpu_box``).
     quarantine: float = QUARANTINE
+    #: PEM files of certificates module processes trust for https:// and wss:// beside
+    #: the usual CAs (``vessel serve --ca-file``; vessel/_tls.py).
+    trusted_ca: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -134,6 +138,8 @@ async def open_daemon(
     (otherwise, if ``config.forkserver``, one is started here).
     """
     data_dir = config.data_dir
+    # First: a certificate file that cannot be used stops the start before anything runs.
+    trusted_ca = load_trusted_certificates(config.trusted_ca)
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         _check_writable(data_dir)
@@ -183,6 +189,7 @@ async def open_daemon(
                 forkserver=forkserver_in_use,
                 active_wait=config.active_wait,
                 box=box,
+                trusted_ca=trusted_ca,
             )
             await manager.start_all()
             yield Daemon(config, storage, bus, supervisor, manager, token, forkserver_in_use, box)

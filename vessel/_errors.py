@@ -15,6 +15,11 @@ class DataDirError(VesselError):
     """The data dir cannot be created, written or read: the daemon cannot start."""
 
 
+class TrustError(VesselError):
+    """A certificate file given to ``vessel serve --ca-file`` cannot be used: the daemon
+    does not start (the message names the file and the problem)."""
+
+
 class ManifestError(VesselError):
     """A module's manifest.json is missing, malformed, or asks for what the host cannot give.
 

@@ -53,6 +53,9 @@ class StartParams(msgspec.Struct, forbid_unknown_fields=True):
     manifest: Manifest
     #: Start up on the box CPU (vessel/host/_confine.py): a restart after a crash.
     boxed: bool = False
+    #: Certificates the admin trusts for https:// and wss:// beside the usual CAs, PEM
+    #: (``vessel serve --ca-file``; vessel/_tls.py).
+    trusted_ca: str = ""
 
 
 class StartResult(msgspec.Struct):

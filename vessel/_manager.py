@@ -81,8 +81,10 @@ class ModuleManager:
         forkserver: ForkServer | None = None,
         active_wait: float = DEFAULT_LIMIT,
         box: CpuBox | None = None,
+        trusted_ca: str = "",
     ) -> None:
         self.data_dir = data_dir
+        self._trusted_ca = trusted_ca
         self._box = box
         self._forkserver = forkserver
         self._active_wait = active_wait
@@ -154,6 +156,7 @@ class ModuleManager:
             forkserver=self._forkserver,
             active_wait=self._active_wait,
             box=self._box,
+            trusted_ca=self._trusted_ca,
         )
 
     def _spec(self, module: WasmModule) -> ChildSpec:

@@ -86,8 +86,10 @@ class WasmModule:
         forkserver: ForkServer | None = None,
         active_wait: float = DEFAULT_LIMIT,
         box: CpuBox | None = None,
+        trusted_ca: str = "",
     ) -> None:
         self.source = source
+        self._trusted_ca = trusted_ca
         self._box = box
         self._active_wait = ActiveWait(active_wait)
         self._forkserver = forkserver
@@ -153,6 +155,7 @@ class WasmModule:
                     manifest=self.manifest,
                     # With one usable CPU there is no box to start up in.
                     boxed=self._crashed and self._box is not None and self._box.enabled,
+                    trusted_ca=self._trusted_ca,
                 )
                 try:
                     raw = await proc.request(_ipc.GUEST_START, params, timeout=START_TIMEOUT)

@@ -30,6 +30,7 @@ port.
 from __future__ import annotations
 
 import json
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -101,8 +102,17 @@ class _Conn:
 class FakeHomeAssistant:
     """The fake server; use ``open_fake_ha()`` to run one."""
 
-    def __init__(self, nursery: trio.Nursery, *, token: str, states: dict[str, Message]) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        *,
+        token: str,
+        states: dict[str, Message],
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.token = token
+        #: Serve wss:// with this context (None: ws://).
+        self.ssl_context = ssl_context
         self.states = states
         self.answer_pings = True
         #: False: call_service frames are recorded but never answered (a slow service).
@@ -125,7 +135,8 @@ class FakeHomeAssistant:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/api/websocket"
+        scheme = "ws" if self.ssl_context is None else "wss"
+        return f"{scheme}://127.0.0.1:{self.port}/api/websocket"
 
     @property
     def live(self) -> int:
@@ -177,7 +188,7 @@ class FakeHomeAssistant:
                             self._handle,
                             "127.0.0.1",
                             self.port,
-                            ssl_context=None,
+                            ssl_context=self.ssl_context,
                             handler_nursery=handlers,
                             task_status=task_status,
                         )
@@ -349,12 +360,19 @@ class FakeHomeAssistant:
 
 @asynccontextmanager
 async def open_fake_ha(
-    *, token: str = "secret-token", states: dict[str, Message] | None = None
+    *,
+    token: str = "secret-token",
+    states: dict[str, Message] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[FakeHomeAssistant]:
-    """A running fake on 127.0.0.1 (a free port), stopped on exit."""
+    """A running fake on 127.0.0.1 (a free port), stopped on exit; with ``ssl_context``
+    it serves wss://."""
     async with trio.open_nursery() as nursery:
         fake = FakeHomeAssistant(
-            nursery, token=token, states=default_states() if states is None else states
+            nursery,
+            token=token,
+            states=default_states() if states is None else states,
+            ssl_context=ssl_context,
         )
         await fake.start()
         try:

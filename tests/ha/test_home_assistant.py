@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
+import trustme
 
 from tests.fixture_types import MakeModuleDir
 from vessel._bus import Subscription
@@ -272,3 +274,29 @@ async def test_missing_pong_reconnects(tmp_path: Path, make_module_dir: MakeModu
         await fake.wait_connections(2)
         await next_event(status, status_is("connected"))
         await wait_until(lambda: fake.live == 1)
+
+
+async def test_a_self_signed_home_assistant_is_reached_once_trusted(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
+    """HA over wss:// with a certificate no system trusts (self-signed): the module
+    says why it cannot connect and keeps retrying; once the admin gives the daemon
+    that certificate (``vessel serve --ca-file``) it connects, and the certificate's
+    private key, in the same file, stays with the daemon."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_context)
+    saved = tmp_path / "ha-certificate.pem"  # key and certificate, as HA keeps them
+    saved.write_bytes(cert.private_key_pem.bytes() + cert.cert_chain_pems[0].bytes())
+    data_dir = tmp_path / "data"
+    async with open_fake_ha(token=TOKEN, ssl_context=server_context) as fake:
+        assert fake.url.startswith("wss://")
+        async with running_ha(data_dir, make_module_dir, fake) as d:
+            status = d.bus.subscribe(f"{HA}.status", name="status")
+            refused = data(await next_event(status, status_is("disconnected")))
+            assert "certificate verify failed" in refused["message"], refused
+        async with running_daemon(data_dir, trusted_ca=(saved,)) as d:
+            status = d.bus.subscribe(f"{HA}.status", name="status")
+            await next_event(status, status_is("connected"))
+            await fake.wait_frame(lambda f: f.msg.get("type") == "get_states")

@@ -133,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
         "with the rest of Vessel kept off that CPU (env VESSEL_QUARANTINE_SECONDS; "
         f"default {QUARANTINE:g}; 0: only while it runs long)",
     )
+    p.add_argument(
+        "--ca-file",
+        dest="ca_files",
+        type=Path,
+        action="append",
+        default=[Path(f) for f in os.environ.get("VESSEL_CA_FILES", "").split(os.pathsep) if f],
+        metavar="PEM",
+        help="trust the certificates in this PEM file (a CA's, or a server's own "
+        "self-signed one, such as a Home Assistant's) for modules' https:// and wss://, "
+        "besides the usual CAs; a private key in the file is ignored; repeatable "
+        f"(env VESSEL_CA_FILES, {os.pathsep!r}-separated)",
+    )
     return parser
 
 
@@ -178,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         forkserver=args.forkserver,
         active_wait=args.active_wait_us,
         quarantine=args.quarantine_seconds,
+        trusted_ca=tuple(args.ca_files),
     )
     # Started before the gateway's imports (Quart, Hypercorn: the bulk of this
     # command's start), so the fork server imports on another core meanwhile and is

@@ -33,6 +33,7 @@ import re
 import httpx
 import trio
 
+from .._tls import client_context
 from ._hosterrors import HostCallError, describe_failure
 
 __all__ = ["ALLOWED_METHODS", "HttpService"]
@@ -60,8 +61,10 @@ class HttpService:
         timeout: float = 30.0,
         max_response_bytes: int = 8 << 20,
         max_redirects: int = 5,
+        trusted_ca: str = "",
     ) -> None:
         self._timeout = timeout
+        self._trusted_ca = trusted_ca
         self._max_response_bytes = max_response_bytes
         self._max_redirects = max_redirects
         self._running = False
@@ -93,6 +96,7 @@ class HttpService:
     def _shared_client(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(
+                verify=client_context(self._trusted_ca),
                 trust_env=False,
                 follow_redirects=True,
                 max_redirects=self._max_redirects,

@@ -195,9 +195,12 @@ class ModuleProcess:
         limits = manifest.limits
         self._timers = TimerService(self._fire_timer, max_timers=limits.max_timers)
         self._websockets = WebSocketService(
-            self._ws_message, self._ws_closed, max_connections=limits.max_websockets
+            self._ws_message,
+            self._ws_closed,
+            max_connections=limits.max_websockets,
+            trusted_ca=params.trusted_ca,
         )
-        http = HttpService()
+        http = HttpService(trusted_ca=params.trusted_ca)
         box = BoxReport(self._link.lanes[1], self._token)
         await self._nursery.start(box.run)
         await self._nursery.start(self._timers.run)

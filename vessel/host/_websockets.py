@@ -58,6 +58,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from .._tls import client_context
 from ._hosterrors import HostCallError, describe_failure
 
 __all__ = ["WebSocketService"]
@@ -121,7 +122,9 @@ class WebSocketService:
         connect_timeout: float = 10.0,
         send_timeout: float = 10.0,
         close_timeout: float = 5.0,
+        trusted_ca: str = "",
     ) -> None:
+        self._trusted_ca = trusted_ca
         self._on_message = on_message
         self._on_closed = on_closed
         self._max_connections = max_connections
@@ -373,7 +376,7 @@ class WebSocketService:
     def _tls(self) -> ssl.SSLContext:
         # One context for the module: loading the CA store costs milliseconds each time.
         if self._ssl_context is None:
-            self._ssl_context = ssl.create_default_context()
+            self._ssl_context = client_context(self._trusted_ca)
         return self._ssl_context
 
 

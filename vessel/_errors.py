@@ -52,6 +52,11 @@ class CapabilityDenied(VesselError):
     """
 
 
+class UnknownSetting(VesselError):
+    """A config key that the module's manifest does not declare among its ``settings``
+    (a typo, most likely): refused, and the message lists the module's settings."""
+
+
 class StorageError(VesselError):
     """A module's storage operation failed (quota exceeded, key too long, database error)."""
 

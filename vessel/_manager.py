@@ -25,7 +25,7 @@ from actors import ChildSpec, ForkServer, Restart, Supervisor, SupervisorEvent
 from ._active_wait import DEFAULT_LIMIT
 from ._bus import EventBus
 from ._cpu_box import CpuBox
-from ._errors import CallError, UnknownModule
+from ._errors import CallError, UnknownModule, UnknownSetting
 from ._events import Event, now_ms
 from ._install import cleanup_staging, install_module, remove_module
 from ._ipc import GuestStats
@@ -366,10 +366,44 @@ class ModuleManager:
         self._entry(module_id)
         return self._storage.get(module_id, key)
 
+    def config_settings(self, module_id: str) -> list[dict[str, Any]]:
+        """The settings the module's manifest declares, in its order, each with whether
+        it is set now (never its value)."""
+        settings = self._entry(module_id).module.manifest.settings
+        stored = set(self._storage.keys(module_id)) if settings else set()
+        return [
+            {
+                "key": key,
+                "label": setting.label or key,
+                "description": setting.description,
+                "secret": setting.secret,
+                "required": setting.required,
+                "default": setting.default,
+                "set": key in stored,
+            }
+            for key, setting in settings.items()
+        ]
+
+    def missing_settings(self, module_id: str) -> list[str]:
+        """Required settings of the module that are not set: it cannot work yet."""
+        settings = self._entry(module_id).module.manifest.settings
+        required = [key for key, setting in settings.items() if setting.required]
+        if not required:
+            return []
+        stored = set(self._storage.keys(module_id))
+        return [key for key in required if key not in stored]
+
     def config_set(self, module_id: str, key: str, value: str) -> None:
         """Store a setting the module reads with storage-get; the module is told through a
-        ``vessel.module.config_changed`` event (the key, never the value)."""
+        ``vessel.module.config_changed`` event (the key, never the value).
+
+        A module that declares ``settings`` takes only those keys (UnknownSetting)."""
         entry = self._entry(module_id)
+        settings = entry.module.manifest.settings
+        if settings and key not in settings:
+            raise UnknownSetting(
+                f"module {module_id!r} has no setting {key!r}; its settings: " + ", ".join(settings)
+            )
         quota = entry.module.manifest.limits.storage_quota_kb * 1024
         self._storage.set(module_id, key, value, quota_bytes=quota)
         self._lifecycle("config_changed", module_id, key=key)
@@ -418,6 +452,7 @@ class ModuleManager:
             if running and module.started_at is not None
             else None,
             "last_reason": entry.last_reason,
+            "missing_settings": self.missing_settings(module_id),
         }
 
     def list_modules(self) -> list[dict[str, Any]]:

@@ -45,6 +45,10 @@ _CALL_RE = re.compile(
     r"([a-z0-9][a-z0-9-]{0,62})\.([A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*)@([0-9]{1,10})"
 )
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
+# Setting keys are config keys (REST path segments, storage keys), kept to a plain alphabet.
+_SETTING_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]{0,127}")
+#: Settings a manifest may declare.
+MAX_SETTINGS = 64
 _MAX_PATTERN = 256
 _U32_MAX = 2**32 - 1
 
@@ -52,6 +56,13 @@ _U32_MAX = 2**32 - 1
 def is_valid_module_id(module_id: str) -> bool:
     """True when ``module_id`` is a well-formed id (reserved ids included)."""
     return _ID_RE.fullmatch(module_id) is not None
+
+
+def is_valid_setting_key(key: str) -> bool:
+    """True when ``key`` may name a setting (and so a config key)."""
+    return _SETTING_KEY_RE.fullmatch(key) is not None and not any(
+        segment in (".", "..") for segment in key.split("/")
+    )
 
 
 class NetworkPermissions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -100,6 +111,21 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reply_timeout_ms: Annotated[int, Meta(ge=100, le=600_000)] = 30_000
 
 
+class Setting(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A key of the module's configuration that an admin sets (``settings``): what the
+    dashboard's form and ``vessel-ctl config`` show. The module reads it with
+    ``storage-get``; until it is set, ``storage-get`` answers the ``default``."""
+
+    #: A short name for a form field ("Home Assistant URL"); the key when empty.
+    label: Annotated[str, Meta(max_length=128)] = ""
+    description: Annotated[str, Meta(max_length=1000)] = ""
+    #: The value is a credential: masked wherever it is shown, a password field in forms.
+    secret: bool = False
+    #: The module cannot work until it is set (it is listed as missing until then).
+    required: bool = False
+    default: Annotated[str, Meta(max_length=4096)] | None = None
+
+
 class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A module's manifest.json."""
 
@@ -111,6 +137,8 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     author: str = ""
     permissions: Permissions = msgspec.field(default_factory=Permissions)
     limits: Limits = msgspec.field(default_factory=Limits)
+    #: The configuration keys an admin sets, in the order a form shows them.
+    settings: dict[str, Setting] = {}
 
     def __post_init__(self) -> None:
         # Runs on decode and on construction in code; msgspec reports the ValueError as a
@@ -120,6 +148,19 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 f"`id` {self.id!r} is not a valid module id: use 1 to 63 lowercase letters, "
                 "digits and '-', starting with a letter or digit"
             )
+        if len(self.settings) > MAX_SETTINGS:
+            raise ValueError(f"`settings`: at most {MAX_SETTINGS} settings")
+        for key, setting in self.settings.items():
+            if not is_valid_setting_key(key):
+                raise ValueError(
+                    f"`settings`: setting key {key!r} is not valid: use 1 to 128 letters, "
+                    "digits and '_', '-', '.', '/', with no '.' or '..' between slashes"
+                )
+            if setting.required and setting.default is not None:
+                # A default makes a setting never missing: which did the author mean?
+                raise ValueError(
+                    f"`settings`: setting {key!r} is required and has a default; drop one"
+                )
 
 
 class _Peek(msgspec.Struct):
@@ -145,11 +186,12 @@ _TYPE_NAMES = {
 }
 
 
-def _translate(exc: msgspec.ValidationError) -> str:
-    """Rewrite msgspec's wording into one that puts the field first."""
+def _translate(exc: msgspec.ValidationError, root: str = "$") -> str:
+    """Rewrite msgspec's wording into one that puts the field first; ``root`` is the path
+    of what was validated (``$.settings.url`` for one setting)."""
     parts = _AT_RE.match(str(exc))
     assert parts is not None  # the pattern matches any string
-    msg, path = parts["msg"], parts["path"] or "$"
+    msg, path = parts["msg"], root + (parts["path"] or "$")[1:]
     where = "" if path == "$" else f" in `{path}`"
     if m := re.fullmatch(r"Object contains unknown field `(.+)`", msg):
         return f"unknown field `{m[1]}`{where}"
@@ -164,6 +206,18 @@ def _translate(exc: msgspec.ValidationError) -> str:
         # Raised by a __post_init__: the field is relative to the struct at `path`.
         return f"`{path}.{m[1]}` {m[2]}"
     return f"{msg}{where}"
+
+
+def _setting_problem(data: bytes) -> str | None:
+    """What is wrong with the first bad setting, at a path that names its key (msgspec's
+    own path for a dict value is ``$.settings[...]``)."""
+    settings = msgspec.json.decode(data).get("settings")
+    for key, value in settings.items() if isinstance(settings, dict) else ():
+        try:
+            msgspec.convert(value, Setting)
+        except msgspec.ValidationError as exc:
+            return _translate(exc, root=f"$.settings.{key}")
+    return None
 
 
 def _refuse_newer_api(data: bytes, source: str) -> None:
@@ -191,7 +245,8 @@ def parse_manifest(data: bytes, *, source: str) -> Manifest:
     try:
         manifest = _decoder.decode(data)
     except msgspec.ValidationError as exc:
-        raise ManifestError(f"{source}: {_translate(exc)}") from None
+        problem = _setting_problem(data) if "`$.settings[...]" in str(exc) else None
+        raise ManifestError(f"{source}: {problem or _translate(exc)}") from None
     except msgspec.DecodeError as exc:
         raise ManifestError(f"{source}: not valid JSON: {exc}") from None
     if manifest.id in RESERVED_IDS:

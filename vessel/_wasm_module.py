@@ -300,7 +300,11 @@ class WasmModule:
             return await self._router(call.module, call.name, call.version, call.params, chain)
         if method == _ipc.STORAGE_GET:
             self._caps.check_storage()
-            return self._storage.get(self.id, _ipc.decode(body, _ipc.StorageKey).key)
+            key = _ipc.decode(body, _ipc.StorageKey).key
+            value = self._storage.get(self.id, key)
+            if value is None and (setting := self.manifest.settings.get(key)) is not None:
+                return setting.default  # a setting the admin has not set reads as its default
+            return value
         if method == _ipc.STORAGE_SET:
             self._caps.check_storage()
             item = _ipc.decode(body, _ipc.StorageSet)

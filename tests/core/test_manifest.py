@@ -490,3 +490,51 @@ def test_manifest_round_trips_through_msgspec() -> None:
     API serves it)."""
     m = parse(manifest_dict(permissions={"subscribe": ["a.*"], "call": ["b.c@2"]}))
     assert parse_manifest(msgspec.json.encode(m), source=SOURCE) == m
+
+
+# ── settings ─────────────────────────────────────────────────────────────────
+
+
+def test_settings_describe_what_an_admin_configures() -> None:
+    """``settings`` names the keys an admin sets (the UI's form, ``vessel-ctl config``):
+    a label, a description, whether it is secret or required, and a default."""
+    m = parse(
+        manifest_dict(
+            settings={
+                "url": {"label": "Server URL", "description": "Where it lives.",
+                        "default": "ws://server.local/ws"},
+                "token": {"label": "Access token", "secret": True, "required": True},
+                "ha/interval_ms": {},
+            }
+        )
+    )  # fmt: skip
+    url, token, interval = m.settings["url"], m.settings["token"], m.settings["ha/interval_ms"]
+    assert (url.label, url.description, url.default) == ("Server URL", "Where it lives.",
+                                                         "ws://server.local/ws")  # fmt: skip
+    assert (url.secret, url.required) == (False, False)
+    assert (token.secret, token.required, token.default) == (True, True, None)
+    assert (interval.label, interval.description) == ("", "")
+    assert list(m.settings) == ["url", "token", "ha/interval_ms"]  # the order given
+    assert parse(manifest_dict()).settings == {}
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"": {}}, "setting key '' is not valid"),
+        ({"a b": {}}, "setting key 'a b' is not valid"),
+        ({"../x": {}}, "setting key '../x' is not valid"),
+        ({"x" * 129: {}}, "is not valid"),
+        ({"url": {"lable": "URL"}}, "unknown field `lable` in `$.settings.url`"),
+        ({"url": {"secret": "yes"}}, "`$.settings.url.secret` must be true or false"),
+        ({"url": {"label": "x" * 129}}, "`$.settings.url.label` must be a string of length"),
+        ({"url": "ws://x"}, "`$.settings.url` must be an object, got a string"),
+        ({"token": {"required": True, "default": "t"}}, "setting 'token' is required and has "
+                                                        "a default"),
+        ({f"k{i}": {} for i in range(65)}, "at most 64 settings"),
+    ],
+)  # fmt: skip
+def test_bad_settings_are_refused_naming_the_problem(
+    settings: dict[str, Any], expected: str
+) -> None:
+    assert expected in parse_error(manifest_dict(settings=settings))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -118,7 +119,7 @@ async def test_config_set_get_list_delete(tmp_path: Path, make_module_dir: MakeM
     with trio.fail_after(30):
         async with open_api(tmp_path) as (_, client):
             base = "/api/modules/alpha/config"
-            assert (await client.get(base)).json() == {"keys": []}
+            assert (await client.get(base)).json() == {"keys": [], "settings": []}
 
             put = await client.put(f"{base}/token", json={"value": "s3cret-token"})
             assert put.status_code == 204
@@ -128,7 +129,7 @@ async def test_config_set_get_list_delete(tmp_path: Path, make_module_dir: MakeM
             ).status_code == 204
 
             listed = await client.get(base)
-            assert listed.json() == {"keys": ["ha/url", "token"]}
+            assert listed.json() == {"keys": ["ha/url", "token"], "settings": []}
             assert "s3cret" not in listed.text
 
             got = await client.get(f"{base}/token")
@@ -144,7 +145,7 @@ async def test_config_set_get_list_delete(tmp_path: Path, make_module_dir: MakeM
             assert deleted.status_code == 204
             assert_error(await client.get(f"{base}/token"), 404, "not_found")
             assert_error(await client.delete(f"{base}/token"), 404, "not_found")
-            assert (await client.get(base)).json() == {"keys": ["ha/url"]}
+            assert (await client.get(base)).json()["keys"] == ["ha/url"]
 
             for path in ("", "/token"):
                 missing = await client.get(f"/api/modules/nobody/config{path}")
@@ -187,4 +188,64 @@ async def test_config_refuses_bad_bodies_keys_and_quota(
 
             big = await client.put(url, json={"value": "x" * 2000})
             assert "quota" in assert_error(big, 413, "too_large")
-            assert (await client.get("/api/modules/alpha/config")).json() == {"keys": ["k" * 256]}
+            assert (await client.get("/api/modules/alpha/config")).json()["keys"] == ["k" * 256]
+
+
+SETTINGS = {
+    "url": {"label": "Server URL", "description": "Where the server is.",
+            "default": "ws://server.local/ws"},
+    "token": {"label": "Access token", "secret": True, "required": True},
+    "mode": {},
+}  # fmt: skip
+
+
+async def test_declared_settings_are_listed_checked_and_default(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
+    """A module whose manifest declares settings: the config list describes each (set or
+    not, never a value), a required one not set is named in the module's info, a key it
+    does not declare is refused (a typo) naming the ones it does, and an unset setting
+    reads as its default in the module."""
+    make_module_dir(
+        tmp_path, "testkit", module_id="alpha", permissions={"storage": True},
+        manifest={"settings": SETTINGS},
+    )  # fmt: skip
+    with trio.fail_after(30):
+        async with open_api(tmp_path) as (_, client):
+            base = "/api/modules/alpha/config"
+            listed = (await client.get(base)).json()
+            assert listed["keys"] == []
+            assert listed["settings"] == [
+                {"key": "url", "label": "Server URL", "description": "Where the server is.",
+                 "secret": False, "required": False, "default": "ws://server.local/ws",
+                 "set": False},
+                {"key": "token", "label": "Access token", "description": "", "secret": True,
+                 "required": True, "default": None, "set": False},
+                {"key": "mode", "label": "mode", "description": "", "secret": False,
+                 "required": False, "default": None, "set": False},
+            ]  # fmt: skip
+            info = (await client.get("/api/modules/alpha")).json()
+            assert info["missing_settings"] == ["token"]
+
+            typo = assert_error(
+                await client.put(f"{base}/tokn", json={"value": "x"}), 400, "invalid_request"
+            )
+            assert typo == "module 'alpha' has no setting 'tokn'; its settings: url, token, mode"
+            assert (await client.get(base)).json()["keys"] == []
+
+            async def read(key: str) -> Any:
+                answer = await client.post("/api/modules/alpha/call/storage_get", json={"key": key})
+                return answer.json()["data"]["value"]
+
+            assert await read("url") == "ws://server.local/ws"
+            assert await read("mode") is None
+            for key, value in (("token", "s3cret"), ("url", "ws://other/ws")):
+                assert (await client.put(f"{base}/{key}", json={"value": value})).status_code == 204
+            assert await read("url") == "ws://other/ws"
+            listed = (await client.get(base)).json()
+            assert [s["set"] for s in listed["settings"]] == [True, True, False]
+            assert "s3cret" not in json.dumps(listed)
+            assert (await client.get("/api/modules/alpha")).json()["missing_settings"] == []
+
+            assert (await client.delete(f"{base}/url")).status_code == 204
+            assert await read("url") == "ws://server.local/ws"  # back to its default

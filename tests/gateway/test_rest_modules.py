@@ -33,6 +33,7 @@ INFO_FIELDS = {
     "uptime",
     "memory",
     "last_reason",
+    "missing_settings",
 }
 
 

@@ -27,6 +27,7 @@ from .._errors import (
     StorageError,
     TamperError,
     UnknownModule,
+    UnknownSetting,
 )
 from .._manager import ModuleManager
 from .._manifest import HOST_API_VERSION, parse_manifest
@@ -215,7 +216,10 @@ async def logs(module_id: str) -> Response:
 @rest.get("/api/modules/<module_id>/config")
 async def config_keys(module_id: str) -> Response:
     # Keys only: values hold secrets (tokens) and are read one at a time, on purpose.
-    return _json({"keys": _manager().config_keys(module_id)})
+    manager = _manager()
+    return _json(
+        {"keys": manager.config_keys(module_id), "settings": manager.config_settings(module_id)}
+    )
 
 
 @rest.get("/api/modules/<module_id>/config/<path:key>")
@@ -233,6 +237,8 @@ async def config_set(module_id: str, key: str) -> Response:
     value = decode_config_value(await _body())
     try:
         manager.config_set(module_id, key, value)
+    except UnknownSetting as exc:
+        raise ApiError("invalid_request", str(exc)) from None
     except QuotaExceeded as exc:
         raise ApiError("too_large", str(exc)) from None
     except DiskWriteError:

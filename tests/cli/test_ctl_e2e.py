@@ -195,6 +195,49 @@ async def test_call_config_logs_and_errors(
         await stop_daemon(daemon)
 
 
+async def test_config_of_a_module_with_declared_settings(
+    tmp_path: Path, make_module_dir: MakeModuleDir, nursery: trio.Nursery
+) -> None:
+    """`config ID` lists the settings the manifest declares: set, default or missing,
+    and what each is for; a key it does not declare is refused naming the ones it does;
+    `--values` masks a setting declared secret whatever its name."""
+    data = tmp_path / "data"
+    settings = {
+        "url": {"label": "Server URL", "default": "ws://server.local/ws"},
+        "pin": {"label": "PIN", "description": "The door's code.", "secret": True,
+                "required": True},
+        "mode": {},
+    }  # fmt: skip
+    make_module_dir(
+        data, "testkit", module_id="kit", permissions={"storage": True},
+        manifest={"settings": settings},
+    )  # fmt: skip
+    daemon = await start_daemon(nursery, data)
+    try:
+        lines = (await run_ok(daemon, "config", "kit")).splitlines()
+        assert lines[0].split() == ["KEY", "STATE", "ABOUT"]
+        assert lines[1].split() == ["url", "default", "Server", "URL"]
+        assert lines[2].split() == ["pin", "MISSING", "PIN:", "The", "door's", "code."]
+        assert lines[3].split() == ["mode", "unset", "mode"]
+        assert len(lines) == 4
+
+        typo = await ctl("config", "kit", "pn=1234", env=daemon.env)
+        assert typo.returncode == 1, typo
+        assert typo.stderr == (
+            "vessel-ctl: module 'kit' has no setting 'pn'; its settings: url, pin, mode\n"
+        )
+        await run_ok(daemon, "config", "kit", "pin=1234", "mode=eco")
+        listing = await run_ok(daemon, "config", "kit", "--values")
+        assert "1234" not in listing
+        rows = [line.split()[:3] for line in listing.splitlines()]
+        assert rows[1:] == [["url", "default", "ws://server.local/ws"],
+                            ["pin", "set", "********"], ["mode", "set", "eco"]]  # fmt: skip
+        listed = json.loads(await run_ok(daemon, "--json", "config", "kit"))
+        assert [s["set"] for s in listed["settings"]] == [False, True, True]
+    finally:
+        await stop_daemon(daemon)
+
+
 async def test_disable_survives_a_daemon_restart_and_sigterm_leaves_no_child(
     tmp_path: Path, make_module_dir: MakeModuleDir, nursery: trio.Nursery
 ) -> None:

@@ -1,18 +1,21 @@
 """``vessel-ctl config``: a module's configuration, the user's side of its storage.
 
 Listing shows keys only, unless ``--values``, which masks the values of keys that look
-like credentials (token, password, secret, key). Several ``KEY=VALUE`` pairs are set in
+like credentials (token, password, secret, key) or that the manifest declares secret. A
+module whose manifest declares ``settings`` is listed as a table of them: whether each
+is set, uses its default or is missing, and what it is for. Several ``KEY=VALUE`` pairs are set in
 one call, one request each, in order; every pair is checked before the first is sent.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from ._ctl_client import ApiError, Client, CtlError, Settings, module_path
 from ._ctl_commands import UsageError, about_module, note, out
-from ._ctl_format import pretty_json, shown_value
+from ._ctl_format import EMPTY, MASK, format_table, pretty_json, shown_value
 from ._ctl_parser import split_setting
 
 
@@ -101,6 +104,8 @@ def _config_delete(client: Client, module_id: str, key: str) -> None:
 def _config_list(client: Client, settings: Settings, module_id: str, *, with_values: bool) -> int:
     doc = client.json("GET", module_path(module_id, "config"))
     keys = [str(k) for k in doc.get("keys", [])]
+    declared: list[dict[str, Any]] = list(doc.get("settings", []))
+    secret = {str(s["key"]) for s in declared if s.get("secret")}
     values: dict[str, str | None] = {}
     if with_values:
         for key in keys:
@@ -108,9 +113,19 @@ def _config_list(client: Client, settings: Settings, module_id: str, *, with_val
                 values[key] = _config_get(client, module_id, key).get("value")
             except CtlError:
                 values[key] = None  # deleted meanwhile
+
+    def shown(key: str) -> str:
+        return (
+            MASK
+            if key in secret and values.get(key) is not None
+            else shown_value(key, values.get(key))
+        )
+
     if settings.json:
-        shown = {k: shown_value(k, values.get(k)) for k in keys}
-        out(pretty_json({"keys": keys, "values": shown} if with_values else doc))
+        listed = {**doc, "values": {k: shown(k) for k in keys}} if with_values else doc
+        out(pretty_json(listed))
+    elif declared:
+        _settings_table(declared, keys, shown if with_values else None)
     elif not keys:
         note(f"{module_id} has no configuration")
     elif with_values:
@@ -120,3 +135,28 @@ def _config_list(client: Client, settings: Settings, module_id: str, *, with_val
         for key in keys:
             out(key)
     return 0
+
+
+def _settings_table(
+    declared: list[dict[str, Any]], keys: list[str], shown: Callable[[str], str] | None
+) -> None:
+    """The declared settings (state, and value with ``--values``), then any other keys."""
+    headers = ["KEY", "STATE", *(["VALUE"] if shown else []), "ABOUT"]
+    rows = []
+    for setting in declared:
+        key = str(setting["key"])
+        default = setting.get("default")
+        if setting.get("set"):
+            state, value = "set", shown(key) if shown else ""
+        elif default is not None:
+            state, value = "default", str(default)
+        else:
+            state, value = ("MISSING" if setting.get("required") else "unset"), EMPTY
+        about = str(setting.get("label") or key)
+        if setting.get("description"):
+            about += f": {setting['description']}"
+        rows.append([key, state, *([value] if shown else []), about])
+    out(format_table(headers, rows))
+    others = [key for key in keys if key not in {str(s["key"]) for s in declared}]
+    if others:
+        out(f"other keys: {', '.join(others)}")

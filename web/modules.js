@@ -11,13 +11,6 @@ const REFRESH_MS = 10000;
 const LIFECYCLE_DEBOUNCE_MS = 150;
 const LOG_LINES = 200;
 const SECRET_KEY = /token|password|secret|key/i;
-/** Configuration fields offered as a form, per module (others: key=value only). */
-const SETTINGS = {
-  "home-assistant": [
-    { key: "url", label: "Home Assistant URL", type: "url", placeholder: "http://homeassistant.local:8123" },
-    { key: "token", label: "Long-lived access token", type: "password", placeholder: "unchanged" },
-  ],
-};
 
 const path = (id, ...rest) =>
   ["api/modules", encodeURIComponent(id), ...rest.map((p) => encodeURIComponent(p))].join("/");
@@ -183,6 +176,7 @@ function moduleCard(client, first, changed) {
   const heading = h("h3");
   const meta = h("p.muted");
   const reason = h("p.reason", { hidden: true });
+  const needs = h("p.alert.needs", { hidden: true });
   const message = h("p.note", { "aria-live": "polite", hidden: true });
   const restartButton = h("button", { type: "button", dataset: { action: "restart" } }, "Restart");
   const enableButton = h("button", { type: "button", dataset: { action: "enable" } });
@@ -204,6 +198,7 @@ function moduleCard(client, first, changed) {
       h("div", {}, h("dt", {}, "Memory"), facts.memory),
     ),
     reason,
+    needs,
     h("div.actions", {}, restartButton, enableButton, logsButton, configButton),
     message,
   );
@@ -261,6 +256,9 @@ function moduleCard(client, first, changed) {
     facts.uptime.textContent = formatDuration(info.uptime);
     reason.hidden = !info.last_reason || info.state === "running";
     reason.textContent = info.last_reason ? `Last stop: ${info.last_reason}` : "";
+    const missing = info.missing_settings ?? [];
+    needs.hidden = !missing.length;
+    needs.textContent = missing.length ? `Needs configuration: ${missing.join(", ")}` : "";
     enableButton.textContent = info.enabled ? "Disable" : "Enable";
     restartButton.disabled = !info.enabled;
     restartButton.title = info.enabled ? "" : "A disabled module is not restarted: enable it";
@@ -348,10 +346,21 @@ function logPanel(client, id) {
   };
 }
 
+/** "set", "default: …", "required, not set" or "not set", for a declared setting. */
+function settingState(s) {
+  if (s.set) return "(set)";
+  if (s.default != null) return `(default: ${s.default})`;
+  return s.required ? "(required, not set)" : "(not set)";
+}
+
 function configPanel(client, id) {
   const keysList = h("ul.keys");
   const message = h("p.note", { "aria-live": "polite", hidden: true });
-  const settings = SETTINGS[id] ?? [];
+  // The settings the module's manifest declares become a form (filled in once they are
+  // known); a module that declares none takes any key=value.
+  const settingsBox = h("div.settings-box");
+  const generic = h("div.generic");
+  let formShown = false;
 
   function say(text, bad = false) {
     message.hidden = false;
@@ -361,8 +370,17 @@ function configPanel(client, id) {
 
   async function loadKeys() {
     try {
-      const { keys } = await client.api("GET", path(id, "config"));
+      const { keys, settings = [] } = await client.api("GET", path(id, "config"));
       fill(keysList, keys.length ? keys.map(keyRow) : h("li.muted", {}, "No keys set."));
+      if (!formShown) {
+        formShown = true;
+        if (settings.length) fill(settingsBox, settingsForm(settings));
+        fill(generic, settings.length ? [] : keyValueForm());
+      }
+      for (const s of settings) {
+        const state = settingsBox.querySelector(`[data-setting="${CSS.escape(s.key)}"] .state`);
+        if (state) state.textContent = settingState(s);
+      }
     } catch (err) {
       say(`Cannot list the keys: ${err.message}`, true);
     }
@@ -405,14 +423,26 @@ function configPanel(client, id) {
     await client.api("PUT", path(id, "config", key), { json: { value } });
   }
 
-  const forms = [];
-  if (settings.length) {
+  function settingsForm(settings) {
+    const field = (s) => {
+      const input = h("input", {
+        name: s.key,
+        type: s.secret ? "password" : "text",
+        placeholder: s.set ? "unchanged" : (s.default ?? ""),
+        autocomplete: s.secret ? "new-password" : "off",
+        spellcheck: "false",
+      });
+      return h(
+        "div.setting",
+        { dataset: { setting: s.key } },
+        h("label", {}, h("span.label", {}, s.label, " ", h("span.state.muted", {}, settingState(s))), input),
+        s.description ? h("small.muted", {}, s.description) : null,
+      );
+    };
     const form = h(
       "form.settings",
       { autocomplete: "off" },
-      settings.map((s) =>
-        h("label", {}, s.label, h("input", { name: s.key, type: s.type, placeholder: s.placeholder, autocomplete: s.type === "password" ? "new-password" : "off", spellcheck: "false" })),
-      ),
+      settings.map(field),
       h("div.actions", {}, h("button.primary", { type: "submit" }, "Save settings")),
     );
     form.addEventListener("submit", async (e) => {
@@ -424,50 +454,56 @@ function configPanel(client, id) {
       }
       try {
         for (const s of changed) await put(s.key, form.elements[s.key].value.trim());
-        for (const s of changed) form.elements[s.key].value = "";
+        for (const s of changed) {
+          form.elements[s.key].value = "";
+          form.elements[s.key].placeholder = "unchanged";
+        }
         say(`Saved ${changed.map((s) => s.key).join(" and ")}. The module is told and applies them.`);
         loadKeys();
       } catch (err) {
         say(`Cannot save: ${err.message}`, true);
       }
     });
-    forms.push(form);
+    return form;
   }
 
-  const keyInput = h("input", { name: "key", required: true, placeholder: "key", spellcheck: "false", autocomplete: "off" });
-  const valueInput = h("input", { name: "value", placeholder: "value", spellcheck: "false", autocomplete: "off" });
-  keyInput.addEventListener("input", () => {
-    valueInput.type = SECRET_KEY.test(keyInput.value) ? "password" : "text";
-  });
-  const generic = h(
-    "form.keyvalue",
-    { autocomplete: "off" },
-    h("label", {}, "Key", keyInput),
-    h("label", {}, "Value", valueInput),
-    h("div.actions", {}, h("button", { type: "submit" }, "Set")),
-  );
-  generic.addEventListener("submit", async (e) => {
-    e.preventDefault();
-    try {
-      await put(keyInput.value, valueInput.value);
-      say(`Set ${keyInput.value}.`);
-      keyInput.value = "";
-      valueInput.value = "";
-      valueInput.type = "text";
-      loadKeys();
-    } catch (err) {
-      say(`Cannot set ${keyInput.value}: ${err.message}`, true);
-    }
-  });
+  function keyValueForm() {
+    const keyInput = h("input", { name: "key", required: true, placeholder: "key", spellcheck: "false", autocomplete: "off" });
+    const valueInput = h("input", { name: "value", placeholder: "value", spellcheck: "false", autocomplete: "off" });
+    keyInput.addEventListener("input", () => {
+      valueInput.type = SECRET_KEY.test(keyInput.value) ? "password" : "text";
+    });
+    const form = h(
+      "form.keyvalue",
+      { autocomplete: "off" },
+      h("label", {}, "Key", keyInput),
+      h("label", {}, "Value", valueInput),
+      h("div.actions", {}, h("button", { type: "submit" }, "Set")),
+    );
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      try {
+        await put(keyInput.value, valueInput.value);
+        say(`Set ${keyInput.value}.`);
+        keyInput.value = "";
+        valueInput.value = "";
+        valueInput.type = "text";
+        loadKeys();
+      } catch (err) {
+        say(`Cannot set ${keyInput.value}: ${err.message}`, true);
+      }
+    });
+    return form;
+  }
 
   const el = h(
     "section.panel.config",
     {},
     h("header", {}, h("h4", {}, "Configuration")),
     h("p.muted", {}, "Values are write-only here: they may hold secrets, so they are shown only when you ask."),
+    settingsBox,
     keysList,
-    forms,
-    settings.length ? h("details", {}, h("summary", {}, "Set any other key"), generic) : generic,
+    generic,
     message,
   );
   loadKeys();

@@ -98,9 +98,17 @@ def test_home_shows_entities_and_a_click_toggles_the_light(
         card = page.locator(f"[data-module={HA}]")
         expect(card.locator("li[data-key=url]")).to_be_visible()
         expect(card.locator("li[data-key=token]")).to_be_visible()
-        expect(card.get_by_label("Home Assistant URL")).to_have_attribute("type", "url")
+        # The form is the manifest's settings: labels, what each is for, whether set.
+        expect(card.get_by_label("Home Assistant URL")).to_have_attribute("type", "text")
+        expect(card.locator("[data-setting=url]")).to_contain_text("(set)")
+        expect(card.locator("[data-setting=ping_interval_ms]")).to_contain_text("(default: 30000)")
+        expect(card).to_contain_text("Create one in Home Assistant under your profile")
         token = card.get_by_label("Long-lived access token")
         expect(token).to_have_attribute("type", "password")
+        # Without its token the module cannot work: its card says what it needs.
+        with daemon.api() as api:
+            api.delete(f"/api/modules/{HA}/config/token").raise_for_status()
+        expect(card.locator(".needs")).to_have_text("Needs configuration: token")
         assert fake.url not in card.inner_text()
         token.fill("new-token")
         card.get_by_role("button", name="Save settings").click()
@@ -109,6 +117,7 @@ def test_home_shows_entities_and_a_click_toggles_the_light(
             saved = api.get(f"/api/modules/{HA}/config/token").raise_for_status().json()
         assert saved["value"] == "new-token"
         assert "new-token" not in card.inner_text()
+        expect(card.locator(".needs")).to_be_hidden()
         screenshot(page, "modules-home-assistant")
         assert script_errors == []
 

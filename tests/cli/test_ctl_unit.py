@@ -225,8 +225,8 @@ def test_sizes(size: object, shown: str) -> None:
 
 
 def test_module_list_has_the_columns_and_refused_modules() -> None:
-    """`list` shows ID STATE PID RESTARTS UPTIME MEMORY VERSION, then refused modules with
-    their reason."""
+    """`list` shows ID STATE PID RESTARTS UPTIME MEMORY VERSION, then what a module still
+    needs configured, then refused modules with their reason."""
     doc = {
         "modules": [
             {
@@ -239,6 +239,14 @@ def test_module_list_has_the_columns_and_refused_modules() -> None:
                 "version": "0.1.0",
             },
             {"id": "off", "state": "disabled", "pid": None, "restarts": 0, "version": "2.0.0"},
+            {
+                "id": "ha",
+                "state": "running",
+                "pid": 7,
+                "restarts": 0,
+                "version": "0.3.0",
+                "missing_settings": ["token", "pin"],
+            },
         ],
         "refused": [{"id": "bad", "reason": "hash mismatch", "dir": "/d/modules/bad"}],
     }
@@ -246,7 +254,9 @@ def test_module_list_has_the_columns_and_refused_modules() -> None:
     assert lines[0].split() == ["ID", "STATE", "PID", "RESTARTS", "UPTIME", "MEMORY", "VERSION"]
     assert lines[1].split() == ["kit", "running", "4242", "1", "1m05s", "3.0", "MiB", "0.1.0"]
     assert lines[2].split() == ["off", "disabled", "-", "0", "-", "-", "2.0.0"]
-    assert any("bad: hash mismatch" in line for line in lines[3:])
+    assert "ha needs configuration: token, pin (vessel-ctl config ha KEY=VALUE)" in lines
+    assert not any(line.startswith(("kit needs", "off needs")) for line in lines)
+    assert any("bad: hash mismatch" in line for line in lines[5:])
 
 
 def test_event_and_log_lines() -> None:

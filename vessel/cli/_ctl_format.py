@@ -101,6 +101,15 @@ def format_module_list(doc: Mapping[str, Any]) -> str:
     lines = [format_table(MODULE_COLUMNS, [module_row(m) for m in modules])]
     if not modules:
         lines = ["no modules installed"]
+    unconfigured = [m for m in modules if m.get("missing_settings")]
+    if unconfigured:
+        lines.append("")
+        for m in unconfigured:
+            missing = ", ".join(m["missing_settings"])
+            lines.append(
+                f"{m.get('id')} needs configuration: {missing} "
+                f"(vessel-ctl config {m.get('id')} KEY=VALUE)"
+            )
     refused = doc.get("refused") or []
     if refused:
         lines.append("")
@@ -127,6 +136,7 @@ def format_module_info(info: Mapping[str, Any]) -> str:
         ("uptime", format_duration(info.get("uptime"))),
         ("memory", format_bytes(info.get("memory"))),
         ("last reason", _cell(info.get("last_reason"))),
+        ("missing settings", ", ".join(info.get("missing_settings") or []) or EMPTY),
         ("hash", _cell(info.get("hash"))),
     ]
     for section in ("permissions", "limits"):

@@ -124,7 +124,7 @@ export class Vessel extends EventTarget {
         const key = `${msg.module}.${msg.name}`;
         for (const sub of [...this.subs.values()]) {
           if (!sub.regexp.test(key)) continue;
-          for (const handler of [...sub.handlers]) handler.onEvent?.(msg, !sub.synced);
+          for (const handler of [...sub.handlers]) handler.onEvent?.(msg, msg.replayed === true);
         }
         break;
       }
@@ -198,8 +198,9 @@ export class Vessel extends EventTarget {
   /**
    * Receive the events matching `pattern` ("module.name" glob) while the returned
    * function has not been called. handler.onEvent(event, replayed) gets each event;
-   * `replayed` is true for the retained state sent before the subscription was
-   * acknowledged. handler.onSynced(replayedCount) runs at each acknowledgement: after
+   * `replayed` is true for the retained state a subscribe replays (the server marks it;
+   * it all comes before the acknowledgement). handler.onSynced(replayedCount) runs at
+   * each acknowledgement: after
    * the first subscribe and again after every reconnect.
    */
   subscribe(pattern, handler) {

@@ -260,11 +260,16 @@ def test_module_list_has_the_columns_and_refused_modules() -> None:
 
 
 def test_event_and_log_lines() -> None:
-    """An event prints as `time module.name data`; a log line as `time LEVEL source: msg`."""
+    """An event prints as `time module.name data` (retained state a subscribe replayed
+    says so); a log line as `time LEVEL source: msg`."""
     ts = int(time.mktime((2025, 1, 31, 14, 3, 7, 0, 0, -1))) * 1000 + 250
     event = {"module": "vessel", "name": "module.started", "data": {"module": "kit"}}
     assert format_event({**event, "timestamp": ts}) == (
         '14:03:07.250 vessel.module.started {"module":"kit"}'
+    )
+    state = {"module": "example", "name": "tick", "data": {"count": 5}, "replayed": True}
+    assert format_event({**state, "timestamp": ts}) == (
+        '14:03:07.250 example.tick {"count":5} (retained)'
     )
     line = {"timestamp": ts, "level": "info", "source": "guest", "message": "testkit loaded"}
     assert format_log_line(line) == "2025-01-31 14:03:07.250 INFO  guest: testkit loaded"

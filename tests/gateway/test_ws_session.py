@@ -104,7 +104,8 @@ async def test_late_subscriber_gets_retained_state_before_the_ack(
     tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A client subscribing after retained state was emitted receives that state first (the
-    latest value per key), and the subscribe's response only after it."""
+    latest value per key, marked ``"replayed": true``), and the subscribe's response only
+    after it."""
     make_module_dir(tmp_path, "testkit", module_id="kit", permissions=EMITTER)
     async with running_gateway(tmp_path) as gw, ws_client(gw) as early:
         await ready(early)
@@ -117,15 +118,16 @@ async def test_late_subscriber_gets_retained_state_before_the_ack(
             await send(late, {"type": "subscribe", "module": "kit", "name": "light.*",
                               "request_id": "sub"})  # fmt: skip
             ack, before = await receive_until(late, lambda m: is_response(m, "sub"))
-            assert [(m["name"], m["data"]) for m in before] == [
-                ("light.hall", "off"),
-                ("light.kitchen", "dimmed"),
+            assert [(m["name"], m["data"], m["replayed"]) for m in before] == [
+                ("light.hall", "off", True),
+                ("light.kitchen", "dimmed", True),
             ]
             assert ack["data"] == {"pattern": "kit.light.*", "replayed": 2}
-            # Live events follow the state.
+            # Live events follow the state, and are news: no "replayed".
             await emit(early, "light.hall", "on", retained=True)
             live, _ = await receive_until(late, lambda m: m["type"] == "event")
             assert (live["name"], live["data"]) == ("light.hall", "on")
+            assert "replayed" not in live
 
 
 async def test_subscribe_is_idempotent_and_unsubscribe_stops_events(

@@ -147,11 +147,14 @@ def format_module_info(info: Mapping[str, Any]) -> str:
 
 
 def format_event(event: Mapping[str, Any]) -> str:
-    """``14:03:07.250 vessel.module.started {"module":"kit","pid":4242}``."""
+    """``14:03:07.250 vessel.module.started {"module":"kit","pid":4242}``; `` (retained)``
+    at the end for the retained state a subscribe replayed."""
     timestamp = event.get("timestamp")
     clock = format_clock(timestamp) if isinstance(timestamp, int) else EMPTY
     data = json.dumps(event.get("data"), separators=(",", ":"), ensure_ascii=False)
-    return f"{clock} {event.get('module')}.{event.get('name')} {data}"
+    # A subscribe's replay is the current state, stamped when it was emitted: not news.
+    replayed = " (retained)" if event.get("replayed") is True else ""
+    return f"{clock} {event.get('module')}.{event.get('name')} {data}{replayed}"
 
 
 def format_log_line(line: Mapping[str, Any]) -> str:

@@ -196,13 +196,15 @@ class Ready(_ServerMessage, tag="ready"):
     host_api_version: int = HOST_API_VERSION
 
 
-class EventMessage(_ServerMessage, tag="event"):
+class EventMessage(_ServerMessage, tag="event", omit_defaults=True):
     module: str
     name: str
     version: int
     #: The event's JSON text, spliced in unparsed.
     data: Raw
     timestamp: int
+    #: Retained state a subscribe replayed, not news (left out of live events).
+    replayed: bool = False
 
 
 class ErrorData(Struct):
@@ -244,7 +246,8 @@ class _FrameCache:
     size too, so a module emitting huge events cannot pin much memory here.
     """
 
-    def __init__(self, max_entries: int, max_chars: int) -> None:
+    def __init__(self, max_entries: int, max_chars: int, *, replayed: bool = False) -> None:
+        self.replayed = replayed
         self.max_entries = max_entries
         self.max_chars = max_chars
         self._frames: dict[Event, str] = {}
@@ -253,7 +256,7 @@ class _FrameCache:
     def get(self, event: Event) -> str:
         frame = self._frames.get(event)
         if frame is None:
-            frame = self._frames[event] = _encode_event(event)
+            frame = self._frames[event] = _encode_event(event, self.replayed)
             self._chars += len(frame)
             # Insertion order is age: drop the oldest until within bounds.
             while len(self._frames) > self.max_entries or self._chars > self.max_chars:
@@ -262,7 +265,7 @@ class _FrameCache:
         return frame
 
 
-def _encode_event(event: Event) -> str:
+def _encode_event(event: Event, replayed: bool) -> str:
     return encode(
         EventMessage(
             module=event.module,
@@ -270,16 +273,24 @@ def _encode_event(event: Event) -> str:
             version=event.version,
             data=Raw(event.data),
             timestamp=event.timestamp,
+            replayed=replayed,
         )
     )
 
 
 _event_frames: Final = _FrameCache(max_entries=256, max_chars=8 * 1024 * 1024)
+# Dashboards opening a page replay the same retained state, one client after another.
+_replayed_frames: Final = _FrameCache(max_entries=256, max_chars=8 * 1024 * 1024, replayed=True)
 
 
 def encode_event(event: Event) -> str:
     """The ``event`` frame for ``event``, encoded once for every client that receives it."""
     return _event_frames.get(event)
+
+
+def encode_replayed_event(event: Event) -> str:
+    """The frame of a retained ``event`` that a subscribe replays (``"replayed": true``)."""
+    return _replayed_frames.get(event)
 
 
 def success(request_id: str, data_json: str) -> str:

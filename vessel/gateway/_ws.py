@@ -408,7 +408,7 @@ class _Client:
         for _ in range(sub.queued):
             await self.outbox.put_when_room(proto.encode_event(sub.receive_nowait()))
         for event in state:
-            await self.outbox.put_when_room(proto.encode_event(event))
+            await self.outbox.put_when_room(proto.encode_replayed_event(event))
         if op.request_id is not None:
             self._put(proto.success_value(op.request_id, data))
 

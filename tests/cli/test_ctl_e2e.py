@@ -200,7 +200,8 @@ async def test_config_of_a_module_with_declared_settings(
 ) -> None:
     """`config ID` lists the settings the manifest declares: set, default or missing,
     and what each is for; a key it does not declare is refused naming the ones it does;
-    `--values` masks a setting declared secret whatever its name."""
+    `--values` masks a setting declared secret whatever its name; `--stdin KEY` sets a
+    value read from standard input."""
     data = tmp_path / "data"
     settings = {
         "url": {"label": "Server URL", "default": "ws://server.local/ws"},
@@ -234,6 +235,16 @@ async def test_config_of_a_module_with_declared_settings(
                             ["pin", "set", "********"], ["mode", "set", "eco"]]  # fmt: skip
         listed = json.loads(await run_ok(daemon, "--json", "config", "kit"))
         assert [s["set"] for s in listed["settings"]] == [False, True, True]
+
+        # A secret from standard input: not on the command line, one newline dropped.
+        piped = await ctl("config", "kit", "--stdin", "pin", env=daemon.env, stdin=b"9 8 7\n")
+        assert (piped.returncode, piped.stdout) == (0, "set kit config pin\n"), piped
+        read = await run_ok(daemon, "call", "kit", "storage_get", '{"key": "pin"}')
+        assert json.loads(read) == {"value": "9 8 7"}
+        empty = await ctl("config", "kit", "--stdin", "pin", env=daemon.env, stdin=b"\n")
+        assert empty.returncode == 2, empty
+        assert "standard input holds no value for 'pin'; nothing was set" in empty.stderr
+        assert await run_ok(daemon, "config", "kit", "pin") == "9 8 7\n"
     finally:
         await stop_daemon(daemon)
 

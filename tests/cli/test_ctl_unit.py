@@ -190,11 +190,17 @@ def test_invalid_params_exit_1_with_one_line(capsys: pytest.CaptureFixture[str])
 
 
 def test_config_usage_conflicts_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    """KEY[=VALUE] together with --delete is a usage error, decided before connecting."""
-    with pytest.raises(SystemExit) as exc:
-        main(["--url", "http://127.0.0.1:1", "config", "kit", "a=b", "--delete", "a"])
-    assert exc.value.code == 2
-    assert "not both" in capsys.readouterr().err
+    """KEY[=VALUE] together with --delete, or --stdin with anything else, is a usage
+    error, decided before connecting (and before reading standard input)."""
+    for argv, expected in (
+        (["kit", "a=b", "--delete", "a"], "not both"),
+        (["kit", "a=b", "--stdin", "token"], "--stdin KEY sets that one key"),
+        (["kit", "--stdin", "token=x"], "--stdin takes a KEY, not KEY=VALUE"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(["--url", "http://127.0.0.1:1", "config", *argv])
+        assert exc.value.code == 2
+        assert expected in capsys.readouterr().err
 
 
 # -- formatting -----------------------------------------------------------------------------

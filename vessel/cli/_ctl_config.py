@@ -10,6 +10,8 @@ one call, one request each, in order; every pair is checked before the first is 
 from __future__ import annotations
 
 import argparse
+import getpass
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +47,13 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
         raise UsageError("--values lists every key; it takes no KEY")
     key: str | None = None
     pairs: list[tuple[str, str]] = []
-    if given:
+    if args.stdin is not None:
+        if given or args.delete is not None or args.values:
+            raise UsageError(
+                "--stdin KEY sets that one key: give no other KEY, --delete or --values"
+            )
+        pairs = [(args.stdin, _read_value(args.id, args.stdin))]
+    elif given:
         try:
             key, value = split_setting(given[0])
         except ValueError as exc:
@@ -76,6 +84,25 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.json:
         out(f"set {args.id} config {', '.join(k for k, _ in pairs)}")
     return 0
+
+
+def _read_value(module_id: str, key: str) -> str:
+    """The value for ``--stdin KEY``: typed without echo on a terminal, else all of
+    standard input less one trailing newline (``echo`` and editors add one)."""
+    try:
+        checked, value = split_setting(key)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if value is not None:
+        raise UsageError(f"--stdin takes a KEY, not KEY=VALUE: {key!r}")
+    if sys.stdin.isatty():
+        text = getpass.getpass(f"{checked} for {module_id} (not shown): ")
+    else:
+        text = sys.stdin.read()
+        text = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+    if not text:
+        raise UsageError(f"standard input holds no value for {checked!r}; nothing was set")
+    return text
 
 
 def _no_key(module_id: str, key: str) -> CtlError:

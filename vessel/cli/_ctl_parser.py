@@ -124,6 +124,7 @@ COMMANDS: dict[str, _Command] = {
             "config home-assistant url",
             "config home-assistant --values",
             "config home-assistant --delete token",
+            "config home-assistant --stdin token < ha-token.txt",
         ),
     )
 }
@@ -318,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="more keys to set in the same call",
     )
     p.add_argument("--delete", metavar="KEY", help="delete KEY")
+    p.add_argument(
+        "--stdin",
+        metavar="KEY",
+        help="set KEY to what standard input holds (one trailing newline dropped), or "
+        "ask for it without echo on a terminal: a secret stays out of the shell history "
+        "and the process list",
+    )
     p.add_argument(
         "--values",
         action="store_true",

@@ -370,7 +370,8 @@ class ModuleManager:
         """The settings the module's manifest declares, in its order, each with whether
         it is set now (never its value)."""
         settings = self._entry(module_id).module.manifest.settings
-        stored = set(self._storage.keys(module_id)) if settings else set()
+        # Key by key: a module's storage may hold many more keys than its settings.
+        stored = {key for key in settings if self._storage.get(module_id, key) is not None}
         return [
             {
                 "key": key,
@@ -387,11 +388,11 @@ class ModuleManager:
     def missing_settings(self, module_id: str) -> list[str]:
         """Required settings of the module that are not set: it cannot work yet."""
         settings = self._entry(module_id).module.manifest.settings
-        required = [key for key, setting in settings.items() if setting.required]
-        if not required:
-            return []
-        stored = set(self._storage.keys(module_id))
-        return [key for key in required if key not in stored]
+        return [
+            key
+            for key, setting in settings.items()
+            if setting.required and self._storage.get(module_id, key) is None
+        ]
 
     def config_set(self, module_id: str, key: str, value: str) -> None:
         """Store a setting the module reads with storage-get; the module is told through a

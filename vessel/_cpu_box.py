@@ -29,6 +29,16 @@ docs/performance.md) that cost the healthy module 2.5-3.4x its quiet p99; with t
 quarantine 1.55-2.86x, mostly under 2x. While a module is quarantined, the others have
 one CPU fewer.
 
+A claim is checked against the CPU it is made for. The module process is not trusted
+(security.md): one that says it has work in the box and does not use a CPU for it (a
+compromised process holding everyone else off a CPU) is not quarantined for it. While a
+module holds the box, its process's CPU time is looked at every ``CLAIM_WINDOW``; a
+window in which it used less than ``CLAIM_MIN_SHARE`` of a CPU makes its claims
+unbacked, and stays so (releasing and claiming again, or the ``LINGER`` a release would
+give, do not help) until a window shows it using the CPU again. Real long work in the
+box uses a quarter of that CPU or more, even shared with other runaways (each yields
+every slice). The first window is trusted: a runaway is quarantined at once.
+
 Only threads that have one of the sets placed here (every CPU Vessel runs on, the CPUs
 off the box, the box) are moved, so a thread somebody pinned elsewhere on purpose is
 left alone; so is a thread of a module that is not quarantined found in the box (its
@@ -56,6 +66,27 @@ QUARANTINE = 10.0
 #: Seconds it stays after long work that ended well: a runaway that is back within this
 #: (the next command of a flood) finds the others still off its CPU.
 LINGER = 0.05
+#: Seconds between two looks at the CPU time of a module that holds the box.
+CLAIM_WINDOW = 1.0
+#: The share of a CPU a module that holds the box must use for its claim to count.
+CLAIM_MIN_SHARE = 0.05
+
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (None: it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # After the command name, which may hold spaces and parentheses: state is field 3.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND
+    except (IndexError, ValueError):
+        return None
 
 
 class CpuBox:
@@ -90,6 +121,10 @@ class CpuBox:
         #: Modules with work in the box now, and when the others' quarantine ends.
         self._holding: set[str] = set()
         self._until: dict[str, float] = {}
+        #: Per module that held the box: its pid, the time and its process's CPU time at
+        #: the start of the current window; and those whose claims are unbacked.
+        self._windows: dict[str, tuple[int, float, float]] = {}
+        self._unbacked: set[str] = set()
         #: The quarantined modules as last placed, and as being placed now (the same
         #: but during a placement: ``_apply`` goes in steps).
         self._placed: frozenset[str] = frozenset()
@@ -119,6 +154,11 @@ class CpuBox:
         return self._placed
 
     @property
+    def unbacked(self) -> frozenset[str]:
+        """Modules whose claims to the box are ignored: no CPU use to back them."""
+        return frozenset(self._unbacked)
+
+    @property
     def narrowed(self) -> bool:
         """True while the daemon and the other modules keep off the box: from the start
         of a quarantine's placement to the end of the placement that lifts it."""
@@ -130,9 +170,11 @@ class CpuBox:
             return
         if occupied:
             self._holding.add(module_id)  # a quarantine it is in goes on (``_extend``)
+            self._open_window(module_id)
         elif module_id in self._holding:
             self._holding.discard(module_id)
-            self._extend(module_id, LINGER)
+            if module_id not in self._unbacked:
+                self._extend(module_id, LINGER)
         self._recheck.add(module_id)
         self._changed.set()
 
@@ -149,10 +191,51 @@ class CpuBox:
 
     def release(self, module_id: str) -> None:
         """Lift ``module_id``'s quarantine now (an admin restarted, stopped or removed it)."""
+        self._windows.pop(module_id, None)
+        self._unbacked.discard(module_id)
         if module_id in self._holding or module_id in self._until:
             self._holding.discard(module_id)
             self._until.pop(module_id, None)
             self._changed.set()
+
+    def _open_window(self, module_id: str) -> None:
+        """Start looking at the CPU use behind a claim, unless a window of this process
+        is under way (a claim made again soon after a release does not start afresh)."""
+        pid = self._processes().get(module_id)
+        window = self._windows.get(module_id)
+        now = trio.current_time()
+        if pid is None or (window and window[0] == pid and now - window[1] < 2 * CLAIM_WINDOW):
+            return
+        cpu = process_cpu_seconds(pid)
+        if cpu is not None:
+            self._windows[module_id] = (pid, now, cpu)
+
+    def _check_claims(self, now: float) -> None:
+        """Close the windows that are over for the modules holding the box."""
+        for module_id in sorted(self._holding):
+            window = self._windows.get(module_id)
+            if window is None or now - window[1] < CLAIM_WINDOW:
+                continue
+            pid, since, cpu_then = window
+            cpu = process_cpu_seconds(pid)
+            if cpu is None or self._processes().get(module_id) != pid:
+                del self._windows[module_id]  # the process is gone: its claims with it
+                continue
+            self._windows[module_id] = (pid, now, cpu)
+            used, elapsed = cpu - cpu_then, now - since
+            if used >= CLAIM_MIN_SHARE * elapsed:
+                self._unbacked.discard(module_id)
+            elif module_id not in self._unbacked:
+                self._unbacked.add(module_id)
+                log.warning(
+                    "module %s claims work on the box CPU but its process used %.0f ms of "
+                    "CPU in %.1f s: not quarantined for that claim until it uses the CPU",
+                    module_id, used * 1000, elapsed,
+                )  # fmt: skip
+
+    def _next_look(self) -> float:
+        ends = [w[1] + CLAIM_WINDOW for m, w in self._windows.items() if m in self._holding]
+        return min([*self._until.values(), *ends], default=math.inf)
 
     def process_started(self, module_id: str, pid: int) -> None:
         """Place a new module process at once: a quarantined module's in the box. (One
@@ -166,13 +249,15 @@ class CpuBox:
             return
         try:
             while True:
-                with trio.move_on_at(min(self._until.values(), default=math.inf)):
+                with trio.move_on_at(self._next_look()):
                     await self._changed.wait()
                 self._changed = trio.Event()
                 now = trio.current_time()
                 for module_id in [m for m, until in self._until.items() if until <= now]:
                     del self._until[module_id]
-                for _ in self._apply(frozenset(self._holding) | frozenset(self._until)):
+                self._check_claims(now)
+                held = frozenset(self._holding - self._unbacked)
+                for _ in self._apply(held | frozenset(self._until)):
                     await trio.lowlevel.checkpoint()
         finally:
             # Stopping (maybe in the middle of a placement): leave no thread narrowed

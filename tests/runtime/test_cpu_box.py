@@ -24,9 +24,10 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from tests.fixture_types import MakeModuleDir
-from vessel._cpu_box import LINGER, CpuBox
+from vessel._cpu_box import CLAIM_WINDOW, LINGER, CpuBox
 from vessel._cpu_box import QUARANTINE as DEFAULT_QUARANTINE
 from vessel._daemon import Daemon
 from vessel._wasm_module import WasmModule
@@ -433,6 +434,54 @@ async def test_the_box_places_one_process_at_a_time() -> None:
             await child.stdin.aclose()
             with trio.fail_after(10):
                 await child.wait()
+
+
+async def test_a_claim_the_process_does_not_use_the_cpu_for_is_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A module process is not trusted: one that says it has work in the box but uses
+    no CPU (a compromised process keeping Vessel off a CPU) is quarantined for its first
+    window only; after that its claims are ignored, claiming again included, and logged
+    once. A process that does spin in the box keeps its quarantine past the window."""
+    idle_argv = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+    spin_argv = [sys.executable, "-c", "while True: pass"]
+    liar = await trio.lowlevel.open_process(idle_argv, stdin=subprocess.PIPE)
+    spinner = await trio.lowlevel.open_process(spin_argv)
+    try:
+        box = CpuBox(lambda: {"liar": liar.pid, "spinner": spinner.pid}, quarantine=60)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(box.run)
+            if BOX is None:
+                await _one_cpu_does_nothing(box, liar.pid, spinner.pid)
+                nursery.cancel_scope.cancel()
+                return
+            box.occupied("liar", True)
+            await _until("quarantined on its word", lambda: box.placed == {"liar"})
+            await _until("the claim found unbacked", lambda: not box.narrowed,
+                         timeout=CLAIM_WINDOW + 5)  # fmt: skip
+            assert box.unbacked == {"liar"}
+            assert _all(liar.pid, EVERYTHING)
+            box.occupied("liar", False)  # no LINGER for it either
+            box.occupied("liar", True)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not box.narrowed
+
+            box.occupied("spinner", True)
+            await _until("the spinner quarantined", lambda: box.placed == {"spinner"})
+            await trio.sleep(CLAIM_WINDOW * 1.5)  # a window has closed: it stays
+            assert box.placed == {"spinner"}
+            assert box.unbacked == {"liar"}
+            nursery.cancel_scope.cancel()
+        warnings = [r.message for r in caplog.records if "claims work on the box" in r.message]
+        assert len(warnings) == 1, warnings
+        assert warnings[0].startswith("module liar claims work on the box CPU but its process")
+    finally:
+        spinner.kill()
+        assert liar.stdin is not None
+        await liar.stdin.aclose()
+        with trio.fail_after(10):
+            await liar.wait()
+            await spinner.wait()
 
 
 async def _one_cpu_does_nothing(box: CpuBox, *pids: int) -> None:

@@ -43,7 +43,8 @@ BACKOFF_INITIAL_MS = 1_000
 BACKOFF_MAX_MS = 60_000
 CONFIG_KEYS = frozenset({"url", "token", "ping_interval_ms"})
 NOT_CONFIGURED = (
-    "not configured: set url and token with `vessel-ctl config home-assistant url=... token=...`"
+    "not configured: set its token with `vessel-ctl config home-assistant --stdin token` "
+    "(and its url, unless HA is at ws://homeassistant.local:8123)"
 )
 CONNECTION_LOST = "Home Assistant connection lost"
 

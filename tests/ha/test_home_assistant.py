@@ -151,7 +151,7 @@ async def test_unconfigured_module_waits_then_connects_once_configured(
     async with open_fake_ha(token=TOKEN) as fake, running_ha(tmp_path, make_module_dir, None) as d:
         status = d.bus.subscribe(f"{HA}.status", name="status")
         unconfigured = data(await next_event(status, status_is("unconfigured")))
-        assert "vessel-ctl config home-assistant url=... token=..." in unconfigured["message"]
+        assert "vessel-ctl config home-assistant --stdin token" in unconfigured["message"]
         with trio.fail_after(2):
             error = await call_error(d, HA, "call_service", LIGHT_ON)
         assert error.message.startswith("not connected to Home Assistant: not configured")

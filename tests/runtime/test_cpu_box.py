@@ -18,7 +18,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -353,11 +354,8 @@ async def test_only_threads_placed_by_the_box_are_moved() -> None:
     try:
         assert pinned_ready.wait(5)
         box = CpuBox(lambda: {"q": quarantined.pid, "o": other.pid}, quarantine=QUARANTINE)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(box.run)
-            if BOX is None:
-                await _one_cpu_does_nothing(box, quarantined.pid, other.pid)
-                nursery.cancel_scope.cancel()
+        async with _running(box, quarantined.pid, other.pid) as enabled:
+            if not enabled:
                 return
             box.occupied("q", True)
             # Placed, not only being placed: that goes one process at a time.
@@ -381,7 +379,6 @@ async def test_only_threads_placed_by_the_box_are_moved() -> None:
             # Stopping while a module is quarantined leaves nothing narrowed or boxed.
             box.occupied("q", True)
             await _until("quarantined again", lambda: box.narrowed)
-            nursery.cancel_scope.cancel()
         assert not box.narrowed
         assert _all(quarantined.pid, EVERYTHING)
         assert _all(other.pid, EVERYTHING)
@@ -408,11 +405,8 @@ async def test_the_box_places_one_process_at_a_time() -> None:
         box = CpuBox(lambda: {f"m{i}": c.pid for i, c in enumerate(children)}, quarantine=60)
         #: How many of the others were off the box, at each look between two steps.
         seen: set[int] = set()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(box.run)
-            if BOX is None:
-                await _one_cpu_does_nothing(box, *(c.pid for c in children))
-                nursery.cancel_scope.cancel()
+        async with _running(box, *(c.pid for c in children)) as enabled:
+            if not enabled:
                 return
             box.occupied("m0", True)
             with trio.fail_after(5):
@@ -424,7 +418,6 @@ async def test_the_box_places_one_process_at_a_time() -> None:
                     if placed:
                         assert _all(first.pid, BOXED)  # the quarantined module first
                     await trio.lowlevel.checkpoint()
-            nursery.cancel_scope.cancel()
         # This task ran between the placements: it saw some of the others placed, not all.
         assert seen & set(range(1, len(others))), seen
         assert all(_all(c.pid, EVERYTHING) for c in children)  # given back on stopping
@@ -449,11 +442,8 @@ async def test_a_claim_the_process_does_not_use_the_cpu_for_is_ignored(
     spinner = await trio.lowlevel.open_process(spin_argv)
     try:
         box = CpuBox(lambda: {"liar": liar.pid, "spinner": spinner.pid}, quarantine=60)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(box.run)
-            if BOX is None:
-                await _one_cpu_does_nothing(box, liar.pid, spinner.pid)
-                nursery.cancel_scope.cancel()
+        async with _running(box, liar.pid, spinner.pid) as enabled:
+            if not enabled:
                 return
             box.occupied("liar", True)
             await _until("quarantined on its word", lambda: box.placed == {"liar"})
@@ -471,7 +461,6 @@ async def test_a_claim_the_process_does_not_use_the_cpu_for_is_ignored(
             await trio.sleep(CLAIM_WINDOW * 1.5)  # a window has closed: it stays
             assert box.placed == {"spinner"}
             assert box.unbacked == {"liar"}
-            nursery.cancel_scope.cancel()
         warnings = [r.message for r in caplog.records if "claims work on the box" in r.message]
         assert len(warnings) == 1, warnings
         assert warnings[0].startswith("module liar claims work on the box CPU but its process")
@@ -482,6 +471,19 @@ async def test_a_claim_the_process_does_not_use_the_cpu_for_is_ignored(
         with trio.fail_after(10):
             await liar.wait()
             await spinner.wait()
+
+
+@asynccontextmanager
+async def _running(box: CpuBox, *pids: int) -> AsyncIterator[bool]:
+    """``box`` running for the block, stopped at its end. Yields whether it has a CPU to
+    quarantine to: on a machine with one usable CPU it yields False, once it has checked
+    that the box does nothing at all there."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(box.run)
+        if BOX is None:
+            await _one_cpu_does_nothing(box, *pids)
+        yield BOX is not None
+        nursery.cancel_scope.cancel()
 
 
 async def _one_cpu_does_nothing(box: CpuBox, *pids: int) -> None:

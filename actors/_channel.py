@@ -178,7 +178,8 @@ class Channel:
     """A bidirectional request/reply + notification channel over two trio streams.
 
     The channel owns both streams: they are closed when :meth:`run` ends or on
-    :meth:`aclose`.
+    :meth:`aclose`. ``on_notify`` must not wait for a reply on this same channel: a
+    reply is held until the notifications before it have been handled.
     """
 
     def __init__(

@@ -212,13 +212,14 @@ class CpuBox:
 
     def _check_claims(self, now: float) -> None:
         """Close the windows that are over for the modules holding the box."""
+        processes = self._processes() if self._holding else {}
         for module_id in sorted(self._holding):
             window = self._windows.get(module_id)
             if window is None or now - window[1] < CLAIM_WINDOW:
                 continue
             pid, since, cpu_then = window
             cpu = process_cpu_seconds(pid)
-            if cpu is None or self._processes().get(module_id) != pid:
+            if cpu is None or processes.get(module_id) != pid:
                 del self._windows[module_id]  # the process is gone: its claims with it
                 continue
             self._windows[module_id] = (pid, now, cpu)

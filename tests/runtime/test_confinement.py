@@ -221,8 +221,10 @@ async def test_long_work_gives_way_every_slice_and_still_meets_its_deadline(
     async with running_daemon(tmp_path, quarantine=QUARANTINE) as daemon:
         module = daemon.manager.get(MODULE)
         # Loading may have yielded (instantiation is long work), and so may a command's
-        # first run (about 2 ms of CPU of its own): not counted.
-        await call(daemon, MODULE, "echo", {"ok": 0})
+        # first runs (about 2 ms of CPU of its own for the first; seen once for a later
+        # one, on a busy machine): not counted.
+        for _ in range(3):
+            await call(daemon, MODULE, "echo", {"ok": 0})
         before = await _yields(module)
         for _ in range(20):
             await call(daemon, MODULE, "echo", {"ok": 1})

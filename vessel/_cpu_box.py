@@ -1,33 +1,35 @@
-"""A module doing long work is quarantined to the box CPU; the rest of Vessel keeps off
+"""A module that runs away is quarantined to the box CPU; the rest of Vessel keeps off
 that CPU meanwhile.
 
-A module process confines guest work that runs long (a spin towards its deadline, a
-flood, an instantiation) to one CPU, the box (``vessel.host._confine``), and a module
-restarting after a crash starts up there. It tells the daemon when it has work in the
-box and when not (``guest.box``). While it has, and for a while after, the module is
-quarantined:
+A module process confines long guest work to one CPU, the box, by itself
+(``vessel.host._confine``), quietly. What it reports to the daemon (``guest.box``) is
+work a healthy module does not do: guest work that has used a quarter of its deadline's
+CPU time without returning, a flood beyond its rate limit, and a start-up after a crash
+(which runs in the box). The daemon also hears of every trap (a deadline exceeded
+included) and crash. For any of these the module is quarantined:
 
 * every thread of its process is placed in the box (and so is the process that
   replaces it after a crash, from its first instruction), and so is the fork server
   that starts module processes;
 * the daemon's threads and those of every other module process keep to the other CPUs.
 
-How long after: ``LINGER`` (50 ms) for long work that ended well (a big computation now
-and then is no runaway, and the others should have their CPUs back soon), ``quarantine``
-seconds (default 10) after a trap (a deadline exceeded included) or a crash: a module
-that misbehaves tends to do it again. When no module is quarantined any more, every
-thread gets all its CPUs back. An admin restart, stop or removal lifts a module's
-quarantine at once.
+How long: while the reported work lasts and ``LINGER`` (1 s) after, ``quarantine``
+seconds (default 10) after a trap or a crash: a module that misbehaves tends to do it
+again. When no module is quarantined any more, every thread gets all its CPUs back. An
+admin restart, stop or removal lifts a module's quarantine at once. The operator reads
+one line at INFO when a module goes into quarantine, saying why in plain words; how the
+threads were placed, and the end, are DEBUG.
 
 Why: confinement alone keeps a runaway to one core, but the kernel still wakes the
 healthy call chain (daemon, module, client) onto that core, where each wake-up may wait
-for the next scheduler tick behind the runaway (4 ms at HZ=250), and what a misbehaving
-module does besides (trapping, restarting) lands on any core. On 2 cores (bench/: a
-healthy module's p99 call latency beside a neighbour that spins, traps and floods, with
-the measuring client kept off the box as a remote dashboard would be;
-docs/performance.md) that cost the healthy module 2.5-3.4x its quiet p99; with the
-quarantine 1.55-2.86x, mostly under 2x. While a module is quarantined, the others have
-one CPU fewer.
+behind the runaway, and what a misbehaving module does besides (trapping, restarting)
+lands on any core. On 2 cores (bench/: a healthy module's p99 call latency beside a
+neighbour that spins, traps and floods, with the measuring client kept off the box as a
+remote dashboard would be; docs/performance.md) that cost the healthy module 2.5-3.4x
+its quiet p99; with the quarantine 1.55-2.86x, mostly under 2x. While a module is
+quarantined, the others have one CPU fewer: which is why only a runaway is, never a
+healthy module's long command (session 12 quarantined on any 2 ms of guest work, and
+ten healthy modules under ordinary load were quarantined four times a second).
 
 A claim is checked against the CPU it is made for. The module process is not trusted
 (security.md): one that says it has work in the box and does not use a CPU for it (a
@@ -63,13 +65,20 @@ log = logging.getLogger("vessel.cpu")
 
 #: Seconds a module stays quarantined after a trap or a crash.
 QUARANTINE = 10.0
-#: Seconds it stays after long work that ended well: a runaway that is back within this
-#: (the next command of a flood) finds the others still off its CPU.
-LINGER = 0.05
+#: Seconds it stays after reported work that ended well: a runaway that is back within
+#: this (the next command of a flood) finds the others still off its CPU.
+LINGER = 1.0
 #: Seconds between two looks at the CPU time of a module that holds the box.
 CLAIM_WINDOW = 1.0
 #: The share of a CPU a module that holds the box must use for its claim to count.
 CLAIM_MIN_SHARE = 0.05
+
+#: What the operator reads for each reason a module process gives for its claim.
+_CLAIMS = {
+    "runaway": "its code has been running for a long time without returning",
+    "flood": "it sends events or log lines faster than its rate limit allows",
+    "restart": "it is starting again after a crash",
+}
 
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
@@ -120,6 +129,8 @@ class CpuBox:
         self.quarantine = quarantine
         #: Modules with work in the box now, and when the others' quarantine ends.
         self._holding: set[str] = set()
+        #: Why each module was last sent to the box, in the operator's words.
+        self._why: dict[str, str] = {}
         self._until: dict[str, float] = {}
         #: Per module that held the box: its pid, the time and its process's CPU time at
         #: the start of the current window; and those whose claims are unbacked.
@@ -164,12 +175,14 @@ class CpuBox:
         of a quarantine's placement to the end of the placement that lifts it."""
         return bool(self._placed or self._placing)
 
-    def occupied(self, module_id: str, occupied: bool) -> None:
-        """Module ``module_id`` has (or no longer has) work on the box CPU."""
+    def occupied(self, module_id: str, occupied: bool, why: str = "runaway") -> None:
+        """Module ``module_id`` has (or no longer has) work on the box CPU, for ``why``
+        (``vessel.host._confine.BoxReason``)."""
         if not self.enabled:
             return
         if occupied:
             self._holding.add(module_id)  # a quarantine it is in goes on (``_extend``)
+            self._why[module_id] = _CLAIMS.get(why, _CLAIMS["runaway"])
             self._open_window(module_id)
         elif module_id in self._holding:
             self._holding.discard(module_id)
@@ -178,10 +191,12 @@ class CpuBox:
         self._recheck.add(module_id)
         self._changed.set()
 
-    def misbehaved(self, module_id: str) -> None:
-        """Module ``module_id`` trapped or crashed: quarantined for ``quarantine`` s."""
+    def misbehaved(self, module_id: str, why: str) -> None:
+        """Module ``module_id`` trapped or crashed (``why``, in the operator's words:
+        "it trapped: ..."): quarantined for ``quarantine`` s."""
         if not self.enabled:
             return
+        self._why[module_id] = why
         self._extend(module_id, self.quarantine)
         self._changed.set()
 
@@ -192,6 +207,7 @@ class CpuBox:
     def release(self, module_id: str) -> None:
         """Lift ``module_id``'s quarantine now (an admin restarted, stopped or removed it)."""
         self._windows.pop(module_id, None)
+        self._why.pop(module_id, None)
         self._unbacked.discard(module_id)
         if module_id in self._holding or module_id in self._until:
             self._holding.discard(module_id)
@@ -229,9 +245,11 @@ class CpuBox:
             elif module_id not in self._unbacked:
                 self._unbacked.add(module_id)
                 log.warning(
-                    "module %s claims work on the box CPU but its process used %.0f ms of "
-                    "CPU in %.1f s: not quarantined for that claim until it uses the CPU",
-                    module_id, used * 1000, elapsed,
+                    "module %s says it is busy on CPU %s, but its process used only %.0f "
+                    "ms of CPU in the last %.1f s: it is not kept in quarantine for that "
+                    "(a module process that says so without using the CPU may have been "
+                    "tampered with)",
+                    module_id, self._box, used * 1000, elapsed,
                 )  # fmt: skip
 
     def _next_look(self) -> float:
@@ -303,14 +321,15 @@ class CpuBox:
             moved += self._place(pid, self._boxed if quarantined else self._everything, True)
         self._placed = quarantined
         self.moved += moved
-        if quarantined != before or moved:
+        for module_id in sorted(quarantined - before):
             log.info(
-                "%s: %d threads moved",
-                f"quarantined to CPU {self._box}: {', '.join(sorted(quarantined))}"
-                if quarantined
-                else "quarantine over, every CPU in use again",
-                moved,
-            )
+                "module %s is quarantined to CPU %d (the daemon and the other modules keep "
+                "off it meanwhile): %s",
+                module_id, self._box, self._why.get(module_id, _CLAIMS["runaway"]),
+            )  # fmt: skip
+        if before and not quarantined:
+            log.debug("quarantine over, every CPU in use again")
+        log.debug("placed for quarantine %s: %d threads moved", sorted(quarantined), moved)
 
     def _target(self, module_id: str | None) -> frozenset[int]:
         if module_id is not None and module_id in self._placing:

@@ -152,6 +152,8 @@ class InstanceReplaced(msgspec.Struct, forbid_unknown_fields=True):
 
 class Boxed(msgspec.Struct, forbid_unknown_fields=True):
     occupied: bool
+    #: Why (``vessel.host._confine.BoxReason``): "runaway", "flood" or "restart".
+    why: str = "runaway"
 
 
 T = TypeVar("T")

@@ -183,11 +183,11 @@ class WasmModule:
                     info = await proc.wait()
                     nursery.cancel_scope.cancel()
                 raise ModuleCrashed(self._fatal or info.reason)
-        except Exception:
+        except Exception as exc:
             self._crashed = True
             if self._box is not None:
                 self._box.occupied(self.id, False)  # whatever it last said, it is gone
-                self._box.misbehaved(self.id)
+                self._box.misbehaved(self.id, f"its process ended: {exc}")
             raise
         except BaseException:
             self._crashed = False  # cancelled: stopped or restarted on purpose
@@ -363,11 +363,12 @@ class WasmModule:
             self._record(entry.level, entry.message, entry.source)
         elif method == _ipc.GUEST_BOX:
             if self._box is not None:
-                self._box.occupied(self.id, _ipc.decode(body, _ipc.Boxed).occupied)
+                boxed = _ipc.decode(body, _ipc.Boxed)
+                self._box.occupied(self.id, boxed.occupied, boxed.why)
         elif method == _ipc.INSTANCE_REPLACED:
-            if self._box is not None:
-                self._box.misbehaved(self.id)  # it trapped
             reason = _ipc.decode(body, _ipc.InstanceReplaced).reason
+            if self._box is not None:
+                self._box.misbehaved(self.id, reason)
             self._bus.publish(
                 Event(
                     module="vessel",

@@ -28,16 +28,20 @@ from vessel.host._box_report import BoxReport
 from ..actors._support import lane_pipes, parent_channel
 
 
-def _boxed_states(data: bytes) -> list[bool]:
-    """The ``guest.box`` states in raw bytes read from the pipe, as the daemon decodes
+def _boxed(data: bytes) -> list[_ipc.Boxed]:
+    """The ``guest.box`` reports in raw bytes read from the pipe, as the daemon decodes
     them."""
-    states = []
+    reports = []
     for frame in FrameDecoder(MAX_FRAME_SIZE).feed(data):
         message = decode_message(frame)
         assert isinstance(message, Notify), message
         assert message.method == _ipc.GUEST_BOX
-        states.append(_ipc.decode(message.body, _ipc.Boxed).occupied)
-    return states
+        reports.append(_ipc.decode(message.body, _ipc.Boxed))
+    return reports
+
+
+def _boxed_states(data: bytes) -> list[bool]:
+    return [report.occupied for report in _boxed(data)]
 
 
 def _on_thread(fn: Callable[..., object], *args: object) -> None:
@@ -55,13 +59,13 @@ async def test_a_report_leaves_from_the_confining_thread_without_the_trio_loop()
         box = BoxReport(lane, trio.lowlevel.current_trio_token())
         box.started()
         # This test's trio loop does not run between here and the read: nothing is handed
-        # to it, the frame is in the pipe when guest() returns.
-        _on_thread(box.guest, True)
+        # to it, the frame is in the pipe when changed() returns.
+        _on_thread(box.changed, True, "runaway")
         poller = select.poll()
         poller.register(up_read, select.POLLIN)
         assert poller.poll(0), "the report waited for the trio loop"
         assert _boxed_states(os.read(up_read, 65536)) == [True]
-        _on_thread(box.guest, False)
+        _on_thread(box.changed, False, "runaway")
         assert _boxed_states(os.read(up_read, 65536)) == [False]
     finally:
         lane.close()
@@ -74,14 +78,16 @@ async def test_start_up_work_is_not_reported_and_nested_work_is_one_report() -> 
     os.set_blocking(up_read, False)
     try:
         box = BoxReport(lane, trio.lowlevel.current_trio_token())
-        box.guest(True)  # instantiating the component at start: not misbehaviour
-        box.guest(False)
+        box.changed(True, "runaway")  # instantiating the component at start: not misbehaviour
+        box.changed(False, "runaway")
         box.started()
-        box.restart(True)  # a start-up after a crash holds the box...
-        box.guest(True)  # ...and so does a runaway meanwhile: still one report
-        box.restart(False)
-        box.guest(False)
-        assert _boxed_states(os.read(up_read, 65536)) == [True, False]
+        box.changed(True, "restart")  # a start-up after a crash holds the box...
+        box.changed(True, "runaway")  # ...and so does a runaway meanwhile: still one report
+        box.changed(False, "restart")
+        box.changed(False, "runaway")
+        reports = _boxed(os.read(up_read, 65536))
+        assert [r.occupied for r in reports] == [True, False]
+        assert reports[0].why == "restart"  # what the daemon's log line says
     finally:
         lane.close()
         os.close(up_read)
@@ -135,7 +141,7 @@ async def test_on_a_full_pipe_changes_are_folded_and_the_latest_goes_out_later()
     writable.register(lane.write_fileno(), select.POLLOUT)
     sent = 0
     while True:
-        _on_thread(box.guest, sent % 2 == 0)
+        _on_thread(box.changed, sent % 2 == 0, "runaway")
         sent += 1
         assert sent < 100_000, "the pipe never filled"
         if not writable.poll(0):
@@ -144,7 +150,7 @@ async def test_on_a_full_pipe_changes_are_folded_and_the_latest_goes_out_later()
     # at once (_on_thread fails on a blocked thread).
     filled = sent
     for _ in range(3):
-        _on_thread(box.guest, sent % 2 == 0)
+        _on_thread(box.changed, sent % 2 == 0, "runaway")
         sent += 1
     latest = sent % 2 == 1  # the state after the last flip
     try:
@@ -161,7 +167,7 @@ async def test_on_a_full_pipe_changes_are_folded_and_the_latest_goes_out_later()
                     assert all(a != b for a, b in itertools.pairwise(states))
                     assert len(states) <= filled + 1
                     # The pipe has room again: the next change goes out at once.
-                    _on_thread(box.guest, not latest)
+                    _on_thread(box.changed, not latest, "runaway")
                     await received.until(lambda states: states[-1] != latest)
                 nursery.cancel_scope.cancel()
     finally:

@@ -19,7 +19,7 @@ import wasmtime
 
 from tests.fixture_types import MakeModuleDir
 from vessel._wasm_module import WasmModule
-from vessel.host._confine import CONFINE_AFTER, CONFINE_CPU, Confinement, box_cpu
+from vessel.host._confine import CONFINE_AFTER, Confinement, box_cpu, runaway_cpu
 from vessel.host._engine import make_engine
 from vessel.host._runtime import Watchdog
 from vessel.host._slicing import SLICE, EpochCallback
@@ -53,15 +53,9 @@ async def test_a_long_invocation_is_confined_while_it_runs(
         module = daemon.manager.get(MODULE)
         pid = module.pid
         assert pid is not None
-        # Fast calls are never confined. (Loading may have been: instantiating a
-        # component is long guest work too; and so may a command's first run, about 2 ms
-        # of CPU of its own, on a busy machine.)
-        await call(daemon, MODULE, "echo", {"ok": 0})
+        # (Whether a fast call is confined is the watchdog's to say, deterministically:
+        # test_the_watchdog_confines_and_reports_only_by_cpu_time. Here: what a spin does.)
         before = await _confined(module)
-        for _ in range(20):
-            await call(daemon, MODULE, "echo", {"ok": 1})
-        assert await _confined(module) == before
-        assert all(cpus == everything for cpus in _affinities(pid).values())
 
         async with trio.open_nursery() as nursery:
             failure: list[str] = []
@@ -107,33 +101,31 @@ async def _confined(module: WasmModule) -> int:
     return await _stat(module, "confined_invocations")
 
 
-async def test_time_waiting_in_a_host_call_is_not_long_work(
+async def test_time_waiting_in_a_host_call_is_not_the_callers(
     tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
-    """A guest waiting 300 ms for another module's answer is not confined (host calls do
-    not count, as for its deadline); the other module, busy computing those 300 ms, is."""
+    """A guest waiting 600 ms for another module's answer is not charged for it: with a
+    200 ms deadline of its own, its call still succeeds (host calls do not count, for its
+    deadline as for running long); the other module, busy computing those 600 ms, is
+    confined while it does."""
     make_module_dir(
-        tmp_path, "testkit", module_id="alpha", permissions={"call": ["beta.spin@1", "beta.echo@1"]}
+        tmp_path,
+        "testkit",
+        module_id="alpha",
+        permissions={"call": ["beta.spin@1"]},
+        limits={"invocation_timeout_ms": 200},
     )
     make_module_dir(tmp_path, "testkit", module_id="beta")
     # Looked at first: the daemon runs in this process, and a quarantine narrows it.
     box = box_cpu()
     async with running_daemon(tmp_path) as daemon:
-        alpha, beta = daemon.manager.get("alpha"), daemon.manager.get("beta")
-        # Warm up alpha's way of calling: the guest's first "call" command takes 1.5-2.5
-        # ms of CPU of its own (measured), enough to count as long work on a busy
-        # machine, which is not what this test is about. Later ones take 0.3-1 ms.
-        echo = {"module": "beta", "name": "echo", "params": {"ok": 1}}
-        for _ in range(3):
-            with trio.fail_after(10):
-                await call(daemon, "alpha", "call", echo)
-        before = {"alpha": await _confined(alpha), "beta": await _confined(beta)}
-        params = {"module": "beta", "name": "spin", "params": {"ms": 300}}
+        beta = daemon.manager.get("beta")
+        before = await _confined(beta)
+        params = {"module": "beta", "name": "spin", "params": {"ms": 600}}
         with trio.fail_after(10):
-            await call(daemon, "alpha", "call", params)
-        assert await _confined(alpha) == before["alpha"]
-        expected = before["beta"] + (0 if box is None else 1)
-        assert await _confined(beta) == expected
+            assert await call(daemon, "alpha", "call", params) == {}
+        if box is not None:
+            assert await _confined(beta) > before
 
 
 def test_a_host_call_spinning_on_the_cpu_is_not_the_guests_time() -> None:
@@ -220,24 +212,15 @@ async def test_long_work_gives_way_every_slice_and_still_meets_its_deadline(
     make_module_dir(tmp_path, MODULE, limits={"invocation_timeout_ms": deadline_ms})
     async with running_daemon(tmp_path, quarantine=QUARANTINE) as daemon:
         module = daemon.manager.get(MODULE)
-        # Loading may have yielded (instantiation is long work), and so may a command's
-        # first runs (about 2 ms of CPU of its own for the first; seen once for a later
-        # one, on a busy machine): not counted.
-        for _ in range(3):
-            await call(daemon, MODULE, "echo", {"ok": 0})
+        # (That fast calls never yield is the watchdog's to say, deterministically:
+        # test_the_watchdog_makes_only_long_work_yield.)
         before = await _yields(module)
-        for _ in range(20):
-            await call(daemon, MODULE, "echo", {"ok": 1})
-        assert await _yields(module) == before
-
         with trio.fail_after(10):
             failure = await call_error(daemon, MODULE, "loop")
         assert "deadline exceeded" in failure.message
-        yielded = await _yields(module) - before
-        # One yield per SLICE of the ~300 ms; a busy machine delays the watchdog's
-        # wake-ups, so ask for a fifth of that.
-        expected = (deadline_ms / 1000 - SLICE) / SLICE
-        assert yielded >= expected / 5, (yielded, expected)
+        # It gave way, again and again (how often depends on when the machine lets the
+        # watchdog run: the bare-engine test below counts them).
+        assert await _yields(module) - before >= 2
         # The trapped instance was replaced and answers again.
         assert await call(daemon, MODULE, "echo", {"ok": 2}) == {"ok": 2}
 
@@ -274,7 +257,9 @@ def test_the_watchdog_makes_only_long_work_yield() -> None:
             trap = pool.submit(invocation, "spin", 0.2).result(timeout=10)
             assert "deadline exceeded" in trap
             assert watchdog.fired
-            assert callback.yields >= (0.2 - SLICE) / SLICE / 5
+            # One a slice of its 200 ms, give or take the machine waking the watchdog
+            # late (a tenth asked for: it runs here, in this process, woken by a timer).
+            assert callback.yields >= (0.2 - SLICE) / SLICE / 10
             # The next invocation starts afresh: no stale epoch makes it trap.
             assert pool.submit(invocation, "nop", 0.2).result(timeout=10) == "returned"
     finally:
@@ -288,9 +273,9 @@ def test_guest_work_yields_from_its_first_slice_of_cpu() -> None:
     moved off its CPU, wait behind it (docs/performance.md, Isolation).
 
     Seen from the guest's thread: how much CPU it had used at its first yield. Never less
-    than a slice (the watchdog waits for that much); in at least one of five spins less
-    than the CPU it takes to count as long work (a busy machine can wake the watchdog
-    late, so not in every one)."""
+    than a slice: the watchdog waits for that much, so a guest that was only waiting for
+    a CPU has nothing to give up. (How much more it used before the first yield depends
+    on when the machine wakes the watchdog; not asserted.)"""
     engine = make_engine()
     watchdog = Watchdog(engine, Confinement(box_cpu()))
     #: The spin under way, and the guest thread's CPU time when it began.
@@ -327,7 +312,6 @@ def test_guest_work_yields_from_its_first_slice_of_cpu() -> None:
     cpu = sorted(first_yield.values())
     assert len(cpu) == 5, first_yield
     assert cpu[0] >= SLICE, cpu
-    assert cpu[0] < CONFINE_CPU, cpu
 
 
 #: A core module: one export that returns at once, one that loops forever (long work
@@ -337,17 +321,15 @@ _WAT = """(module
   (func (export "spin") (loop $l (br $l))))"""
 
 
-def test_long_work_busy_with_the_host_yields_once_the_host_refuses_it() -> None:
+def test_long_work_busy_with_the_host_is_reported_only_once_the_host_refuses_it() -> None:
     """Long work that keeps calling the host (a burst of emits) is the daemon's work: it
-    is neither reported (quarantined) nor made to yield once it counts as long work (it
-    yields in its first ``CONFINE_AFTER`` of guest time, as any guest that has used a
-    slice of CPU, before the watchdog can tell). Once the host refuses its calls
-    for a rate limit it is a flood that gives the daemon nothing to do: from then on it
-    is reported and yields like any other long work."""
+    is confined, but never reported (its module quarantined), however long it runs. Once
+    the host refuses its calls for a rate limit it is a flood that gives the daemon
+    nothing to do: from then on it is reported and yields like any other runaway."""
     box = box_cpu()
-    changes: list[bool] = []
+    changes: list[tuple[bool, str]] = []
     engine = make_engine()
-    watchdog = Watchdog(engine, Confinement(box, changes.append))
+    watchdog = Watchdog(engine, Confinement(box, lambda held, why: changes.append((held, why))))
     callback = EpochCallback(lambda: watchdog.fired)
     store = wasmtime.Store(engine)
     callback.install(store)
@@ -361,7 +343,7 @@ def test_long_work_busy_with_the_host_yields_once_the_host_refuses_it() -> None:
             refuse_after = plan["refuse_after"]
             if refuse_after is not None and elapsed >= refuse_after:
                 watchdog.refused()
-            return 1 if elapsed < 0.1 else 0  # 100 ms of work, then it returns
+            return 1 if elapsed < 0.2 else 0  # 200 ms of work, then it returns
         finally:
             watchdog.resume()
 
@@ -376,18 +358,63 @@ def test_long_work_busy_with_the_host_yields_once_the_host_refuses_it() -> None:
             return callback.yields - before
 
         with ThreadPoolExecutor(1) as pool:
-            # 100 ms of work: a few yields in its first 2 ms (more on a busy machine, where
-            # it takes longer to have used the CPU that counts as long work), not one
-            # every slice.
-            assert pool.submit(invocation, None).result(timeout=10) <= 3 * CONFINE_AFTER / SLICE
+            pool.submit(invocation, None).result(timeout=10)
             assert changes == []
             # Refused from 20 ms in: well after the watchdog found it busy with the host.
             assert pool.submit(invocation, 0.02).result(timeout=10) > 0
             # Reported while it flooded, and no longer once it ended (where there is a
             # box to report: with one CPU nothing is confined).
-            assert changes == ([True, False] if box is not None else [])
+            assert changes == ([(True, "flood"), (False, "flood")] if box is not None else [])
             # Refused from the start: never counted as busy with the host at all.
             assert pool.submit(invocation, 0.0).result(timeout=10) > 0
+    finally:
+        watchdog.close()
+
+
+def test_the_watchdog_confines_and_reports_only_by_cpu_time() -> None:
+    """Seen at the watchdog on a bare engine, deterministic whatever the machine does
+    (every threshold is the guest's own CPU time): quick invocations are never confined;
+    a spin is confined once it has used ``CONFINE_CPU``, quietly; only one that has used
+    ``runaway_cpu`` of its deadline is reported as a runaway (its module quarantined),
+    and it is no longer once it ended."""
+    box = box_cpu()
+    changes: list[tuple[bool, str]] = []
+    engine = make_engine()
+    confinement = Confinement(box, lambda held, why: changes.append((held, why)))
+    watchdog = Watchdog(engine, confinement)
+    callback = EpochCallback(lambda: watchdog.fired)
+    store = wasmtime.Store(engine)
+    callback.install(store)
+    exports = wasmtime.Instance(store, wasmtime.Module(engine, _WAT), []).exports(store)
+    nop, spin = exports["nop"], exports["spin"]
+    assert isinstance(nop, wasmtime.Func)
+    assert isinstance(spin, wasmtime.Func)
+
+    def invocation(func: wasmtime.Func, seconds: float) -> None:
+        store.set_epoch_deadline(1)
+        watchdog.arm(seconds)
+        try:
+            with contextlib.suppress(wasmtime.WasmtimeError):  # a spin's deadline
+                func(store)
+        finally:
+            watchdog.disarm()
+
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            for _ in range(200):
+                pool.submit(invocation, nop, 5.0).result(timeout=10)
+            assert (confinement.count, changes) == (0, [])
+            # Long work, below a runaway's CPU time: it traps at its deadline first.
+            assert runaway_cpu(0.05) > 0.05
+            pool.submit(invocation, spin, 0.05).result(timeout=10)
+            assert watchdog.fired
+            assert confinement.count == (1 if box is not None else 0)
+            assert changes == []
+            # A runaway: reported once it has used runaway_cpu(0.4), before its deadline.
+            assert runaway_cpu(0.4) < 0.4
+            pool.submit(invocation, spin, 0.4).result(timeout=10)
+            runaway = [(True, "runaway"), (False, "runaway")]
+            assert changes == (runaway if box is not None else [])
     finally:
         watchdog.close()
 

@@ -13,6 +13,7 @@ few milliseconds, each wait bounded.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -33,8 +34,7 @@ from vessel._cpu_box import QUARANTINE as DEFAULT_QUARANTINE
 from vessel._daemon import Daemon
 from vessel._wasm_module import WasmModule
 from vessel.cli.serve import build_parser
-from vessel.host._confine import CONFINE_AFTER, box_cpu
-from vessel.host._slicing import SLICE
+from vessel.host._confine import box_cpu
 
 from .harness import call, call_error, data, lifecycle, next_event, running_daemon
 
@@ -98,13 +98,9 @@ async def test_a_spinning_module_is_quarantined_and_the_others_keep_off_its_cpu(
         spinner = daemon.manager.get("spinner").pid
         assert healthy is not None
         assert spinner is not None
-        # Starting up (a long instantiation, confined) is not misbehaviour.
+        # Starting up (a long instantiation, confined) is not misbehaviour, and neither
+        # are fast calls, a cold first one included.
         assert _settled(box, healthy, spinner)
-        # A cold first command uses 1.5-2.5 ms of CPU of its own: on a busy machine that
-        # is long work, which may quarantine the module for LINGER. Warm up, wait it out.
-        await call(daemon, "spinner", "echo", {"warm": 1})
-        pid = spinner
-        await _until("settled after the warm-up", lambda: _settled(box, healthy, pid))
         for _ in range(5):
             await call(daemon, "spinner", "echo", {"fast": 1})
         assert _settled(box, healthy, spinner)
@@ -117,10 +113,11 @@ async def test_a_spinning_module_is_quarantined_and_the_others_keep_off_its_cpu(
 
             nursery.start_soon(spin)
             pid = spinner
+            # A runaway once it has used a quarter of its deadline's CPU (or, on a busy
+            # machine, at its trap): either way quarantined, with the quarantine after.
             await _until(
                 "the spinner in the box, the daemon and the healthy module off it",
                 lambda: _all(pid, BOXED) and _all(os.getpid(), CLEAR) and _all(healthy, CLEAR),
-                timeout=0.7,
             )
             assert box.quarantined == _quarantine("spinner")
             # The healthy module serves meanwhile.
@@ -128,7 +125,7 @@ async def test_a_spinning_module_is_quarantined_and_the_others_keep_off_its_cpu(
         assert "deadline exceeded" in failure[0]
         # Its deadline trapped it: quarantined for the quarantine after, not just LINGER.
         await next_event(replaced, lambda e: data(e)["module"] == "spinner")
-        await trio.sleep(LINGER * 3)
+        await trio.sleep(LINGER * 1.5)
         assert box.quarantined == _quarantine("spinner")
         assert _all(spinner, BOXED)
         assert _all(healthy, CLEAR)
@@ -190,14 +187,16 @@ async def test_a_module_restarting_after_a_crash_starts_up_in_quarantine(
         assert _all(forkserver, EVERYTHING)
 
 
-async def test_long_work_that_ends_well_is_let_out_soon_a_trap_is_not(
-    tmp_path: Path, make_module_dir: MakeModuleDir
+async def test_long_work_of_a_healthy_module_is_not_quarantined_a_trap_is(
+    tmp_path: Path, make_module_dir: MakeModuleDir, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A few milliseconds of computation now and then (parsing a big state dump, say) is
-    confined, and the others keep off its CPU only while it runs and LINGER after; a
-    module that traps stays quarantined for the whole quarantine."""
+    """Tens of milliseconds of computation now and then (parsing a big state dump, say)
+    is confined in its own process and gives its CPU away, but it is no runaway: the
+    others keep their CPUs and the operator reads nothing. A module that traps is
+    quarantined for the whole quarantine, and the operator reads one line saying why."""
     make_module_dir(tmp_path, "testkit", module_id="worker")
     make_module_dir(tmp_path, "testkit", module_id="healthy")
+    caplog.set_level(logging.INFO, logger="vessel.cpu")
     async with running_daemon(tmp_path, quarantine=60) as daemon:
         replaced = daemon.bus.subscribe("vessel.module.instance_replaced", name="test")
         box = daemon.cpu_box
@@ -216,37 +215,46 @@ async def test_long_work_that_ends_well_is_let_out_soon_a_trap_is_not(
         assert stats.confined_invocations >= confined + 3 * CONFINES
         # Confined or not, it gave its CPU away while it computed (vessel/host/_slicing.py).
         assert stats.guest_yields > yields
-        pid = worker.pid
-        await _until("let out", lambda: _settled(box, healthy, pid), timeout=LINGER * 20)
+        assert box.narrowings == 0
+        assert _settled(box, healthy, worker.pid)
+        assert _operator_lines(caplog) == []
 
         error = await call_error(daemon, "worker", "trap")
         assert "trapped" in error.message
         await next_event(replaced, lambda e: data(e)["module"] == "worker")
-        await trio.sleep(LINGER * 3)
-        assert box.quarantined == _quarantine("worker")
-        assert _all(pid, BOXED)
+        await _until("quarantined", lambda: box.placed == _quarantine("worker"))
+        assert _all(worker.pid, BOXED)
         assert _all(healthy, CLEAR)
+        lines = _operator_lines(caplog)
+        if BOX is None:
+            assert lines == []
+        else:
+            assert len(lines) == 1, lines
+            assert lines[0].startswith(f"module worker is quarantined to CPU {BOX}"), lines
+            assert "on-command trapped" in lines[0], lines
+
+
+def _operator_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the box logged at INFO and above: what an operator reads."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "vessel.cpu" and r.levelno >= logging.INFO
+    ]
 
 
 async def _warm_emitter(daemon: Daemon, module_id: str) -> None:
     """Warm up the guest's emit command: its first run takes about 2 ms of CPU of its
-    own before it emits at all, which on a busy machine is long work, not busy with the
-    host (and may quarantine the module for LINGER: waited out)."""
-    box = daemon.cpu_box
-    assert box is not None
+    own before it emits at all, which counts as long work not busy with the host."""
     await call(daemon, module_id, "emit", {"name": "warm", "data": {"n": 0}, "count": 3})
-    with trio.fail_after(5):
-        while box.quarantined:
-            await trio.sleep(0.01)
 
 
 async def test_long_work_busy_with_the_host_is_confined_but_not_quarantined(
     tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """A burst of emits is long work, but the daemon's own: it must not keep off a CPU
-    while it handles it (the fan-out figure lost ~10 points when it did), and the burst
-    does not yield its CPU every slice (only in its first 2 ms, before the module process
-    can tell it from a runaway)."""
+    while it handles it (the fan-out figure lost ~10 points when it did). (That it does
+    not yield every slice either is the watchdog's to show: test_confinement.py.)"""
     limits = {"max_event_rate": 100_000}
     make_module_dir(tmp_path, "testkit", module_id="emitter", limits=limits)
     async with running_daemon(tmp_path, quarantine=60) as daemon:
@@ -257,17 +265,11 @@ async def test_long_work_busy_with_the_host_is_confined_but_not_quarantined(
         stats = await emitter.stats()
         assert stats is not None
         confined, narrowings = stats.confined_invocations, box.narrowings
-        yields = stats.guest_yields
         burst = {"name": "burst", "data": {"n": 1}, "count": 5_000}
         assert await call(daemon, "emitter", "emit", burst) == {"refused": 0}
         stats = await emitter.stats()
         assert stats is not None
         assert stats.confined_invocations >= confined + CONFINES
-        # Nor is it made to yield (vessel/host/_slicing.py): that slowed a burst by 20 %.
-        # It may have in its first 2 ms, as any guest work: a few times (more on a busy
-        # machine, where it takes longer to have used the CPU that counts as long work),
-        # not every slice of its 400 ms.
-        assert stats.guest_yields - yields <= 3 * CONFINE_AFTER / SLICE
         assert box.narrowings == narrowings
         assert box.quarantined == frozenset()
 
@@ -368,7 +370,7 @@ async def test_only_threads_placed_by_the_box_are_moved() -> None:
             assert all(c == CLEAR for c in mine.values()), mine
 
             box.occupied("q", False)
-            assert box.quarantined == {"q"}  # for QUARANTINE seconds yet
+            assert box.quarantined == {"q"}  # for LINGER yet
             await _until("released", lambda: not box.narrowed)
             assert _all(quarantined.pid, EVERYTHING)
             assert _all(other.pid, EVERYTHING)
@@ -376,8 +378,9 @@ async def test_only_threads_placed_by_the_box_are_moved() -> None:
             assert mine.pop(pinned_tid[0]) == BOXED
             assert all(c == EVERYTHING for c in mine.values()), mine
 
-            # Stopping while a module is quarantined leaves nothing narrowed or boxed.
-            box.occupied("q", True)
+            # Stopping while a module is quarantined leaves nothing narrowed or boxed. (The
+            # other one: "q" idles, and its claims would soon count as unbacked.)
+            box.occupied("o", True)
             await _until("quarantined again", lambda: box.narrowed)
         assert not box.narrowed
         assert _all(quarantined.pid, EVERYTHING)
@@ -461,9 +464,9 @@ async def test_a_claim_the_process_does_not_use_the_cpu_for_is_ignored(
             await trio.sleep(CLAIM_WINDOW * 1.5)  # a window has closed: it stays
             assert box.placed == {"spinner"}
             assert box.unbacked == {"liar"}
-        warnings = [r.message for r in caplog.records if "claims work on the box" in r.message]
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
         assert len(warnings) == 1, warnings
-        assert warnings[0].startswith("module liar claims work on the box CPU but its process")
+        assert warnings[0].startswith(f"module liar says it is busy on CPU {BOX}"), warnings
     finally:
         spinner.kill()
         assert liar.stdin is not None
@@ -489,7 +492,7 @@ async def _running(box: CpuBox, *pids: int) -> AsyncIterator[bool]:
 async def _one_cpu_does_nothing(box: CpuBox, *pids: int) -> None:
     assert not box.enabled
     box.occupied("q", True)
-    box.misbehaved("q")
+    box.misbehaved("q", "it trapped")
     # No event says "nothing happened": give the box's task time to act, if it would.
     await trio.sleep(0.05)
     assert not box.narrowed

@@ -1,10 +1,10 @@
 """What a module process tells the daemon about its work on the box CPU: the daemon
 quarantines the module there while it has some (``vessel._cpu_box``).
 
-Two kinds of work hold the box: guest work confined for running long
-(``vessel.host._confine``), and a start-up after a crash. Guest work confined while the
-module starts normally (instantiating the component, on-load) is not reported: a
-start-up is not misbehaviour.
+Two kinds of work hold the box: guest work that runs away or floods
+(``vessel.host._confine``), and a start-up after a crash. Guest work during a normal
+start (instantiating the component, on-load) is not reported: a start-up is not
+misbehaviour. Each claim says why, for the daemon's log.
 
 The report goes out from the thread that confines or releases, over a lane of its own,
 at once: every millisecond between a runaway's confinement and the daemon's quarantine
@@ -28,6 +28,7 @@ import trio
 from actors import BlockingChannel, ChannelBroken, ChannelClosed
 
 from .. import _ipc
+from ._confine import BoxReason
 
 
 class BoxReport:
@@ -44,26 +45,24 @@ class BoxReport:
         self._holders = 0
         self._unreported = 0
         self._sent = False
+        #: Why the latest holder took the box (what the daemon is told with the claim).
+        self._why: BoxReason = "runaway"
         self._backlogged = False
         self._wake = trio.Event()
 
     # -- from any thread -------------------------------------------------------------
 
-    def guest(self, occupied: bool) -> None:
-        """Guest work entered (True) or left (False) the box."""
+    def changed(self, occupied: bool, why: BoxReason) -> None:
+        """Work entered (True) or left (False) the box, for ``why`` (a ``BoxChange``)."""
         with self._lock:
-            if occupied and self._starting:
+            if why != "restart" and occupied and self._starting:
                 self._unreported += 1
-            elif not occupied and self._unreported:
+            elif why != "restart" and not occupied and self._unreported:
                 self._unreported -= 1
             else:
                 self._holders += 1 if occupied else -1
-            self._send()
-
-    def restart(self, occupied: bool) -> None:
-        """A start-up after a crash entered or left the box."""
-        with self._lock:
-            self._holders += 1 if occupied else -1
+                if occupied:
+                    self._why = why
             self._send()
 
     def started(self) -> None:
@@ -78,7 +77,7 @@ class BoxReport:
         if state == self._sent or self._backlogged:
             return  # a backlogged report is sent with the state of when it goes out
         try:
-            sent = self._lane.try_notify(_ipc.GUEST_BOX, _ipc.Boxed(occupied=state))
+            sent = self._lane.try_notify(_ipc.GUEST_BOX, _ipc.Boxed(occupied=state, why=self._why))
         except (ChannelBroken, ChannelClosed):
             return  # the daemon is gone, or this process is ending: nobody to tell
         if sent:

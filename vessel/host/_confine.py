@@ -1,14 +1,26 @@
 """Long guest work shares one CPU: a runaway guest cannot take the cores the daemon and
 the healthy modules need.
 
-A guest command normally takes well under a millisecond. Guest work still running
-``CONFINE_AFTER`` seconds in, having used ``CONFINE_CPU`` of CPU time meanwhile (a spin
-towards its deadline, a flood, instantiating a component at start or after a trap; not
-a command that merely waited for a CPU on a busy machine), has its thread's CPU affinity
-narrowed to a single CPU, the same one in every module process (the highest this
-process may use), until the work ends. So all the long-running guests of a machine
-together hold at most one core, however many there are; on a single usable core
-nothing is done.
+Two thresholds, for two different things:
+
+* **Long work is confined, quietly.** A guest command normally takes well under a
+  millisecond. Guest work still running ``CONFINE_AFTER`` seconds in, having used
+  ``CONFINE_CPU`` of CPU time meanwhile (a cold first command, a garbage collection, a
+  big parse; a spin; not a command that merely waited for a CPU on a busy machine), has
+  its thread's CPU affinity narrowed to a single CPU, the same one in every module
+  process (the highest this process may use), until the work ends. So all the
+  long-running guests of a machine together hold at most one core, however many there
+  are; on a single usable core nothing is done. This touches this one thread of this
+  one process, costs two system calls, and is logged at DEBUG only: it is no verdict.
+* **A runaway is reported.** Only work a healthy module does not do is reported to the
+  daemon, which quarantines the module (``vessel._cpu_box``): guest work that has used
+  ``runaway_cpu`` of its deadline's CPU time (a quarter of it, at least
+  ``RUNAWAY_MIN_CPU``) without returning, and long work that floods beyond the module's
+  rate limit (the host refused its emits or lines). A start-up's work is never reported
+  (``_box_report``). The thresholds count the guest's own CPU time, so a busy machine, a
+  host call's wait, or a stream of short calls never add up to a runaway. (Until session
+  12, long work itself was reported, 2 ms in: ten healthy modules under four clients'
+  calls were quarantined ~4 times a second; docs/performance.md, Isolation.)
 
 Why affinity and not priority: measured on 2 cores (bench/, a healthy module's p99 call
 latency while a neighbour spins for 100 ms; 4 alternating A/B pairs), confinement
@@ -32,12 +44,13 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 log = logging.getLogger("vessel.host")
 
 #: Guest work running longer than this (host calls not counted) is confined. Even the
-#: first milliseconds of a spinner cost the healthy modules their p99, and a normal
-#: command is done long before.
+#: first milliseconds of a spinner cost the healthy modules their p99, and confining a
+#: healthy command that runs this long costs nobody else anything.
 CONFINE_AFTER = 0.002
 #: ... and only once it has used this much CPU time of its own (host calls not counted,
 #: as for its time): a guest that was waiting for a CPU on a busy machine is not running
@@ -45,11 +58,29 @@ CONFINE_AFTER = 0.002
 CONFINE_CPU = 0.001
 #: Guest work that has made this many host calls by the time it is confined is busy with
 #: the host (a burst of emits, say: measured, 4 to 6 calls in its first 2 ms of guest
-#: time, against none for a computation): it is confined all the same, but not reported
-#: to the daemon, which must not keep off a CPU while it handles that very work. Calls
-#: the host refused for a rate limit do not count: a flood gives the daemon no work, and
-#: work that was busy with the host is reported from its first refused call.
+#: time, against none for a computation): it is the daemon's own work, which the daemon
+#: must not keep off a CPU for, so it is never reported as a runaway. Calls the host
+#: refused for a rate limit do not count: a flood gives the daemon no work, and is
+#: reported from its first refused call.
 HOST_BUSY_CALLS = 2
+#: Guest work is a runaway once it has used this share of its deadline's CPU time ...
+RUNAWAY_SHARE = 0.25
+#: ... and at least this much (seconds): more than any cold first command, garbage
+#: collection or parse of a big state dump of a healthy module takes, even on a small
+#: machine (a componentize-py guest's first command takes 2-3 ms here).
+RUNAWAY_MIN_CPU = 0.1
+
+#: Why a module process has work on the box: guest work that runs away or floods, or a
+#: start-up after a crash (``boxed``).
+BoxReason = Literal["runaway", "flood", "restart"]
+#: Told ``(True, why)`` when a process first has reported work on the box, ``(False,
+#: why)`` when it has none left.
+BoxChange = Callable[[bool, BoxReason], None]
+
+
+def runaway_cpu(limit: float) -> float:
+    """The guest CPU time after which an invocation with a ``limit`` deadline runs away."""
+    return max(RUNAWAY_MIN_CPU, limit * RUNAWAY_SHARE)
 
 
 def box_cpu(allowed: Iterable[int] | None = None) -> int | None:
@@ -62,16 +93,16 @@ def box_cpu(allowed: Iterable[int] | None = None) -> int | None:
 class Confinement:
     """Narrows one thread to the box CPU, and gives it its own CPUs back afterwards."""
 
-    def __init__(self, box: int | None, on_change: Callable[[bool], None] | None = None) -> None:
+    def __init__(self, box: int | None, on_change: BoxChange | None = None) -> None:
         self._box = box
-        #: Called with True when this process first has work on the box, False when it
-        #: has none left (the daemon keeps its other threads off the box meanwhile:
-        #: ``vessel._cpu_box``). From the thread that confines or releases: must not block.
+        #: Told when this process first has reported work on the box, and when it has
+        #: none left (the daemon quarantines the module meanwhile: ``vessel._cpu_box``).
+        #: From the thread that reports or releases: must not block.
         self._on_change = on_change
         #: Per confined thread: its CPUs before, and the threads there were then.
         self._restore: dict[int, tuple[set[int], set[int]]] = {}
-        #: The confined threads whose work was reported through ``on_change``.
-        self._reported: set[int] = set()
+        #: The confined threads whose work was reported through ``on_change``, and why.
+        self._reported: dict[int, BoxReason] = {}
         #: How many pieces of guest work have been confined so far.
         self.count = 0
 
@@ -79,9 +110,8 @@ class Confinement:
     def enabled(self) -> bool:
         return self._box is not None
 
-    def confine(self, tid: int, *, report: bool = True) -> None:
-        """Confine thread ``tid`` (from any thread of this process); ``report``: count
-        it for ``on_change``."""
+    def confine(self, tid: int) -> None:
+        """Confine thread ``tid`` (from any thread of this process)."""
         if self._box is None or tid in self._restore:
             return
         try:
@@ -93,16 +123,14 @@ class Confinement:
             return
         self._restore[tid] = (before, threads)
         self.count += 1
-        if report:
-            self.report(tid)
 
-    def report(self, tid: int) -> None:
-        """Count confined thread ``tid`` for ``on_change`` (if it was confined without)."""
+    def report(self, tid: int, why: BoxReason) -> None:
+        """Report the work of confined thread ``tid`` to ``on_change`` (once)."""
         if tid not in self._restore or tid in self._reported:
             return
-        self._reported.add(tid)
+        self._reported[tid] = why
         if len(self._reported) == 1 and self._on_change is not None:
-            self._on_change(True)
+            self._on_change(True, why)
 
     def release(self, tid: int) -> None:
         """Undo :meth:`confine` for ``tid``, if it was confined, and for the threads it
@@ -114,10 +142,9 @@ class Confinement:
         before, threads = restore
         for thread in [tid, *(_threads() - threads)]:
             self._give_back(thread, before)
-        if tid in self._reported:
-            self._reported.discard(tid)
-            if not self._reported and self._on_change is not None:
-                self._on_change(False)
+        why = self._reported.pop(tid, None)
+        if why is not None and not self._reported and self._on_change is not None:
+            self._on_change(False, why)
 
     def _give_back(self, tid: int, cpus: set[int]) -> None:
         try:
@@ -137,7 +164,7 @@ class Confinement:
 
 
 @contextmanager
-def boxed(box: int | None, on_change: Callable[[bool], None] | None = None) -> Iterator[None]:
+def boxed(box: int | None, on_change: BoxChange | None = None) -> Iterator[None]:
     """Run the block with every thread of this process confined to the box, and give
     each its CPUs back afterwards (threads started meanwhile too).
 
@@ -149,6 +176,7 @@ def boxed(box: int | None, on_change: Callable[[bool], None] | None = None) -> I
     tids = _threads()
     for tid in tids:
         confinement.confine(tid)
+        confinement.report(tid, "restart")
     try:
         yield
     finally:

@@ -234,7 +234,7 @@ class ModuleProcess:
         )
         guest.after_invocation = host.report_refused
         # After a crash the start-up runs in the box: the modules still serving go first.
-        with boxed(box_cpu() if params.boxed else None, box.restart):
+        with boxed(box_cpu() if params.boxed else None, box.changed):
             runtime = GuestRuntime(
                 module_id=manifest.id,
                 module_dir=Path(params.module_dir),
@@ -245,7 +245,7 @@ class ModuleProcess:
                 ),
                 imports=host.imports(),
                 on_output=self._on_output,
-                on_box=box.guest,
+                on_box=box.changed,
             )
             host.on_rate_refused = self._rate_refused = runtime.refused
             started = time.monotonic()

@@ -14,13 +14,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import wasmtime
 from wasmtime import component as wc
 
 from . import _engine
-from ._confine import CONFINE_AFTER, CONFINE_CPU, HOST_BUSY_CALLS, Confinement, box_cpu
+from ._confine import (
+    CONFINE_AFTER,
+    CONFINE_CPU,
+    HOST_BUSY_CALLS,
+    BoxChange,
+    Confinement,
+    box_cpu,
+    runaway_cpu,
+)
 from ._slicing import SLICE, EpochCallback
 from ._wasm_types import add_import, fix_export
 
@@ -35,6 +43,10 @@ MIN_WAIT_STEP = 0.001
 #: Host functions of ``vessel:host/host@1.0.0``, by WIT name. Each gets the guest's
 #: arguments (not the store) and must never raise: errors are returned as values.
 HostImports = dict[str, Callable[..., Any]]
+
+#: What the watchdog looks at during an invocation, each when it is due: the deadline,
+#: whether the work is long (confined), whether it runs away (reported), a slice's end.
+_Step = Literal["deadline", "long", "runaway", "slice"]
 
 
 class HostFunctionFailed(Exception):
@@ -65,14 +77,16 @@ class GuestTrap(Exception):
 class Watchdog:
     """Advances the engine's epoch when an invocation's deadline passes; advances it
     every slice, once the invocation has used a slice of CPU, so that it yields the CPU
-    (``_slicing``); confines an invocation that runs long to one CPU (``_confine``).
+    (``_slicing``); confines an invocation that runs long to one CPU, and reports one that
+    runs away (``_confine``).
 
     Ticking only at deadlines (instead of a fixed-rate ticker) keeps an idle module process
     idle. Time spent inside host functions is not charged to the guest: a host call pauses
-    the clock, so a slow ``call`` or ``http-fetch`` (which has its own timeout) cannot make
-    the caller miss its compute deadline (nor get it confined).
+    every clock, so a slow ``call`` or ``http-fetch`` (which has its own timeout) cannot
+    make the caller miss its compute deadline (nor get it confined).
 
-    Nor is time the guest spent waiting for a CPU: when its deadline comes, an invocation
+    Nor is time the guest spent waiting for a CPU: every step is taken only once the
+    guest has used the CPU time it stands for, and when its deadline comes, an invocation
     that has used less CPU than its limit gets the difference (a busy machine, a runaway
     beside it in the box, pages read back from disk), up to as much again as the limit
     (``DEADLINE_WAIT_FACTOR``). A guest can only compute or call the host, so its CPU
@@ -90,19 +104,18 @@ class Watchdog:
         self._engine = engine
         self._confinement = confinement if confinement is not None else Confinement(None)
         self._cond = threading.Condition()
-        self._deadline: float | None = None
-        self._remaining: float | None = None
-        #: The armed invocation's limit (CPU time of its own), and the wall-clock time
-        #: it may still be given at its deadline for having waited for a CPU.
+        #: The armed invocation's steps, by when each is due (monotonic time); while a
+        #: host call pauses them, by how long each still had to go.
+        self._due: dict[_Step, float] = {}
+        self._paused: dict[_Step, float] = {}
+        #: The armed invocation's limit (CPU time of its own), the CPU time after which
+        #: it is a runaway, and the wall-clock time it may still be given at its deadline
+        #: for having waited for a CPU.
         self._limit = 0.0
+        self._runaway_cpu = 0.0
         self._wait_left = 0.0
-        #: When the invocation would count as long work, if it still runs then.
-        self._long_at: float | None = None
-        self._long_remaining: float | None = None
-        #: When the invocation next yields the CPU (``_slicing``), and whether it has
-        #: begun to (before, the watchdog only looks whether it has used a slice of CPU).
-        self._tick_at: float | None = None
-        self._tick_remaining: float | None = None
+        #: It has begun to yield at every slice (before, the watchdog only looks whether
+        #: it has used a slice of CPU).
         self._yielding = False
         #: The thread running the armed invocation (the one to confine), its CPU clock,
         #: and the CPU time it had used when armed plus what its host calls have used
@@ -118,6 +131,8 @@ class Watchdog:
         #: The armed invocation was confined as long work busy with the host: neither
         #: reported nor made to yield (``HOST_BUSY_CALLS``).
         self._host_busy = False
+        #: The host refused one of its calls for a rate limit: it floods.
+        self._flooding = False
         #: When the thread will look next; None while it waits for a notify.
         self._wake_at: float | None = None
         self._closed = False
@@ -132,63 +147,51 @@ class Watchdog:
 
     def _plan(self) -> None:
         """Wake the thread if it would look too late for the current times."""
-        times = self._times()
-        if times and (self._wake_at is None or min(times) < self._wake_at):
+        if self._due and (self._wake_at is None or min(self._due.values()) < self._wake_at):
             self._cond.notify()
-
-    def _times(self) -> list[float]:
-        return [t for t in (self._deadline, self._long_at, self._tick_at) if t is not None]
 
     def arm(self, seconds: float) -> None:
         """Start an invocation's clock; call on the thread that runs the invocation."""
         with self._cond:
             now = time.monotonic()
             self.fired = False
-            self._remaining = self._long_remaining = None
+            self._paused = {}
             self._tid = threading.get_native_id()
             self._host_calls = 0
-            self._host_busy = False
+            self._host_busy = self._flooding = self._yielding = False
             self._cpu_at_arm = time.thread_time()
             self._host_cpu_from = None
             if self._cpu_clock is None or self._cpu_ident != threading.get_ident():
                 self._cpu_ident = threading.get_ident()
                 self._cpu_clock = time.pthread_getcpuclockid(self._cpu_ident)
-            self._deadline = now + seconds
             self._limit = seconds
+            self._runaway_cpu = runaway_cpu(seconds)
             self._wait_left = seconds * (DEADLINE_WAIT_FACTOR - 1)
-            self._long_at = now + CONFINE_AFTER
-            self._tick_at, self._tick_remaining = now + SLICE, None
-            self._yielding = False
+            self._due = {
+                "deadline": now + seconds,
+                "long": now + CONFINE_AFTER,
+                "slice": now + SLICE,
+            }
             self._plan()
 
     def disarm(self) -> None:
         """End the invocation (on the thread that armed it): it gets its CPUs back."""
         with self._cond:
-            self._deadline = self._remaining = None
-            self._long_at = self._long_remaining = None
-            self._tick_at = self._tick_remaining = None
-            self._host_busy = False
+            self._due, self._paused = {}, {}
+            self._host_busy = self._flooding = False
             if self._tid is not None:
                 self._confinement.release(self._tid)
                 self._tid = None
 
     def pause(self) -> None:
         """A host call begins (on the guest's thread): neither its time nor its CPU time
-        is the guest's."""
+        is the guest's, and the guest does not yield while the host works."""
         with self._cond:
             self._host_calls += 1
             self._host_cpu_from = time.thread_time()
             now = time.monotonic()
-            if self._deadline is not None:
-                self._remaining = max(0.0, self._deadline - now)
-                self._deadline = None
-            if self._long_at is not None:
-                self._long_remaining = max(0.0, self._long_at - now)
-                self._long_at = None
-            if self._tick_at is not None:
-                # No yielding while the host works: the guest is not running.
-                self._tick_remaining = max(0.0, self._tick_at - now)
-                self._tick_at = None
+            self._paused = {step: max(0.0, at - now) for step, at in self._due.items()}
+            self._due = {}
 
     def resume(self) -> None:
         """The host call has returned (on the guest's thread)."""
@@ -197,35 +200,33 @@ class Watchdog:
                 self._cpu_at_arm += time.thread_time() - self._host_cpu_from
                 self._host_cpu_from = None
             now = time.monotonic()
-            if self._remaining is not None:
-                self._deadline, self._remaining = now + self._remaining, None
-            if self._long_remaining is not None:
-                self._long_at, self._long_remaining = now + self._long_remaining, None
-            if self._tick_remaining is not None:
-                self._tick_at, self._tick_remaining = now + self._tick_remaining, None
+            self._due = {step: now + left for step, left in self._paused.items()}
+            self._paused = {}
             self._plan()
 
     def refused(self) -> None:
         """The host refused the current host call for a rate limit (call from inside it,
         on the guest thread): it gave the daemon no work to do.
 
-        So it does not count towards being busy with the host, and long work that was
-        confined as busy with the host is now a flood: from here on it is reported (its
-        module is quarantined) and yields every slice, like any other runaway.
+        So it does not count towards being busy with the host, and long work is a flood
+        from now on: it is reported (its module is quarantined) once it is confined, at
+        once if it is already, and it yields every slice like any other runaway.
         """
         with self._cond:
             self._host_calls = max(0, self._host_calls - 1)
-            if not self._host_busy:
+            if self._flooding:
                 return
-            self._host_busy = False
+            self._flooding = True
             if self._tid is not None:
-                self._confinement.report(self._tid)
-            if self._remaining is not None:
-                # Inside a host call, the clock paused: ``resume`` starts the first slice.
-                self._tick_remaining = SLICE
-            else:  # a line the guest printed, say: no host call to come back from
-                self._tick_at = time.monotonic() + SLICE
-                self._plan()
+                self._confinement.report(self._tid, "flood")
+            if self._host_busy:
+                self._host_busy = False
+                if self._host_cpu_from is not None:
+                    # Inside a host call, the clocks paused: ``resume`` starts the slice.
+                    self._paused["slice"] = SLICE
+                else:  # a line the guest printed, say: no host call to come back from
+                    self._due["slice"] = time.monotonic() + SLICE
+                    self._plan()
 
     def close(self) -> None:
         with self._cond:
@@ -247,46 +248,59 @@ class Watchdog:
         with self._cond:
             while not self._closed:
                 now = time.monotonic()
-                if self._deadline is not None and now >= self._deadline:
+                step = min(self._due, key=self._due.__getitem__, default=None)
+                if step is None or self._due[step] > now:
+                    self._wake_at = self._due[step] if step is not None else None
+                    self._cond.wait(None if self._wake_at is None else self._wake_at - now)
+                    self._wake_at = None
+                    continue
+                # The earliest first, so a watchdog woken late still takes its steps in
+                # order (the first slice's yield before the confinement, say).
+                del self._due[step]
+                if step == "deadline":
                     # It needs at least that much more time to use its CPU time.
                     short = self._cpu_short(self._limit)
                     more = min(max(short, MIN_WAIT_STEP), self._wait_left) if short else 0.0
                     if more > 0:
-                        self._deadline = now + more
+                        self._due["deadline"] = now + more
                         self._wait_left -= more
-                        continue
-                    self._deadline = None
-                    self.fired = True
-                    self._engine.increment_epoch()
-                    continue
-                if self._long_at is not None and now >= self._long_at:
-                    self._long_at = None
-                    short = self._cpu_short(CONFINE_CPU)
-                    if short > 0:
-                        # It has been waiting for a CPU, not using one: a busy machine
-                        # must not get a healthy module confined (and quarantined).
-                        self._long_at = now + short
                     else:
-                        self._host_busy = self._host_calls >= HOST_BUSY_CALLS
-                        if self._tid is not None:
-                            self._confinement.confine(self._tid, report=not self._host_busy)
-                        if self._host_busy:
-                            self._tick_at = None  # the daemon's own work: no yielding
-                    continue
-                if self._tick_at is not None and now >= self._tick_at:
+                        self.fired = True
+                        self._engine.increment_epoch()
+                elif step == "long":
+                    # Waiting for a CPU is not running long: a busy machine must not get
+                    # a healthy module confined. Nor is it a runaway: ``runaway`` asks
+                    # for its own CPU time again.
+                    if short := self._cpu_short(CONFINE_CPU):
+                        self._due["long"] = now + short
+                    else:
+                        self._confine()
+                elif step == "runaway":
+                    if short := self._cpu_short(self._runaway_cpu):
+                        self._due["runaway"] = now + short
+                    elif self._tid is not None:
+                        self._confinement.report(self._tid, "runaway")
+                elif step == "slice":
                     if not self._yielding:
-                        short = self._cpu_short(SLICE)
-                        if short > 0:  # it has been waiting for a CPU: nothing to give up
-                            self._tick_at = now + short
+                        if short := self._cpu_short(SLICE):
+                            # It has been waiting for a CPU: nothing to give up yet.
+                            self._due["slice"] = now + short
                             continue
                         self._yielding = True
-                    self._tick_at = now + SLICE
+                    self._due["slice"] = now + SLICE
                     self._engine.increment_epoch()
-                    continue
-                times = self._times()
-                self._wake_at = min(times) if times else None
-                self._cond.wait(None if self._wake_at is None else self._wake_at - now)
-                self._wake_at = None
+
+    def _confine(self) -> None:
+        """The armed invocation counts as long work now (the lock held)."""
+        self._host_busy = self._host_calls >= HOST_BUSY_CALLS and not self._flooding
+        if self._tid is not None:
+            self._confinement.confine(self._tid)
+            if self._flooding:
+                self._confinement.report(self._tid, "flood")
+        if self._host_busy:
+            self._due.pop("slice", None)  # the daemon's own work: no yielding, no report
+        else:
+            self._due["runaway"] = time.monotonic() + self._cpu_short(self._runaway_cpu)
 
 
 @dataclass(frozen=True)
@@ -307,7 +321,7 @@ class GuestRuntime:
         limits: Limits,
         imports: HostImports,
         on_output: Callable[[str, bytes], None],
-        on_box: Callable[[bool], None] | None = None,
+        on_box: BoxChange | None = None,
     ) -> None:
         self.module_id = module_id
         self._module_dir = module_dir

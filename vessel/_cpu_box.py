@@ -4,7 +4,7 @@ that CPU meanwhile.
 A module process confines long guest work to one CPU, the box, by itself
 (``vessel.host._confine``), quietly. What it reports to the daemon (``guest.box``) is
 work a healthy module does not do: guest work that has used a quarter of its deadline's
-CPU time without returning, a flood beyond its rate limit, and a start-up after a crash
+CPU time (at least 50 ms) without returning, a flood beyond its rate limit, and a start-up after a crash
 (which runs in the box). The daemon also hears of every trap (a deadline exceeded
 included) and crash. For any of these the module is quarantined:
 

@@ -15,7 +15,7 @@ Two thresholds, for two different things:
 * **A runaway is reported.** Only work a healthy module does not do is reported to the
   daemon, which quarantines the module (``vessel._cpu_box``): guest work that has used
   ``runaway_cpu`` of its deadline's CPU time (a quarter of it, at least
-  ``RUNAWAY_MIN_CPU``) without returning, and long work that floods beyond the module's
+  ``RUNAWAY_MIN_CPU``: 50 ms) without returning, and long work that floods beyond the module's
   rate limit (the host refused its emits or lines). A start-up's work is never reported
   (``_box_report``). The thresholds count the guest's own CPU time, so a busy machine, a
   host call's wait, or a stream of short calls never add up to a runaway. (Until session
@@ -65,10 +65,11 @@ CONFINE_CPU = 0.001
 HOST_BUSY_CALLS = 2
 #: Guest work is a runaway once it has used this share of its deadline's CPU time ...
 RUNAWAY_SHARE = 0.25
-#: ... and at least this much (seconds): more than any cold first command, garbage
-#: collection or parse of a big state dump of a healthy module takes, even on a small
-#: machine (a componentize-py guest's first command takes 2-3 ms here).
-RUNAWAY_MIN_CPU = 0.1
+#: ... and at least this much (seconds): more than a cold first command or a garbage
+#: collection takes, even on a small machine (a componentize-py guest's first command
+#: takes 2-3 ms of CPU here, a Raspberry Pi is several times slower). With the default
+#: deadline (5 s) the quarter counts: 1.25 s, room for parsing a big state dump.
+RUNAWAY_MIN_CPU = 0.05
 
 #: Why a module process has work on the box: guest work that runs away or floods, or a
 #: start-up after a crash (``boxed``).

@@ -22,7 +22,15 @@ from ._figures import Bench, Settings
 from ._procs import ROOT
 from ._setup import build_guests
 
-STEPS = ("calls", "fanout", "starting", "memory", "isolation", "modules_curve")
+STEPS = (
+    "calls",
+    "fanout",
+    "starting",
+    "memory",
+    "isolation",
+    "ordinary_load",
+    "modules_curve",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,10 @@ Modes:
   from a ``go`` line on stdin to a ``stop`` line, each with the ``time.monotonic`` it
   started at and how long it took (``bench/timeline.py``). Prints ``warm`` when ready.
 * ``pipelined``: ``n`` frames with ``window`` in flight at once; messages per second.
+* ``load``: ordinary load, one call at a time at ``rate`` calls per second for
+  ``seconds``, taking ``frames`` in turn (after ``warmup`` calls); prints ``warm`` and
+  waits for a line on stdin before it starts. Reports the calls made, the seconds they
+  took, their latencies, and the calls that failed (their count and the first answer).
 * ``fanout``: ``connections`` sockets, each subscribed; prints ``ready`` once all are, then
   counts ``expect`` messages per socket; reports when the last one arrived
   (``time.monotonic``, which all processes of the machine share).
@@ -108,6 +112,45 @@ def _check_reply(reply: str | bytes) -> None:
         raise RuntimeError(f"call failed: {doc}")
 
 
+async def _load(ws: WebSocketConnection, spec: dict[str, Any]) -> dict[str, Any]:
+    frames = spec["frames"]
+
+    async def call(i: int) -> str | bytes:
+        await ws.send_message(json.dumps({**frames[i % len(frames)], "request_id": str(i)}))
+        return await ws.get_message()
+
+    for i in range(spec["warmup"]):
+        _check_reply(await call(i))
+    print("warm", flush=True)
+    await trio.to_thread.run_sync(sys.stdin.readline)  # go
+    interval = 1 / spec["rate"]
+    samples: list[float] = []
+    errors = 0
+    first_error: str | None = None
+    start = trio.current_time()
+    end = start + spec["seconds"]
+    next_at = start
+    i = spec["warmup"]
+    while next_at < end:
+        # Paced, not caught up: a slow answer delays the calls after it, never bunches them.
+        await trio.sleep_until(next_at)
+        began = time.perf_counter()
+        reply = await call(i)
+        samples.append(time.perf_counter() - began)
+        if not json.loads(reply).get("success"):
+            errors += 1
+            first_error = first_error or str(reply)
+        i += 1
+        next_at = max(next_at + interval, trio.current_time())
+    return {
+        **latency_summary(samples),
+        "calls": len(samples),
+        "seconds": trio.current_time() - start,
+        "errors": errors,
+        "first_error": first_error,
+    }
+
+
 async def _pipelined(ws: WebSocketConnection, spec: dict[str, Any]) -> dict[str, Any]:
     n, window = spec["n"], spec["window"]
     frames = [_call_frame(spec, str(i)) for i in range(n)]
@@ -184,6 +227,8 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
             return await _pipelined(ws, spec)
         if spec["mode"] == "stamped":
             return await _stamped(ws, spec)
+        if spec["mode"] == "load":
+            return await _load(ws, spec)
     raise ValueError(f"unknown mode {spec['mode']!r}")
 
 

@@ -8,7 +8,9 @@ server, client processes) and end it before returning.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -38,27 +40,43 @@ RESTART_BACKOFF = 0.5
 
 @dataclass
 class Figure:
-    """One row of the table. ``higher_is_better`` flips how ratio and target compare."""
+    """One row of the table: a value, its floor and the target for their ratio
+    (``higher_is_better`` flips how ratio and target compare). A figure with no floor
+    (``Figure.count``) counts something that should not happen: its target is a count,
+    met while the value is at most that."""
 
     key: str
     title: str
     value: float
-    floor: float
+    floor: float | None
     unit: str
     target: float
     higher_is_better: bool = False
     note: str = ""
 
+    @classmethod
+    def count(cls, key: str, title: str, value: int, unit: str, note: str = "") -> Figure:
+        """A count whose target is 0."""
+        return cls(key, title, value, None, unit, 0, note=note)
+
     @property
-    def ratio(self) -> float:
+    def kind(self) -> str:
+        return "count" if self.floor is None else "ratio"
+
+    @property
+    def ratio(self) -> float | None:
+        if self.floor is None:
+            return None
         return self.value / self.floor if self.floor else float("inf")
 
     @property
     def met(self) -> bool:
+        if self.ratio is None:
+            return self.value <= self.target
         return self.ratio >= self.target if self.higher_is_better else self.ratio <= self.target
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "ratio": self.ratio, "met": self.met}
+        return {**asdict(self), "kind": self.kind, "ratio": self.ratio, "met": self.met}
 
 
 @dataclass
@@ -78,6 +96,12 @@ class Settings:
     modules_curve: tuple[int, ...] = (1, 10, 50)
     clients_curve: tuple[int, ...] = (1, 10, 100)
     sizes_curve: tuple[int, ...] = (100, 10_000, 1_000_000)
+    #: Ordinary load (see ordinary_load()): modules, client processes, calls per second
+    #: in all, and for how long.
+    load_modules: int = 10
+    load_clients: int = 4
+    load_rate: float = 450.0
+    load_seconds: float = 45.0
 
     @classmethod
     def make(cls, quick: bool) -> Settings:
@@ -95,6 +119,10 @@ class Settings:
             modules_curve=(1, 2),
             clients_curve=(1, 2),
             sizes_curve=(100, 10_000),
+            load_modules=2,
+            load_clients=2,
+            load_rate=100.0,
+            load_seconds=1.0,
         )
 
 
@@ -590,6 +618,90 @@ class Bench:
             )
         )
 
+    # -- ordinary load -------------------------------------------------------------------
+
+    async def ordinary_load(self) -> None:
+        """The CPU box's log lines (vessel/_cpu_box.py, logger ``vessel.cpu``) while
+        healthy modules answer an ordinary load: ``load_modules`` example modules (each
+        also ticks every second: a storage write and an event) and ``load_clients``
+        client processes calling their ``add``, ``get`` and ``echo`` in turn, one call at
+        a time, ``load_rate`` calls per second in all, for ``load_seconds``. Nothing there
+        runs long, so nothing should be quarantined and no claim warned about: the target
+        is 0 lines (issue 21: hundreds of them in such a run)."""
+        s = self.s
+        modules = [f"example-{i}" for i in range(s.load_modules)]
+        data_dir = self.data_dir(dict.fromkeys(modules, "example"))
+        # Every (module, command) pair once per round: 10 modules and 3 commands, 30.
+        frames = [
+            {"type": "call", "module": modules[i % len(modules)], "name": name, "params": params}
+            for i in range(math.lcm(len(modules), len(LOAD_CALLS)))
+            for name, params in [LOAD_CALLS[i % len(LOAD_CALLS)]]
+        ]
+        lines = _procs.LineCounter(lambda line: _cpu_box_level(line) is not None)
+        quarantines = _procs.LineCounter(
+            lambda line: _cpu_box_level(line) is not None and _QUARANTINED in line
+        )
+        warnings = _procs.LineCounter(lambda line: _cpu_box_level(line) not in (None, "INFO"))
+        counters = (lines, quarantines, warnings)
+        before: list[int] = []  # each counter's count when the load starts
+
+        def load_starts() -> None:
+            before.extend(c.count for c in counters)
+
+        env = {"VESSEL_LOG_LEVEL": "INFO"}
+        async with vessel_serve(data_dir, env=env, counters=counters) as vessel:
+            await vessel.wait_started(len(modules))
+            specs = [
+                {
+                    "mode": "load",
+                    "url": vessel.ws_url,
+                    "token": vessel.token,
+                    # Each client starts at another place in the same round of calls.
+                    "frames": frames[i:] + frames[:i],
+                    "rate": s.load_rate / s.load_clients,
+                    "seconds": s.load_seconds,
+                    "warmup": len(frames),
+                }
+                for i in range(s.load_clients)
+            ]
+            results = await _procs.load_clients(specs, load_starts)
+            # What the load's last second set off: the box looks at claims every second.
+            await trio.sleep(1.0)
+        during = [c.count - then for c, then in zip(counters, before, strict=True)]
+        calls = sum(r["calls"] for r in results)
+        seconds = max(r["seconds"] for r in results)
+        errors = sum(r["errors"] for r in results)
+        first_error = next((r["first_error"] for r in results if r["first_error"]), None)
+        box = _box_cpus()
+        counted = (
+            f"lines of the daemon's logger vessel.cpu at INFO or above, from the clients' "
+            f"start to 1 s after their end, {during[1]} of them quarantines and "
+            f"{during[2]} warnings (box: CPU {sorted(box) if box else 'none, one CPU'}); "
+            f"{before[0]} more before, while the modules started and the clients warmed up"
+        )
+        if during[0]:
+            counted += f"; the last: {lines.last!r}"
+        load = (
+            f"{s.load_clients} client processes called add, get and echo of "
+            f"{len(modules)} example modules in turn, one call at a time: {calls} calls in "
+            f"{seconds:.1f} s ({calls / seconds:.0f} calls/s, {s.load_rate:.0f} asked), p50 "
+            f"{statistics.median(r['p50_us'] for r in results):.0f} µs, p99 "
+            f"{statistics.median(r['p99_us'] for r in results):.0f} µs (medians over the "
+            f"clients), {errors} failed"
+        )
+        if first_error:
+            load += f" (the first: {first_error[:300]})"
+        self.results.figures.append(
+            Figure.count(
+                "ordinary_load",
+                f"CPU-box log lines under ordinary load ({len(modules)} modules, "
+                f"{s.load_clients} clients)",
+                during[0],
+                "lines",
+                note=f"{counted}. {load}",
+            )
+        )
+
     # -- scaling -----------------------------------------------------------------------
 
     async def modules_curve(self) -> None:
@@ -605,6 +717,25 @@ class Bench:
             "x": [float(n) for n in s.modules_curve],
             "vessel": p50,
         }
+
+
+#: What the ordinary load calls on each module, in turn: (command, params).
+LOAD_CALLS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("add", {"n": 1}),
+    ("get", {}),
+    ("echo", PARAMS),
+)
+#: A line of the daemon's logger ``vessel.cpu`` (or one below it) at INFO or above, in
+#: ``vessel serve``'s format: ``<date> <time> <LEVEL> <logger>: <message>``.
+_CPU_BOX_LINE = re.compile(r"^\S+ \S+ (INFO|WARNING|ERROR|CRITICAL) vessel\.cpu(?:\.\S+)?: ")
+#: What the box's line about a quarantine says.
+_QUARANTINED = "quarantined to CPU"
+
+
+def _cpu_box_level(line: str) -> str | None:
+    """The level of a line of the CPU box at INFO or above; None for any other line."""
+    match = _CPU_BOX_LINE.match(line)
+    return match.group(1) if match else None
 
 
 def _box_cpus() -> set[int] | None:

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +59,22 @@ async def _lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[str]:
 
 
 @dataclass
+class LineCounter:
+    """Counts every line of a daemon's log that ``predicate`` accepts (``Vessel.log``
+    keeps only the last 200 lines), and keeps the last one; give it to ``vessel_serve``
+    to count from the daemon's first line."""
+
+    predicate: Callable[[str], bool]
+    count: int = 0
+    last: str = ""
+
+    def see(self, line: str) -> None:
+        if self.predicate(line):
+            self.count += 1
+            self.last = line
+
+
+@dataclass
 class Vessel:
     """A running ``vessel serve``: its URL, token, PID, and when each module started."""
 
@@ -72,6 +88,7 @@ class Vessel:
     started: dict[str, float] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
+    counters: Sequence[LineCounter] = ()
     _changed: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -88,6 +105,8 @@ class Vessel:
     def _seen(self, line: str) -> None:
         self.log.append(line)
         del self.log[:-200]
+        for counter in self.counters:
+            counter.see(line)
         if self.starting_modules_at is None and _STARTING.search(line):
             self.starting_modules_at = time.monotonic()
         match = _STARTED.search(line)
@@ -100,9 +119,10 @@ class Vessel:
 
 @asynccontextmanager
 async def vessel_serve(
-    data_dir: Path, *, env: dict[str, str] | None = None
+    data_dir: Path, *, env: dict[str, str] | None = None, counters: Sequence[LineCounter] = ()
 ) -> AsyncIterator[Vessel]:
-    """``vessel serve --data-dir data_dir --port 0 --no-bundled``, listening."""
+    """``vessel serve --data-dir data_dir --port 0 --no-bundled``, listening; each of
+    ``counters`` sees every line of its log."""
     argv = [PYTHON, "-m", "vessel.cli.serve", "serve", "--data-dir", str(data_dir), "--port", "0"]
     argv.append("--no-bundled")
     spawned_at = time.monotonic()
@@ -113,7 +133,7 @@ async def vessel_serve(
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )
-    vessel = Vessel(process=process, data_dir=data_dir, spawned_at=spawned_at)
+    vessel = Vessel(process=process, data_dir=data_dir, spawned_at=spawned_at, counters=counters)
     listening = trio.Event()
 
     async def read_log() -> None:
@@ -252,6 +272,33 @@ async def _gated(
     finally:
         await _end(process)
     return result
+
+
+async def load_clients(
+    specs: list[dict[str, Any]], when_warm: Callable[[], None], timeout: float = 600.0
+) -> list[dict[str, Any]]:
+    """One ``load`` client process per spec, all started together once every one is
+    warm, just after ``when_warm()``; returns their results."""
+    results: list[dict[str, Any]] = []
+    warm = 0
+    all_warm = trio.Event()
+
+    async def gate(stdin: trio.abc.SendStream) -> None:
+        nonlocal warm
+        warm += 1
+        if warm == len(specs):
+            when_warm()
+            all_warm.set()
+        await all_warm.wait()
+        await stdin.send_all(b"go\n")
+
+    async def one(spec: dict[str, Any]) -> None:
+        results.append(await _gated(spec, gate, timeout))
+
+    async with trio.open_nursery() as nursery:
+        for spec in specs:
+            nursery.start_soon(one, spec)
+    return results
 
 
 async def fanout_clients(

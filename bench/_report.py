@@ -46,11 +46,15 @@ def table(results: Results) -> str:
         "| --- | ---: | ---: | ---: | ---: | :---: |",
     ]
     for f in results.figures:
-        target = f"≥ {f.target:.0%}" if f.higher_is_better else f"≤ {f.target:g}{TIMES}"
-        ratio = f"{f.ratio:.0%}" if f.higher_is_better else f"{f.ratio:.2f}{TIMES}"
+        if f.floor is None or f.ratio is None:  # a count: no floor, no ratio
+            value, floor, ratio, target = f"{f.value:,.0f} {f.unit}", "—", "—", f"{f.target:g}"
+        else:
+            value, floor = f"{_fmt(f.value)} {f.unit}", f"{_fmt(f.floor)} {f.unit}"
+            target = f"≥ {f.target:.0%}" if f.higher_is_better else f"≤ {f.target:g}{TIMES}"
+            ratio = f"{f.ratio:.0%}" if f.higher_is_better else f"{f.ratio:.2f}{TIMES}"
         lines.append(
-            f"| {f.title} | {_fmt(f.value)} {f.unit} | {_fmt(f.floor)} {f.unit} | {ratio} "
-            f"| {target} | {'yes' if f.met else '**no**'} |"
+            f"| {f.title} | {value} | {floor} | {ratio} | {target} "
+            f"| {'yes' if f.met else '**no**'} |"
         )
     if results.comparison:
         lines += ["", "| for comparison: one echo call | p50 | p99 |", "| --- | ---: | ---: |"]

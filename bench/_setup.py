@@ -1,6 +1,7 @@
 """Guests for the benchmarks: built from source (cached), installed into data dirs.
 
-The bench guests live in ``bench/guests``; the Home Assistant module is the bundled one.
+The bench guests live in ``bench/guests``; the example and Home Assistant modules are
+the bundled ones.
 Each guest is installed once with the real installer (validate, precompile, hash) into a
 template data dir under ``.cache/bench``, keyed by the component's hash and the artifact
 key; ``add_module`` copies that installed folder under any id, recomputing the hashes.
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GUESTS = {
     "bench-echo": ROOT / "bench" / "guests" / "bench_echo",
     "bench-hostile": ROOT / "bench" / "guests" / "bench_hostile",
+    "example": ROOT / "modules" / "example",
     "home-assistant": ROOT / "modules" / "home-assistant",
 }
 EXTISM_ECHO = ROOT / "bench" / "guests" / "extism" / "echo.wat"

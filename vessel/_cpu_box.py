@@ -4,9 +4,9 @@ that CPU meanwhile.
 A module process confines long guest work to one CPU, the box, by itself
 (``vessel.host._confine``), quietly. What it reports to the daemon (``guest.box``) is
 work a healthy module does not do: guest work that has used a quarter of its deadline's
-CPU time (at least 50 ms) without returning, a flood beyond its rate limit, and a start-up after a crash
-(which runs in the box). The daemon also hears of every trap (a deadline exceeded
-included) and crash. For any of these the module is quarantined:
+CPU time (at least 50 ms) without returning, a flood beyond its rate limit, and a
+start-up after a crash (which runs in the box). The daemon also hears of every trap
+(a deadline exceeded included) and crash. For any of these the module is quarantined:
 
 * every thread of its process is placed in the box (and so is the process that
   replaces it after a crash, from its first instruction), and so is the fork server

@@ -1,11 +1,17 @@
-"""PendingRequest.result(spin=...): waiting actively for a reply, and its bounds."""
+"""PendingRequest.result(spin=...): waiting actively for a reply, and its bounds.
+
+The spin's budget is real time (``time.perf_counter`` in ``actors._spin``). Here it runs
+on ``TurnClock``, which moves on a fixed amount each time the spin looks at it, so a
+budget is a number of turns of the loop whatever the machine's scheduler does; and the
+peer answers when the waiting task has taken so many steps, or the loop so many turns,
+rather than after so much time.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +25,68 @@ from actors._cpu import SpareCore
 from .test_actors_channel import channel_pair, decode
 
 
-class StepTimes(trio.abc.Instrument):
-    """When each watched task took a step (perf_counter)."""
+class StepCounts(trio.abc.Instrument):
+    """How many steps each watched task took."""
 
     def __init__(self) -> None:
-        self.steps: dict[trio.lowlevel.Task, list[float]] = {}
+        self.steps: dict[trio.lowlevel.Task, int] = {}
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         if task in self.steps:
-            self.steps[task].append(time.perf_counter())
+            self.steps[task] += 1
+
+    def most(self) -> int:
+        return max(self.steps.values(), default=0)
 
 
-async def _answer_after(method: str, body: msgspec.Raw) -> Any:
-    await trio.sleep(decode(body))
-    return "answer"
+class TurnClock:
+    """Stands in for ``time`` in ``actors._spin``: every reading is ``TICK`` later than
+    the one before, so a spin of ``n * TICK`` seconds looks at it about ``n`` times."""
+
+    TICK = 0.001
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += self.TICK
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def turn_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_spin, "time", TurnClock())
+
+
+def _server(steps: StepCounts) -> Any:
+    """The peer's request handler. ``after`` answers "answer" after that many seconds;
+    ``turns`` once the loop has turned that many times (this handler takes a step at
+    each); ``steps`` once a watched task has taken that many steps, with how many turns
+    of the loop that took."""
+
+    async def on_request(method: str, body: msgspec.Raw) -> Any:
+        value = decode(body)
+        if method == "after":
+            await trio.sleep(value)
+        elif method == "turns":
+            for _ in range(value):
+                await trio.lowlevel.checkpoint()
+        elif method == "steps":
+            turns = 0
+            while steps.most() < value:
+                await trio.lowlevel.checkpoint()
+                turns += 1
+            return turns
+        return "answer"
+
+    return on_request
 
 
 async def _result(
-    client: Channel, delay: float, spin: float, steps: StepTimes, out: list[Any]
+    client: Channel, method: str, value: float, spin: float, steps: StepCounts, out: list[Any]
 ) -> None:
-    steps.steps[trio.lowlevel.current_task()] = []
-    pending = client.send_request("after", delay)
+    steps.steps[trio.lowlevel.current_task()] = 0
+    pending = client.send_request(method, value)
     out.append(decode(await pending.result(spin=spin)))
 
 
@@ -56,71 +103,70 @@ def idle_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 async def steps() -> Any:
-    instrument = StepTimes()
+    instrument = StepCounts()
     trio.lowlevel.add_instrument(instrument)
     yield instrument
     trio.lowlevel.remove_instrument(instrument)
 
 
-async def test_spin_keeps_the_waiting_task_turning_and_others_running(steps: StepTimes) -> None:
-    """The waiter takes a step at every turn of the loop until the reply is there
-    (a plain wait takes two); the server's handler, another task, still answers."""
+async def test_spin_keeps_the_waiting_task_turning_and_others_running(steps: StepCounts) -> None:
+    """The waiter takes a step at every turn of the loop until the reply is there (a
+    plain wait takes two); the server's handler, another task, still runs meanwhile:
+    it answers once the waiter has taken 50 steps, which only a spinning waiter does,
+    and it has seen the loop turn no more often than that meanwhile."""
     answers: list[Any] = []
-    async with channel_pair(on_request=_answer_after) as (client, _server):
+    async with channel_pair(on_request=_server(steps)) as (client, _server_channel):
         with trio.fail_after(5):
-            await _result(client, 0.05, 1.0, steps, answers)
-    assert answers == ["answer"]
-    (times,) = steps.steps.values()
-    assert len(times) > 20, f"spun only {len(times)} steps"
+            await _result(client, "steps", 50, 1.0, steps, answers)
+    (turns,) = answers
+    assert 0 < turns <= 50, turns
 
 
-async def test_spin_stops_after_its_budget(steps: StepTimes) -> None:
-    """Past ``spin`` the waiter sleeps like any other until the reply wakes it."""
+async def test_spin_stops_after_its_budget(steps: StepCounts) -> None:
+    """Past ``spin`` the waiter sleeps like any other until the reply wakes it: with a
+    budget of 20 looks at the clock it takes about 20 steps, not one for each of the 500
+    turns of the loop the reply takes to come."""
     answers: list[Any] = []
-    async with channel_pair(on_request=_answer_after) as (client, _server):
+    async with channel_pair(on_request=_server(steps)) as (client, _server_channel):
         with trio.fail_after(5):
-            begun = time.perf_counter()
-            await _result(client, 0.4, 0.02, steps, answers)
+            await _result(client, "turns", 500, 20 * TurnClock.TICK, steps, answers)
     assert answers == ["answer"]
-    (times,) = steps.steps.values()
-    assert times[-1] - begun >= 0.4
-    # Generous for a loaded machine: the budget is 0.02 s, the reply comes at 0.4 s.
-    late = [t - begun for t in times if 0.2 < t - begun < 0.39]
-    assert not late, f"still spinning {late} s after the start"
-    assert len(times) > 5, "did not spin at all"
+    (taken,) = steps.steps.values()
+    assert 15 <= taken <= 25, taken
 
 
-async def test_only_one_task_spins_at_a_time(steps: StepTimes) -> None:
+async def test_only_one_task_spins_at_a_time(steps: StepCounts) -> None:
+    """Of two tasks asked to spin at once, one does (the replies come once it has taken
+    50 steps); the other waits the ordinary way."""
     answers: list[Any] = []
-    async with channel_pair(on_request=_answer_after) as (client, _server):
+    async with channel_pair(on_request=_server(steps)) as (client, _server_channel):
         with trio.fail_after(5):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_result, client, 0.1, 1.0, steps, answers)
-                nursery.start_soon(_result, client, 0.1, 1.0, steps, answers)
-    assert answers == ["answer", "answer"]
-    counts = sorted(len(times) for times in steps.steps.values())
+                nursery.start_soon(_result, client, "steps", 50, 1.0, steps, answers)
+                nursery.start_soon(_result, client, "steps", 50, 1.0, steps, answers)
+    assert len(answers) == 2
+    counts = sorted(steps.steps.values())
     assert counts[0] <= 3, counts
-    assert counts[1] > 20, counts
+    assert counts[1] >= 50, counts
 
 
-async def test_a_spinning_wait_honours_timeout_and_cancellation(steps: StepTimes) -> None:
+async def test_a_spinning_wait_honours_timeout_and_cancellation(steps: StepCounts) -> None:
     """The request's timeout and an outer cancel scope end a spin as they end a wait;
     the next wait may spin again (the slot was given back)."""
-    async with channel_pair(on_request=_answer_after) as (client, _server):
+    # A spin of 10**9 looks at the clock: not ended by the timeout or the cancel, it would
+    # outlast fail_after.
+    endless = 10**9 * TurnClock.TICK
+    async with channel_pair(on_request=_server(steps)) as (client, _server_channel):
         with trio.fail_after(5):
-            begun = time.perf_counter()
             timed = client.send_request("after", 10, timeout=0.05)
             with pytest.raises(trio.TooSlowError):
-                await timed.result(spin=2.0)
+                await timed.result(spin=endless)
             with trio.move_on_after(0.05) as moved:
-                await client.send_request("after", 10).result(spin=2.0)
+                await client.send_request("after", 10).result(spin=endless)
             assert moved.cancelled_caught
-            assert time.perf_counter() - begun < 1.0
             answers: list[Any] = []
-            await _result(client, 0.05, 1.0, steps, answers)
-    assert answers == ["answer"]
-    (times,) = steps.steps.values()
-    assert len(times) > 20
+            await _result(client, "steps", 50, 1.0, steps, answers)
+    assert len(answers) == 1
 
 
 def _spins_in_child(code: str) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from tests.fixture_types import MakeModuleDir
@@ -18,25 +20,25 @@ TIMERS = {"timers": True}
 async def test_deferred_reply_arrives_and_module_keeps_serving(
     tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
-    """A command answered later returns what complete-reply gave; while it is pending
-    the module answers other calls (its mailbox is not blocked)."""
+    """A command answered later returns what complete-reply gave; while deferred replies
+    are pending (one of them never completed) the module answers other calls: its
+    mailbox is not blocked."""
     make_module_dir(tmp_path, "testkit", module_id="alpha", permissions=TIMERS)
     async with running_daemon(tmp_path) as daemon:
-        answers: list[Any] = []
-
-        async def slow() -> None:
-            answers.append(
-                await call(daemon, "alpha", "defer", {"after_ms": 400, "reply": {"n": 7}})
-            )
-
+        manager = daemon.manager
         with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(slow)
-                await trio.sleep(0.05)
-                for i in range(3):
-                    assert await call(daemon, "alpha", "echo", {"i": i}) == {"i": i}
-                assert answers == []  # the deferred one is still pending
-        assert answers == [{"n": 7}]
+            # On their way before the echoes, on the one lane the guest takes commands
+            # from in order: both are deferred before the first echo is looked at.
+            never = manager.begin_call("alpha", "defer", 1, json.dumps({"never": True}))
+            later = manager.begin_call(
+                "alpha", "defer", 1, json.dumps({"after_ms": 50, "reply": {"n": 7}})
+            )
+            for i in range(3):
+                assert await call(daemon, "alpha", "echo", {"i": i}) == {"i": i}
+            assert json.loads(await later) == {"n": 7}
+            with trio.CancelScope() as given_up:
+                given_up.cancel()  # nobody waits for the one never completed
+                await never
 
 
 async def test_deferred_error_reaches_the_caller(
@@ -94,23 +96,20 @@ async def test_a_command_nobody_waits_for_is_not_run(
         limits={"reply_timeout_ms": 300, "invocation_timeout_ms": 5000},
     )
     async with running_daemon(tmp_path) as daemon:
+        manager = daemon.manager
         with trio.fail_after(15):
-            async with trio.open_nursery() as nursery:
-                busy = trio.Event()
-
-                async def hog() -> None:
-                    busy.set()
-                    # Longer than the reply timeout: its own caller times out too.
-                    await call_error(daemon, "alpha", "spin", {"ms": 900})
-
-                nursery.start_soon(hog)
-                await busy.wait()
-                await trio.sleep(0.05)  # the spin is under way in the guest
-                error = await call_error(
-                    daemon, "alpha", "storage_set", {"key": "late", "value": "ran"}
-                )
-                assert error.code == "timeout"
-                assert "reply_timeout_ms" in error.message
+            # Both on their way at once, the spin first, on the one lane the guest takes
+            # commands from in order: storage_set waits behind 900 ms of spinning, three
+            # times its reply timeout.
+            spin = manager.begin_call("alpha", "spin", 1, json.dumps({"ms": 900}))
+            late = manager.begin_call(
+                "alpha", "storage_set", 1, json.dumps({"key": "late", "value": "ran"})
+            )
+            for pending in (spin, late):  # each caller times out, the spin's own too
+                with pytest.raises(CallError) as timed_out:
+                    await pending
+                assert timed_out.value.code == "timeout"
+                assert "reply_timeout_ms" in timed_out.value.message
             # Once the guest is free again (nothing signals that: ask until it answers)...
             while True:
                 try:

@@ -73,6 +73,11 @@ CLAIM_WINDOW = 1.0
 #: The share of a CPU a module that holds the box must use for its claim to count.
 CLAIM_MIN_SHARE = 0.05
 
+#: Seconds a module that misbehaved (trapped, crashed, ran away, flooded) stays a
+#: suspect: its long work is reported as a runaway from its confinement on (2 ms in),
+#: not a quarter of its deadline in, its restarts included.
+SUSPECT = 600.0
+
 #: What the operator reads for each reason a module process gives for its claim.
 _CLAIMS = {
     "runaway": "its code has been running for a long time without returning",
@@ -131,6 +136,8 @@ class CpuBox:
         self._holding: set[str] = set()
         #: Why each module was last sent to the box, in the operator's words.
         self._why: dict[str, str] = {}
+        #: When each module last misbehaved (for ``suspect``).
+        self._misbehaved: dict[str, float] = {}
         self._until: dict[str, float] = {}
         #: Per module that held the box: its pid, the time and its process's CPU time at
         #: the start of the current window; and those whose claims are unbacked.
@@ -183,6 +190,8 @@ class CpuBox:
         if occupied:
             self._holding.add(module_id)  # a quarantine it is in goes on (``_extend``)
             self._why[module_id] = _CLAIMS.get(why, _CLAIMS["runaway"])
+            if why != "restart":
+                self._misbehaved[module_id] = trio.current_time()
             self._open_window(module_id)
         elif module_id in self._holding:
             self._holding.discard(module_id)
@@ -197,8 +206,15 @@ class CpuBox:
         if not self.enabled:
             return
         self._why[module_id] = why
+        self._misbehaved[module_id] = trio.current_time()
         self._extend(module_id, self.quarantine)
         self._changed.set()
+
+    def suspect(self, module_id: str) -> bool:
+        """Whether ``module_id`` misbehaved within ``SUSPECT`` seconds (an admin restart
+        lifts its quarantine, not this): its next process reports long work at once."""
+        at = self._misbehaved.get(module_id)
+        return at is not None and trio.current_time() - at < SUSPECT
 
     def _extend(self, module_id: str, seconds: float) -> None:
         until = trio.current_time() + seconds

@@ -16,6 +16,7 @@ from actors import ForkServer, ForkServerLaunch, Supervisor, launch_forkserver, 
 
 from ._active_wait import DEFAULT_LIMIT
 from ._bus import EventBus
+from ._compiler import Compiler
 from ._cpu_box import QUARANTINE, CpuBox
 from ._errors import DataDirError, VesselError
 from ._install import install_from_dir
@@ -23,7 +24,7 @@ from ._manager import ModuleManager, SupervisionPolicy
 from ._paths import database_path, modules_dir, repo_root
 from ._storage import Storage
 from ._tls import load_trusted_certificates
-from ._wasm_module import HOST_PRELOAD
+from ._wasm_module import HOST_PRELOAD, START_TIMEOUT
 
 log = logging.getLogger("vessel.daemon")
 
@@ -55,6 +56,14 @@ class DaemonConfig:
     #: PEM files of certificates module processes trust for https:// and wss:// beside
     #: the usual CAs (``vessel serve --ca-file``; vessel/_tls.py).
     trusted_ca: tuple[Path, ...] = ()
+    #: Compiles at once at most (``vessel._compiler``; None: one fewer than the CPUs).
+    compile_jobs: int | None = None
+    #: Seconds a module process may take to load, instantiate and run on-load.
+    start_timeout: float = START_TIMEOUT
+    #: ``open_daemon`` returns once every enabled module has started (or failed to);
+    #: off, it returns at once and the modules start (and compile) in the background,
+    #: as ``vessel serve`` does so that its gateway answers meanwhile.
+    wait_for_modules: bool = True
 
 
 @dataclass
@@ -68,6 +77,8 @@ class Daemon:
     forkserver: ForkServer | None = None
     #: Keeps Vessel's threads off the CPU where long guest work runs (vessel/_cpu_box.py).
     cpu_box: CpuBox | None = None
+    #: Set once every enabled module has started, failed or been refused.
+    modules_started: trio.Event = field(default_factory=trio.Event)
 
 
 def ensure_token(data_dir: Path) -> str:
@@ -96,7 +107,8 @@ def _install_bundled(config: DaemonConfig) -> None:
             log.warning("bundled module %s is not built; run scripts/build-modules", src.name)
             continue
         try:
-            install_from_dir(config.data_dir, src)
+            # Uncompiled: the daemon compiles it before it starts it, out of its way.
+            install_from_dir(config.data_dir, src, compile=None)
             log.info("installed bundled module %s", src.name)
         except VesselError as exc:
             log.error("bundled module %s not installed: %s", src.name, exc)
@@ -190,9 +202,22 @@ async def open_daemon(
                 active_wait=config.active_wait,
                 box=box,
                 trusted_ca=trusted_ca,
+                compiler=Compiler(config.compile_jobs),
+                start_timeout=config.start_timeout,
             )
-            await manager.start_all()
-            yield Daemon(config, storage, bus, supervisor, manager, token, forkserver_in_use, box)
+            daemon = Daemon(
+                config, storage, bus, supervisor, manager, token, forkserver_in_use, box
+            )
+
+            async def start_all() -> None:
+                await manager.start_all()
+                daemon.modules_started.set()
+
+            if config.wait_for_modules:
+                await start_all()
+            else:
+                nursery.start_soon(start_all)
+            yield daemon
             nursery.cancel_scope.cancel()
     finally:
         storage.close()

@@ -44,6 +44,12 @@ class ComponentError(VesselError):
     ``vessel:host/vessel-module`` world this host speaks."""
 
 
+class NotCompiled(ComponentError):
+    """A module has no compiled code this host can load (never compiled, or compiled by
+    another version of wasmtime or Vessel). The daemon compiles a module before it starts
+    it (``vessel._compiler``); a module process that meets this only loads."""
+
+
 class CapabilityDenied(VesselError):
     """A module used a host function its manifest does not grant.
 
@@ -71,6 +77,12 @@ class DiskWriteError(StorageError):
     space left on device``, ``database or disk is full``). Nothing of that write was kept
     and everything acknowledged before is intact: free space and retry.
     """
+
+
+class ArtifactNotStored(DiskWriteError):
+    """A module was compiled, but its compiled code could not be written to the data dir
+    (a full disk, most likely). An install is refused; an installed module still runs,
+    compiling in its own process at each start, until there is room again."""
 
 
 class UnknownModule(VesselError):

@@ -8,8 +8,10 @@ deleting. So a crash leaves the old module or the new one under the id, never a
 half-written folder: ``cleanup_staging`` at the next start deletes leftovers, and puts a
 ``.trash-`` folder back when a crash came between its two renames.
 
-Compiling a component is CPU-bound (seconds for a Python guest): these functions are
-synchronous; callers on the trio thread use ``trio.to_thread.run_sync``.
+Compiling a component is CPU-bound (seconds for a Python guest) and leaves its memory
+behind in the process that did it: it happens in a short-lived process of its own
+(``vessel._compiler``), which the installer waits for. These functions are synchronous;
+callers on the trio thread use ``trio.to_thread.run_sync``.
 """
 
 from __future__ import annotations
@@ -19,9 +21,17 @@ import os
 import secrets
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
-from ._errors import AlreadyInstalled, DiskWriteError, ManifestError, UnknownModule
+from ._compiler import compile_blocking
+from ._errors import (
+    AlreadyInstalled,
+    ArtifactNotStored,
+    DiskWriteError,
+    ManifestError,
+    UnknownModule,
+)
 from ._manifest import (
     MANIFEST_FILE,
     WASM_FILE,
@@ -32,13 +42,16 @@ from ._manifest import (
     write_hash_file,
 )
 from ._paths import modules_dir
-from .host._engine import make_engine, precompile
 
 _log = logging.getLogger("vessel.install")
 
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
 REMOVING_PREFIX = ".removing-"
+
+#: Compiles a staged module: ``compile(module_id, folder, source_hash)`` (blocking);
+#: raises ComponentError if the component cannot be used.
+Compile = Callable[[str, Path, str], None]
 
 # Serialises the rename step of concurrent installs in this process (each runs in its own
 # worker thread), so two replacements of one id cannot interleave their renames.
@@ -92,7 +105,13 @@ def _swap_in(staging: Path, target: Path, *, replace: bool) -> None:
 
 
 def _install(
-    data_dir: Path, manifest_bytes: bytes, wasm_bytes: bytes, *, replace: bool, source: str
+    data_dir: Path,
+    manifest_bytes: bytes,
+    wasm_bytes: bytes,
+    *,
+    replace: bool,
+    source: str,
+    compile: Compile | None,
 ) -> ModuleSource:
     manifest = parse_manifest(manifest_bytes, source=source)
     module_id = manifest.id
@@ -109,11 +128,17 @@ def _install(
             _write_durable(staging / WASM_FILE, wasm_bytes)
             digest = compute_hash(manifest_bytes, wasm_bytes)
             write_hash_file(staging, digest)
-            # Compiles module.wasm (ComponentError if it is not a component of our world)
-            # and stores the artifact and its record under compiled/, both fsynced.
-            precompile(make_engine(), staging, source_hash=digest, module_id=module_id)
-            for folder in (staging / "compiled", staging):
-                _fsync_dir(folder)
+            if compile is not None:
+                # Compiles module.wasm (ComponentError if it is not a component of our
+                # world) and stores the artifact and its record under compiled/.
+                compile(module_id, staging, digest)
+                _fsync_dir(staging / "compiled")
+            _fsync_dir(staging)
+        except ArtifactNotStored as exc:
+            raise DiskWriteError(
+                f"module {module_id!r} was not installed: {exc}; nothing was changed: free "
+                "space in the data dir and retry"
+            ) from exc
         except OSError as exc:
             # A full disk (or a failing one) used to escape as a bare OSError, which the
             # gateway could only answer with a generic 500; name the cause instead.
@@ -132,19 +157,39 @@ def _install(
 
 
 def install_module(
-    data_dir: Path, manifest_bytes: bytes, wasm_bytes: bytes, *, replace: bool = False
+    data_dir: Path,
+    manifest_bytes: bytes,
+    wasm_bytes: bytes,
+    *,
+    replace: bool = False,
+    compile: Compile | None = compile_blocking,
 ) -> ModuleSource:
-    """Validate, precompile and install a module under ``<data_dir>/modules/<id>``.
+    """Validate, compile (``compile``, in a process of its own by default) and install a
+    module under ``<data_dir>/modules/<id>``. ``compile=None`` installs it uncompiled:
+    the daemon compiles it before it starts it.
 
     Raises ManifestError (bad manifest, or already installed without ``replace``),
     ComponentError (not a component, or not the vessel-module world) or DiskWriteError
     (the data dir could not take the files: disk full); nothing is left behind then.
-    Blocking and CPU-bound.
+    Blocking.
     """
-    return _install(data_dir, manifest_bytes, wasm_bytes, replace=replace, source="manifest.json")
+    return _install(
+        data_dir,
+        manifest_bytes,
+        wasm_bytes,
+        replace=replace,
+        source="manifest.json",
+        compile=compile,
+    )
 
 
-def install_from_dir(data_dir: Path, src_dir: Path, *, replace: bool = False) -> ModuleSource:
+def install_from_dir(
+    data_dir: Path,
+    src_dir: Path,
+    *,
+    replace: bool = False,
+    compile: Compile | None = compile_blocking,
+) -> ModuleSource:
     """Install from a module's source folder: its manifest.json and its module.wasm (at
     the top, or in build/ where the build puts it)."""
     manifest_path = src_dir / MANIFEST_FILE
@@ -166,6 +211,7 @@ def install_from_dir(data_dir: Path, src_dir: Path, *, replace: bool = False) ->
         wasm_path.read_bytes(),
         replace=replace,
         source=str(manifest_path),
+        compile=compile,
     )
 
 

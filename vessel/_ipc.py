@@ -53,6 +53,11 @@ class StartParams(msgspec.Struct, forbid_unknown_fields=True):
     manifest: Manifest
     #: Start up on the box CPU (vessel/host/_confine.py): a restart after a crash.
     boxed: bool = False
+    #: The module misbehaved lately (vessel/_cpu_box.py): its long work is reported as a
+    #: runaway as soon as it is confined, not a quarter of its deadline in.
+    suspect: bool = False
+    #: Its compiled code could not be stored (a full disk): compile it in memory.
+    compile_in_process: bool = False
     #: Certificates the admin trusts for https:// and wss:// beside the usual CAs, PEM
     #: (``vessel serve --ca-file``; vessel/_tls.py).
     trusted_ca: str = ""
@@ -61,7 +66,6 @@ class StartParams(msgspec.Struct, forbid_unknown_fields=True):
 class StartResult(msgspec.Struct):
     pid: int
     load_seconds: float
-    compiled: bool
 
 
 class CommandRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -24,8 +24,9 @@ from actors import ChildSpec, ForkServer, Restart, Supervisor, SupervisorEvent
 
 from ._active_wait import DEFAULT_LIMIT
 from ._bus import EventBus
+from ._compiler import Compiler
 from ._cpu_box import CpuBox
-from ._errors import CallError, UnknownModule, UnknownSetting
+from ._errors import ArtifactNotStored, CallError, UnknownModule, UnknownSetting, VesselError
 from ._events import Event, now_ms
 from ._install import cleanup_staging, install_module, remove_module
 from ._ipc import GuestStats
@@ -33,7 +34,8 @@ from ._manifest import ModuleSource, Refusal, discover_modules, load_module_dir
 from ._native import BuiltinModule, NativeModule
 from ._paths import modules_dir
 from ._storage import Storage
-from ._wasm_module import LogLine, WasmModule
+from ._wasm_module import START_TIMEOUT, LogLine, WasmModule
+from .host._engine import artifact_is_current
 
 log = logging.getLogger("vessel.manager")
 
@@ -42,6 +44,8 @@ FOLLOW_QUEUE = 1000
 
 
 class ModuleState(enum.Enum):
+    #: Its compiled code is being made (or waits for a compile job): ``vessel._compiler``.
+    COMPILING = "compiling"
     STARTING = "starting"
     RUNNING = "running"
     RESTARTING = "restarting"
@@ -57,6 +61,8 @@ class _Entry:
     state: ModuleState
     restarts: int = 0
     last_reason: str | None = None
+    #: The compile under way before its start (cancelled by a stop).
+    compiling: trio.CancelScope | None = None
 
 
 @dataclass(frozen=True)
@@ -82,8 +88,12 @@ class ModuleManager:
         active_wait: float = DEFAULT_LIMIT,
         box: CpuBox | None = None,
         trusted_ca: str = "",
+        compiler: Compiler | None = None,
+        start_timeout: float = START_TIMEOUT,
     ) -> None:
         self.data_dir = data_dir
+        self.compiler = compiler if compiler is not None else Compiler()
+        self._start_timeout = start_timeout
         self._trusted_ca = trusted_ca
         self._box = box
         self._forkserver = forkserver
@@ -157,6 +167,7 @@ class ModuleManager:
             active_wait=self._active_wait,
             box=self._box,
             trusted_ca=self._trusted_ca,
+            start_timeout=self._start_timeout,
         )
 
     def _spec(self, module: WasmModule) -> ChildSpec:
@@ -173,8 +184,43 @@ class ModuleManager:
 
     async def _start(self, module_id: str) -> None:
         entry = self._entry(module_id)
+        module = entry.module
+        if not await self._compiled(entry) or entry.module is not module:
+            return  # failed, stopped, or replaced while it compiled: that one starts
         entry.state = ModuleState.STARTING
-        await self._supervisor.start_child(self._spec(entry.module))
+        await self._supervisor.start_child(self._spec(module))
+
+    async def _compiled(self, entry: _Entry) -> bool:
+        """Compile the module first if its compiled code is missing or stale; False if
+        it cannot start (the compile failed: the module is failed, with the reason, and
+        not retried; or a stop cancelled it)."""
+        source = entry.module.source
+        if await trio.to_thread.run_sync(artifact_is_current, source.dir, source.hash):
+            return True
+        entry.state = ModuleState.COMPILING
+        self._lifecycle("compiling", source.id)
+        with trio.CancelScope() as entry.compiling:
+            try:
+                await self.compiler.compile(source.id, source.dir, source.hash)
+            except ArtifactNotStored as exc:
+                # Better a module that runs with a compiler's memory than none at all (a
+                # full disk after an upgrade used to keep every module down).
+                log.warning(
+                    "module %s: %s; it compiles in its own process at each start until "
+                    "there is room (which costs it ~300 MiB of memory meanwhile)",
+                    source.id, exc,
+                )  # fmt: skip
+                entry.module.compile_in_process = True
+            except VesselError as exc:
+                entry.state = ModuleState.FAILED
+                entry.last_reason = str(exc)
+                log.error("module %s not started: %s", source.id, exc)
+                self._lifecycle("failed", source.id, reason=str(exc), restarts=entry.restarts)
+                return False
+            finally:
+                entry.compiling = None
+            return True
+        return False  # stopped while it compiled
 
     def _entry(self, module_id: str) -> _Entry:
         try:
@@ -186,7 +232,10 @@ class ModuleManager:
         return any(c.id == module_id for c in self._supervisor.which_children())
 
     async def stop(self, module_id: str) -> None:
-        self._entry(module_id)
+        entry = self._entry(module_id)
+        if entry.compiling is not None:
+            entry.compiling.cancel()
+            entry.state = ModuleState.STOPPED
         if self._box is not None:
             self._box.release(module_id)  # also when it is not running (a crash's backoff)
         if self._is_supervised(module_id):
@@ -219,8 +268,14 @@ class ModuleManager:
 
     async def install(self, manifest: bytes, wasm: bytes, *, replace: bool = False) -> str:
         """Install (or replace) a module and start it; returns its id."""
+
+        def compile(module_id: str, folder: Path, source_hash: str) -> None:
+            # From the installer's worker thread: the compile queue lives on trio's.
+            trio.from_thread.run_sync(self._lifecycle, "compiling", module_id)
+            trio.from_thread.run(self.compiler.compile, module_id, folder, source_hash)
+
         source = await trio.to_thread.run_sync(
-            lambda: install_module(self.data_dir, manifest, wasm, replace=replace)
+            lambda: install_module(self.data_dir, manifest, wasm, replace=replace, compile=compile)
         )
         # The new files are in place: switching the running module over must not be cut
         # short by a caller going away, or the old process would run beside new files.
@@ -454,7 +509,13 @@ class ModuleManager:
             else None,
             "last_reason": entry.last_reason,
             "missing_settings": self.missing_settings(module_id),
+            "compiling_for": self._compiling_for(module_id),
         }
+
+    def _compiling_for(self, module_id: str) -> float | None:
+        """Seconds since the module's compile was asked for (queued or under way)."""
+        job = self.compiler.job(module_id)
+        return None if job is None else trio.current_time() - job.queued_at
 
     def list_modules(self) -> list[dict[str, Any]]:
         return [self.describe(module_id) for module_id in self.ids()]

@@ -48,8 +48,9 @@ Router = Callable[[str, str, int, str, list[str]], Awaitable[str]]
 
 LOG_LINES_KEPT = 1000
 EVENT_QUEUE = 1024
-#: Seconds a module may take to load (the first start may compile the component).
-START_TIMEOUT = 120.0
+#: Seconds a module may take to load its compiled code, instantiate it and run on-load
+#: (compiling is not starting: ``vessel._compiler`` is done before the process starts).
+START_TIMEOUT = 30.0
 #: What the fork server imports so that a module process forked from it starts with
 #: everything ``python -m vessel.host`` imports already done (trio, msgspec, wasmtime,
 #: httpx, trio_websocket and the host code), and what its first HTTP fetch would import
@@ -87,8 +88,10 @@ class WasmModule:
         active_wait: float = DEFAULT_LIMIT,
         box: CpuBox | None = None,
         trusted_ca: str = "",
+        start_timeout: float = START_TIMEOUT,
     ) -> None:
         self.source = source
+        self._start_timeout = start_timeout
         self._trusted_ca = trusted_ca
         self._box = box
         self._active_wait = ActiveWait(active_wait)
@@ -116,6 +119,9 @@ class WasmModule:
         self.denials = 0
         #: The last run ended in a crash: the next start-up runs in the box CPU.
         self._crashed = False
+        #: Its compiled code could not be stored (a full disk): its process compiles it
+        #: in memory at each start (``vessel._compiler``), the one exception.
+        self.compile_in_process = False
 
     def __repr__(self) -> str:
         return f"<WasmModule {self.id!r} pid={self.pid}>"
@@ -155,22 +161,23 @@ class WasmModule:
                     manifest=self.manifest,
                     # With one usable CPU there is no box to start up in.
                     boxed=self._crashed and self._box is not None and self._box.enabled,
+                    suspect=self._box is not None and self._box.suspect(self.id),
+                    compile_in_process=self.compile_in_process,
                     trusted_ca=self._trusted_ca,
                 )
                 try:
-                    raw = await proc.request(_ipc.GUEST_START, params, timeout=START_TIMEOUT)
+                    raw = await proc.request(_ipc.GUEST_START, params, timeout=self._start_timeout)
                 except RemoteError as exc:
                     raise ModuleCrashed(f"start failed: {exc.message}") from None
                 except (ChannelBroken, trio.TooSlowError):
                     ended = await _exit_info(proc)
                     raise ModuleCrashed(self._fatal or f"start failed: {ended}") from None
                 self.last_start = _ipc.decode(raw, _ipc.StartResult)
-                how = "compiled and cached" if self.last_start.compiled else "precompiled"
                 self.started_at = trio.current_time()
                 self.start_seconds = self.started_at - begun
                 self._record(
                     "info",
-                    f"loaded in {self.last_start.load_seconds * 1000:.0f} ms ({how}); "
+                    f"loaded in {self.last_start.load_seconds * 1000:.0f} ms (precompiled); "
                     f"running {self.start_seconds * 1000:.0f} ms after "
                     + ("forking" if proc.forked else "spawning")
                     + " its process"

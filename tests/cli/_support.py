@@ -24,6 +24,8 @@ CTL = [sys.executable, "-m", "vessel.cli.ctl"]
 SERVE = [sys.executable, "-m", "vessel.cli.serve", "serve"]
 
 RUNNING = re.compile(r"vessel running on (http://[0-9.]+:\d+)")
+#: What ``vessel serve`` logs once every module has started (or failed to).
+MODULES_STARTED = "modules started: "
 
 #: Bounds of the waits, generous for a loaded CI machine.
 START_TIMEOUT = 30.0
@@ -115,6 +117,8 @@ async def start_daemon(nursery: trio.Nursery, data_dir: Path) -> Daemon:
     stderr = LineReader(process.stderr)
     try:
         line = await stderr.wait_for(lambda s: RUNNING.search(s) is not None, timeout=START_TIMEOUT)
+        # The gateway answers at once; the modules start (and compile) after it.
+        await stderr.wait_for(lambda s: MODULES_STARTED in s, timeout=START_TIMEOUT)
     except BaseException:
         with trio.CancelScope(shield=True):
             await stop_daemon_process(process)

@@ -34,6 +34,7 @@ INFO_FIELDS = {
     "memory",
     "last_reason",
     "missing_settings",
+    "compiling_for",
 }
 
 

@@ -376,7 +376,8 @@ def test_the_watchdog_confines_and_reports_only_by_cpu_time() -> None:
     (every threshold is the guest's own CPU time): quick invocations are never confined;
     a spin is confined once it has used ``CONFINE_CPU``, quietly; only one that has used
     ``runaway_cpu`` of its deadline is reported as a runaway (its module quarantined),
-    and it is no longer once it ended."""
+    and it is no longer once it ended; a suspect's long work is reported once it is
+    confined."""
     box = box_cpu()
     changes: list[tuple[bool, str]] = []
     engine = make_engine()
@@ -414,6 +415,14 @@ def test_the_watchdog_confines_and_reports_only_by_cpu_time() -> None:
             assert runaway_cpu(0.4) < 0.4
             pool.submit(invocation, spin, 0.4).result(timeout=10)
             runaway = [(True, "runaway"), (False, "runaway")]
+            assert changes == (runaway if box is not None else [])
+            # A suspect (it trapped before): its long work is a runaway once confined.
+            changes.clear()
+            watchdog.suspect = True
+            pool.submit(invocation, spin, 0.04).result(timeout=10)
+            assert changes == (runaway if box is not None else [])
+            for _ in range(200):  # and its quick invocations are still nothing at all
+                pool.submit(invocation, nop, 5.0).result(timeout=10)
             assert changes == (runaway if box is not None else [])
     finally:
         watchdog.close()

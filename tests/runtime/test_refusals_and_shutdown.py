@@ -101,7 +101,8 @@ async def _serve_until_modules_run(
     seen = b""
     try:
         with trio.fail_after(60):
-            while seen.count(b"vessel running") == 0:
+            # The gateway answers first; the modules start after it.
+            while seen.count(b"modules started: ") == 0:
                 chunk = await process.stderr.receive_some()
                 if not chunk:
                     raise AssertionError(f"daemon exited early:\n{seen.decode()}")

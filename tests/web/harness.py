@@ -54,6 +54,8 @@ HA_TOKEN = "secret-token"
 
 SERVE = [sys.executable, "-m", "vessel.cli.serve", "serve"]
 RUNNING = re.compile(r"vessel running on (http://127\.0\.0\.1:\d+)")
+#: What ``vessel serve`` logs once every module has started (or failed to).
+MODULES_STARTED = "modules started: "
 
 #: Bounds of the waits (seconds), generous for a loaded CI machine.
 START_TIMEOUT = 30.0
@@ -137,6 +139,8 @@ def start_daemon(data_dir: Path, *, port: int = 0) -> Daemon:
             lines.append(line)
             if not found and (match := RUNNING.search(line)):
                 found.append(match.group(1))
+            # The gateway answers at once; the modules start (and compile) after it.
+            if found and MODULES_STARTED in line:
                 running.set()
         running.set()
 
@@ -146,8 +150,8 @@ def start_daemon(data_dir: Path, *, port: int = 0) -> Daemon:
     if not running.wait(START_TIMEOUT) or not found:
         daemon.stop()
         raise AssertionError(
-            f"vessel serve did not report 'vessel running on' within {START_TIMEOUT:g} s:\n  "
-            + "\n  ".join(lines[-30:])
+            f"vessel serve did not report 'vessel running on' and 'modules started' within "
+            f"{START_TIMEOUT:g} s:\n  " + "\n  ".join(lines[-30:])
         )
     daemon.url = found[0]
     return daemon

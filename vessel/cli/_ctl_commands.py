@@ -23,7 +23,7 @@ from ._ctl_format import (
 
 #: Module states that are on their way to ``running``: commands that start a module wait
 #: them out, so the state they print is where the module settled.
-TRANSIENT_STATES = frozenset({"starting"})
+TRANSIENT_STATES = frozenset({"compiling", "starting"})
 
 #: How often a waiting command asks for the module's state.
 POLL_INTERVAL = 0.1
@@ -73,6 +73,8 @@ def describe_state(info: dict[str, Any]) -> str:
     state = str(info.get("state"))
     if info.get("pid") is not None:
         return f"{state}, pid {info['pid']}"
+    if info.get("compiling_for") is not None:
+        return f"{state}, {info['compiling_for']:.0f} s so far"
     if state in ("crashed", "failed", "restarting") and info.get("last_reason"):
         return f"{state}: {info['last_reason']}"
     return state

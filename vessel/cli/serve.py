@@ -22,7 +22,13 @@ from actors import ForkServerLaunch
 
 from .._active_wait import DEFAULT_LIMIT
 from .._cpu_box import QUARANTINE
-from .._daemon import DaemonConfig, forkserver_default, launch_host_forkserver, open_daemon
+from .._daemon import (
+    Daemon,
+    DaemonConfig,
+    forkserver_default,
+    launch_host_forkserver,
+    open_daemon,
+)
 from .._errors import VesselError
 from .._paths import default_data_dir
 
@@ -57,12 +63,26 @@ async def serve(
                 len(ids),
                 ", ".join(ids) or "none",
             )
+            nursery.start_soon(_say_when_started, daemon)
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
                 break
             shutdown.set()
         # Leaving open_daemon stopped every module (on-unload, then the process).
     log.info("vessel stopped")
+
+
+async def _say_when_started(daemon: Daemon) -> None:
+    """One line once every module has started (or failed to): what a script waits for."""
+    await daemon.modules_started.wait()
+    states: dict[str, list[str]] = {}
+    for info in daemon.manager.list_modules():
+        states.setdefault(str(info["state"]), []).append(str(info["id"]))
+    log.info(
+        "modules started: %s",
+        "; ".join(f"{len(ids)} {state} ({', '.join(ids)})" for state, ids in sorted(states.items()))
+        or "none installed",
+    )
 
 
 def _env_path(name: str) -> Path | None:
@@ -145,7 +165,28 @@ def build_parser() -> argparse.ArgumentParser:
         "besides the usual CAs; a private key in the file is ignored; repeatable "
         f"(env VESSEL_CA_FILES, {os.pathsep!r}-separated)",
     )
+    p.add_argument(
+        "--compile-jobs",
+        type=_jobs,
+        default=os.environ.get("VESSEL_COMPILE_JOBS", ""),
+        metavar="N",
+        help="compile at most N modules at once, each in a short-lived process at a low "
+        "priority (env VESSEL_COMPILE_JOBS; default one fewer than the CPUs, at least 1)",
+    )
     return parser
+
+
+def _jobs(text: str) -> int | None:
+    """``--compile-jobs``: a whole number from 1 (empty: the default, None)."""
+    if not text.strip():
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of jobs: {text!r}") from None
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 256 jobs, got {value}")
+    return value
 
 
 def _number_type(
@@ -191,6 +232,9 @@ def main(argv: list[str] | None = None) -> None:
         active_wait=args.active_wait_us,
         quarantine=args.quarantine_seconds,
         trusted_ca=tuple(args.ca_files),
+        compile_jobs=args.compile_jobs,
+        # The gateway answers while the modules start (and compile): see serve().
+        wait_for_modules=False,
     )
     # Started before the gateway's imports (Quart, Hypercorn: the bulk of this
     # command's start), so the fork server imports on another core meanwhile and is

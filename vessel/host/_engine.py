@@ -18,7 +18,7 @@ import wasmtime
 from wasmtime import component as wc
 
 from .._atomic import write_atomic
-from .._errors import ComponentError, TamperError
+from .._errors import ComponentError, NotCompiled, TamperError
 from .._file_identity import SETTLED_NS, FileIdentity
 
 _log = logging.getLogger("vessel.host")
@@ -131,6 +131,25 @@ def precompile(
     return component
 
 
+def _record(module_dir: Path, source_hash: str) -> ArtifactRecord | None:
+    """The artifact record, if it is this host's and names ``source_hash``."""
+    _artifact, record = artifact_paths(module_dir)
+    try:
+        rec = msgspec.json.decode(record.read_bytes(), type=ArtifactRecord)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if rec.key != artifact_key() or rec.source_hash != source_hash:
+        return None  # made by another wasmtime or Vessel, or for other bytes: stale
+    return rec
+
+
+def artifact_is_current(module_dir: Path, source_hash: str) -> bool:
+    """Whether the module has compiled code this host can load for ``source_hash``
+    (whether its bytes are still right is checked when it is loaded)."""
+    artifact, _ = artifact_paths(module_dir)
+    return _record(module_dir, source_hash) is not None and artifact.is_file()
+
+
 def load_component(
     engine: wasmtime.Engine,
     module_dir: Path,
@@ -138,14 +157,17 @@ def load_component(
     source_hash: str,
     module_id: str,
     settled_ns: int = SETTLED_NS,
+    compile_if_missing: bool = False,
 ) -> wc.Component:
-    """Load the module's component without recompiling when a valid artifact exists.
+    """Load the module's compiled component; never compile (``vessel.host._compile``
+    does, in a short-lived process, before the module starts), unless
+    ``compile_if_missing``: the daemon could not store the artifact (a full disk), and a
+    module that runs with a compiler's memory is better than none.
 
     Deserializing native code is only safe for bytes we produced, so the artifact is used
     only when its record names this module's current hash and the artifact's own sha256
-    matches; otherwise the component is compiled from module.wasm and the artifact rewritten
-    (best effort: a data dir that cannot take it, a full disk, costs a warning, not the
-    module).
+    matches (TamperError otherwise); without a current artifact the module cannot start
+    (NotCompiled).
 
     Hashing the artifact (~36 MB for a componentize-py guest) took about 25 ms of a 56 ms
     start. So once it has matched, and the artifact has been left alone for
@@ -154,47 +176,35 @@ def load_component(
     without reading it first.
     """
     artifact, record = artifact_paths(module_dir)
+    rec = _record(module_dir, source_hash)
     try:
-        rec = msgspec.json.decode(record.read_bytes(), type=ArtifactRecord)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-        rec = None
-    if rec is not None and rec.key == artifact_key() and rec.source_hash == source_hash:
-        try:
-            identity: FileIdentity | None = FileIdentity.of(artifact.stat())
-        except OSError:
-            identity = None
-        if identity is not None and identity == rec.verified:
-            trusted = True
-        else:
-            try:
-                actual = _sha256_file(artifact)
-            except OSError:
-                actual = ""
-            if actual and actual != rec.sha256:
-                raise TamperError(
-                    f"module {module_id!r}: precompiled artifact {artifact.name} does not "
-                    "match its recorded hash; delete the 'compiled' folder or reinstall the "
-                    "module"
-                )
-            trusted = bool(actual)
-            if trusted and identity is not None and identity.settled(settled_ns):
-                _remember_verified(record, rec, identity)
-        if trusted:
-            component = wc.Component.deserialize_file(engine, str(artifact))
-            check_world(engine, component, module_id=module_id)
-            return component
-    component = compile_component(engine, module_dir / "module.wasm", module_id=module_id)
-    try:
-        _store_artifact(component, module_dir, source_hash=source_hash)
-    except OSError as exc:
-        # The artifact is only a cache: a module must still start when it cannot be
-        # written (a full disk after a wasmtime upgrade used to keep every module down).
-        _log.warning(
-            "module %r: compiled, but its compiled code could not be cached (%s): it "
-            "compiles again at its next start",
-            module_id,
-            exc.strerror or exc,
+        identity: FileIdentity | None = FileIdentity.of(artifact.stat())
+    except OSError:
+        identity = None
+    if (rec is None or identity is None) and compile_if_missing:
+        return compile_component(engine, module_dir / "module.wasm", module_id=module_id)
+    if rec is None or identity is None:
+        raise NotCompiled(
+            f"module {module_id!r} has no compiled code for this version of Vessel "
+            f"({artifact_key()}); it is compiled before it starts: restart it"
         )
+    if identity != rec.verified:
+        try:
+            actual = _sha256_file(artifact)
+        except OSError as exc:
+            raise NotCompiled(
+                f"module {module_id!r}: its compiled code cannot be read: {exc.strerror or exc}"
+            ) from None
+        if actual != rec.sha256:
+            raise TamperError(
+                f"module {module_id!r}: precompiled artifact {artifact.name} does not "
+                "match its recorded hash; delete the 'compiled' folder or reinstall the "
+                "module"
+            )
+        if identity.settled(settled_ns):
+            _remember_verified(record, rec, identity)
+    component = wc.Component.deserialize_file(engine, str(artifact))
+    check_world(engine, component, module_id=module_id)
     return component
 
 

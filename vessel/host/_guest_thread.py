@@ -336,7 +336,10 @@ class GuestThread:
             raise GuestLoadError(f"on-load returned an error: {error}")
 
     def _replace_instance(self, reason: str) -> None:
-        """Release the dead instance's resources and start a fresh one."""
+        """Release the dead instance's resources and start a fresh one (and report its
+        long work at once from now on: a module that trapped is a suspect)."""
+        assert self._runtime is not None
+        self._runtime.suspect = True
         now = time.monotonic()
         self._replacements.append(now)
         while self._replacements and now - self._replacements[0] > REPLACEMENT_PERIOD:

@@ -246,7 +246,9 @@ class ModuleProcess:
                 imports=host.imports(),
                 on_output=self._on_output,
                 on_box=box.changed,
+                compile_in_process=params.compile_in_process,
             )
+            runtime.suspect = params.suspect
             host.on_rate_refused = self._rate_refused = runtime.refused
             started = time.monotonic()
             # Set first: a timer that on-load sets may fire before it returns, and its fire
@@ -256,9 +258,7 @@ class ModuleProcess:
             # Before the guest thread takes work: its calls' long work is reported.
             box.started()
             guest.start()
-        return _ipc.StartResult(
-            pid=os.getpid(), load_seconds=time.monotonic() - started, compiled=runtime.compiled
-        )
+        return _ipc.StartResult(pid=os.getpid(), load_seconds=time.monotonic() - started)
 
     def _stats(self) -> _ipc.GuestStats:
         guest = self._guest

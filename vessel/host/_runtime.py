@@ -137,6 +137,11 @@ class Watchdog:
         self._wake_at: float | None = None
         self._closed = False
         self.fired = False
+        #: The module misbehaved lately (it trapped, or the daemon says so at its start):
+        #: its long work is reported as a runaway as soon as it is confined. A module
+        #: that misbehaves tends to do it again, and the first milliseconds of a runaway
+        #: are when the healthy modules beside it wait behind it (performance.md).
+        self.suspect = False
         self._thread = threading.Thread(target=self._loop, name="vessel-watchdog", daemon=True)
         self._thread.start()
 
@@ -299,6 +304,8 @@ class Watchdog:
                 self._confinement.report(self._tid, "flood")
         if self._host_busy:
             self._due.pop("slice", None)  # the daemon's own work: no yielding, no report
+        elif self.suspect and self._tid is not None:
+            self._confinement.report(self._tid, "runaway")
         else:
             self._due["runaway"] = time.monotonic() + self._cpu_short(self._runaway_cpu)
 
@@ -322,8 +329,10 @@ class GuestRuntime:
         imports: HostImports,
         on_output: Callable[[str, bytes], None],
         on_box: BoxChange | None = None,
+        compile_in_process: bool = False,
     ) -> None:
         self.module_id = module_id
+        self._compile_in_process = compile_in_process
         self._module_dir = module_dir
         self._source_hash = source_hash
         self._limits = limits
@@ -337,18 +346,19 @@ class GuestRuntime:
         self._linker: wc.Linker | None = None
         self._store: wasmtime.Store | None = None
         self._funcs: dict[str, wc.Func] = {}
-        self.compiled = False
 
     # -- loading -----------------------------------------------------------------------
 
     def load(self) -> None:
-        """Load (or compile, once) the component and link the host functions."""
-        artifact, _ = _engine.artifact_paths(self._module_dir)
-        had_artifact = artifact.exists()
+        """Load the compiled component (never compile: the daemon has had it compiled in
+        a process of its own, ``vessel.host._compile``) and link the host functions."""
         self._component = _engine.load_component(
-            self._engine, self._module_dir, source_hash=self._source_hash, module_id=self.module_id
+            self._engine,
+            self._module_dir,
+            source_hash=self._source_hash,
+            module_id=self.module_id,
+            compile_if_missing=self._compile_in_process,
         )
-        self.compiled = not had_artifact
         linker = wc.Linker(self._engine)
         # WASI p2 for the guest's libc: no preopens, no env, no args and no network are
         # configured on the store, and wasi-http is never linked. wasi:sockets is linked
@@ -412,6 +422,16 @@ class GuestRuntime:
     def confined(self) -> int:
         """Invocations so far that ran long and were confined to one CPU (``_confine``)."""
         return self._watchdog.confined
+
+    @property
+    def suspect(self) -> bool:
+        """The module misbehaved lately: its long work is a runaway from its confinement
+        on (``Watchdog.suspect``)."""
+        return self._watchdog.suspect
+
+    @suspect.setter
+    def suspect(self, value: bool) -> None:
+        self._watchdog.suspect = value
 
     def refused(self) -> None:
         """A host function refused the current host call for a rate limit

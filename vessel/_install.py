@@ -28,6 +28,7 @@ from ._compiler import compile_blocking
 from ._errors import (
     AlreadyInstalled,
     ArtifactNotStored,
+    ComponentError,
     DiskWriteError,
     ManifestError,
     UnknownModule,
@@ -42,6 +43,7 @@ from ._manifest import (
     write_hash_file,
 )
 from ._paths import modules_dir
+from ._wasm_shape import framing_problem
 
 _log = logging.getLogger("vessel.install")
 
@@ -128,6 +130,11 @@ def _install(
             _write_durable(staging / WASM_FILE, wasm_bytes)
             digest = compute_hash(manifest_bytes, wasm_bytes)
             write_hash_file(staging, digest)
+            if (problem := framing_problem(wasm_bytes)) is not None:
+                raise ComponentError(
+                    f"module {module_id!r}: module.wasm is not a valid WebAssembly "
+                    f"component: {problem}"
+                )
             if compile is not None:
                 # Compiles module.wasm (ComponentError if it is not a component of our
                 # world) and stores the artifact and its record under compiled/.

@@ -20,6 +20,7 @@ from vessel._errors import ComponentError, ManifestError, TamperError, UnknownMo
 from vessel._file_identity import FileIdentity
 from vessel._install import cleanup_staging, install_from_dir, install_module, remove_module
 from vessel._manifest import compute_hash, discover_modules, load_module_dir
+from vessel._wasm_shape import framing_problem
 from vessel.host._engine import (
     REQUIRED_EXPORTS,
     ArtifactRecord,
@@ -206,6 +207,23 @@ def test_non_components_are_refused_and_leave_nothing(tmp_path: Path, wasm: byte
         "module 'demo': module.wasm is not a valid WebAssembly component: "
     )
     assert entries(_paths.modules_dir(tmp_path)) == []
+
+
+def test_the_first_look_passes_components_and_refuses_what_is_cut_short(
+    built_guests: Mapping[str, Path],
+) -> None:
+    """The framing check before a compile process is started (vessel/_wasm_shape.py)
+    never refuses a real component, and refuses every cut of one that ends inside a
+    section, with where; a cut at a section's end is left to the compile."""
+    for wasm in (WAT_GUEST, built_guests["testkit"].read_bytes()):
+        assert framing_problem(wasm) is None
+        cut_inside = 0
+        for end in range(9, min(len(wasm), 70_000), 97):
+            problem = framing_problem(wasm[:end])
+            if problem is not None:
+                assert problem.startswith("it ends inside a section at byte "), problem
+                cut_inside += 1
+        assert cut_inside > 0
 
 
 @pytest.mark.parametrize(

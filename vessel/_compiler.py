@@ -14,7 +14,7 @@ it in a loop.
 
 At most ``jobs`` compiles run at once (``vessel serve --compile-jobs``; by default one
 fewer than the CPUs, at least one), so the daemon and the modules already running keep
-a CPU; each runs at ``nice`` 10 and ``SCHED_BATCH``. The log says what is compiled, in
+a CPU; each runs at ``nice`` 5 and ``SCHED_BATCH``. The log says what is compiled, in
 which order, and how long it has taken (``compiling example (1/3)…``, every
 ``PROGRESS_EVERY`` seconds ``still compiling example (1/3)… 20 s``).
 """

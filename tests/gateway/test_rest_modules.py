@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from tests.fixture_types import MakeModuleDir
@@ -147,6 +148,7 @@ async def test_detail_has_permissions_limits_and_hash(
             assert_error(await client.get("/api/modules/nobody"), 404, "unknown_module")
 
 
+@pytest.mark.watchdog(900)  # a compile at a low priority, on a busy machine (below)
 async def test_upload_installs_starts_and_serves_calls(
     tmp_path: Path, built_guests: Mapping[str, Path]
 ) -> None:
@@ -157,9 +159,11 @@ async def test_upload_installs_starts_and_serves_calls(
         "manifest": ("manifest.json", manifest_bytes(id="uploaded")),
         "wasm": ("module.wasm", built_guests["testkit"].read_bytes()),
     }
-    with trio.fail_after(50):
+    # Installing compiles the component in a process of its own at a low priority: ~15 s
+    # here, and 100 s was seen beside busy loops on every CPU.
+    with trio.fail_after(600):
         async with open_api(tmp_path) as (_, client):
-            response = await client.post("/api/modules", files=files)
+            response = await client.post("/api/modules", files=files, timeout=600)
             assert response.status_code == 201, response.text
             info = response.json()
             assert info["id"] == "uploaded"

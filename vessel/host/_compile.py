@@ -5,7 +5,7 @@ Compiling is one-off heavy work: a componentize-py guest (~18 MiB) takes Craneli
 15 s of CPU here, and the process that did it keeps ~300 MiB of heap afterwards, for
 good. So no long-lived process compiles: the daemon runs this, a short-lived process,
 and only ever loads what it wrote (``vessel._compiler``). It runs at a lower priority
-than the daemon and the running modules (``nice`` 10 and ``SCHED_BATCH``: the kernel
+than the daemon and the running modules (``nice`` 5 and ``SCHED_BATCH``: the kernel
 treats it as a CPU hog and prefers the interactive work), writes the artifact and its
 record atomically (``_engine.precompile``), and ends when its parent does.
 
@@ -33,8 +33,10 @@ EXIT_REFUSED = 2
 EXIT_NOT_STORED = 3
 #: Our parent (the daemon) went away: nobody wants the result any more.
 EXIT_PARENT_LOST = 70
-#: How much nicer than the daemon a compile runs.
-NICENESS = 10
+#: How much nicer than the daemon a compile runs: about a third of the CPU share of a
+#: process at the daemon's priority. (At 10, a tenth: beside busy loops on both CPUs a
+#: Python guest's compile took 100 s here, and an install as long.)
+NICENESS = 5
 
 
 def _exit_when_stdin_closes() -> None:

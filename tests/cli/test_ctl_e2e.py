@@ -94,6 +94,7 @@ async def test_install_list_restart_and_lifecycle_events(
         again = await ctl("install", str(src), env=daemon.env, timeout=INSTALL_TIMEOUT)
         assert again.returncode == 1
         assert "already installed; pass --replace" in again.stderr
+        assert "uploading" not in again.stderr  # refused before anything was sent
 
         events = await spawn_ctl("events", "vessel.module.*", env=daemon.env)
         try:

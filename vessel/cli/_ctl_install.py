@@ -23,15 +23,15 @@ from ._ctl_commands import describe_state, note, out, wait_settled
 from ._ctl_format import format_bytes, pretty_json
 
 
-def find_module_files(path: Path) -> tuple[Path, Path]:
-    """(manifest.json, module.wasm) for PATH, building Python source first."""
+def find_manifest(path: Path) -> Path:
+    """The manifest.json that goes with PATH (nothing is built yet)."""
     path = path.expanduser()
     if path.is_file():
         if path.suffix != ".wasm":
             raise CtlError(f"{path}: expected a module folder or a .wasm file")
         for folder in (path.parent, path.parent.parent):
             if (folder / MANIFEST_FILE).is_file():
-                return folder / MANIFEST_FILE, path
+                return folder / MANIFEST_FILE
         raise CtlError(f"{path}: no {MANIFEST_FILE} beside it")
     if not path.is_dir():
         raise CtlError(f"{path}: no such file or folder")
@@ -40,6 +40,15 @@ def find_module_files(path: Path) -> tuple[Path, Path]:
         raise CtlError(
             f"{path}: no {MANIFEST_FILE} (a module folder holds {MANIFEST_FILE} and {WASM_FILE})"
         )
+    return manifest
+
+
+def find_module_files(path: Path) -> tuple[Path, Path]:
+    """(manifest.json, module.wasm) for PATH, building Python source first."""
+    manifest = find_manifest(path)
+    path = path.expanduser()
+    if path.is_file():
+        return manifest, path
     if is_python_source(path):
         return manifest, build_source(path, report=note, prebuilt_ok=True).wasm
     for wasm in (path / WASM_FILE, path / "build" / WASM_FILE):
@@ -57,7 +66,26 @@ def _manifest_id(manifest: bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _refuse_if_installed(settings: Settings, module_id: str | None) -> None:
+    """Before anything is built or uploaded: an installed id without --replace."""
+    if module_id is None:
+        return  # the daemon names what is wrong with the manifest
+    with Client(settings) as client:
+        try:
+            client.json("GET", f"/api/modules/{module_id}")
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            return  # not installed (404), or a bad id the upload is refused for
+    raise CtlError(f"module {module_id!r} is already installed; pass --replace to replace it")
+
+
 def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
+    if not args.replace:
+        try:
+            _refuse_if_installed(settings, _manifest_id(find_manifest(args.path).read_bytes()))
+        except OSError as exc:
+            raise CtlError(f"cannot read {exc.filename}: {exc.strerror}") from None
     manifest_path, wasm_path = find_module_files(args.path)
     try:
         manifest = manifest_path.read_bytes()
@@ -65,7 +93,10 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CtlError(f"cannot read {exc.filename}: {exc.strerror}") from None
     module_id = _manifest_id(manifest) or "?"
-    note(f"uploading {module_id} ({WASM_FILE} {format_bytes(len(wasm))}) to {settings.url}")
+    note(
+        f"uploading {module_id} ({WASM_FILE} {format_bytes(len(wasm))}) to {settings.url}; "
+        "the daemon compiles it before it starts it (15 s or more for a Python module)"
+    )
     with Client(settings, default_timeout=INSTALL_TIMEOUT) as client:
         try:
             info = client.json(

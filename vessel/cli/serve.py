@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a module that trapped or crashed stays quarantined to one CPU, "
         "with the rest of Vessel kept off that CPU (env VESSEL_QUARANTINE_SECONDS; "
-        f"default {QUARANTINE:g}; 0: only while it runs long)",
+        f"default {QUARANTINE:g}; 0: only while it runs away)",
     )
     p.add_argument(
         "--ca-file",

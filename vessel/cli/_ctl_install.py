@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from .._manifest import MANIFEST_FILE, WASM_FILE
-from ._ctl_build import build_source, is_python_source
+from ._ctl_build import build_source, check_source, is_python_source
 from ._ctl_client import INSTALL_TIMEOUT, ApiError, Client, CtlError, Settings
 from ._ctl_commands import describe_state, note, out, wait_settled
 from ._ctl_format import format_bytes, pretty_json
@@ -82,19 +82,26 @@ def _refuse_if_installed(settings: Settings, module_id: str | None) -> None:
 
 def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
     if not args.replace:
-        try:
-            _refuse_if_installed(settings, _manifest_id(find_manifest(args.path).read_bytes()))
-        except OSError as exc:
-            raise CtlError(f"cannot read {exc.filename}: {exc.strerror}") from None
+        # After what can be checked here (the build's manifest check names a bad field
+        # without asking any daemon), before anything is built or uploaded.
+        source = args.path.expanduser()
+        if source.is_dir() and is_python_source(source):
+            module_id: str | None = check_source(source).id
+        else:
+            try:
+                module_id = _manifest_id(find_manifest(args.path).read_bytes())
+            except OSError as exc:
+                raise CtlError(f"cannot read {exc.filename}: {exc.strerror}") from None
+        _refuse_if_installed(settings, module_id)
     manifest_path, wasm_path = find_module_files(args.path)
     try:
         manifest = manifest_path.read_bytes()
         wasm = wasm_path.read_bytes()
     except OSError as exc:
         raise CtlError(f"cannot read {exc.filename}: {exc.strerror}") from None
-    module_id = _manifest_id(manifest) or "?"
+    shown_id = _manifest_id(manifest) or "?"
     note(
-        f"uploading {module_id} ({WASM_FILE} {format_bytes(len(wasm))}) to {settings.url}; "
+        f"uploading {shown_id} ({WASM_FILE} {format_bytes(len(wasm))}) to {settings.url}; "
         "the daemon compiles it before it starts it (15 s or more for a Python module)"
     )
     with Client(settings, default_timeout=INSTALL_TIMEOUT) as client:
@@ -111,7 +118,7 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
         except ApiError as exc:
             if exc.code == "already_installed":
                 raise CtlError(
-                    f"module {module_id!r} is already installed; pass --replace to replace it"
+                    f"module {shown_id!r} is already installed; pass --replace to replace it"
                 ) from None
             if exc.status == 401:
                 raise

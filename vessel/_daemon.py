@@ -209,6 +209,8 @@ async def open_daemon(
                 config, storage, bus, supervisor, manager, token, forkserver_in_use, box
             )
 
+            await manager.discover()
+
             async def start_all() -> None:
                 await manager.start_all()
                 daemon.modules_started.set()

@@ -113,11 +113,10 @@ class ModuleManager:
 
     # -- discovery and lifecycle ---------------------------------------------------------
 
-    async def start_all(self) -> None:
-        """Discover every installed module and start the enabled ones.
+    async def discover(self) -> None:
+        """Find every installed module (quick: no module starts yet).
 
-        A broken module is reported (log line, ``vessel.module.refused`` event) and skipped;
-        the others start regardless.
+        A broken module is reported (log line, ``vessel.module.refused`` event) and skipped.
         """
         directory = modules_dir(self.data_dir)
         directory.mkdir(parents=True, exist_ok=True)
@@ -127,6 +126,11 @@ class ModuleManager:
             self._refuse(refusal)
         for source in sources:
             self._add(source)
+
+    async def start_all(self) -> None:
+        """Start the enabled modules :meth:`discover` found (compiling those that need
+        it first); return once each has started or failed to."""
+        sources = [entry.module.source for entry in self._entries.values()]
         # Modules do not depend on each other's start (a call to one not yet running is
         # answered module_unavailable), so they start concurrently, as many at a time as
         # there are cores: one at a time, ten modules took ten times one start.

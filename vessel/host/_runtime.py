@@ -100,8 +100,17 @@ class Watchdog:
     hand-over per invocation, measured in bench/).
     """
 
-    def __init__(self, engine: wasmtime.Engine, confinement: Confinement | None = None) -> None:
+    def __init__(
+        self,
+        engine: wasmtime.Engine,
+        confinement: Confinement | None = None,
+        *,
+        runaway: Callable[[float], float] = runaway_cpu,
+    ) -> None:
+        """``runaway(limit)``: the guest CPU time after which an invocation with that
+        deadline is a runaway (``_confine.runaway_cpu``)."""
         self._engine = engine
+        self._runaway = runaway
         self._confinement = confinement if confinement is not None else Confinement(None)
         self._cond = threading.Condition()
         #: The armed invocation's steps, by when each is due (monotonic time); while a
@@ -170,7 +179,7 @@ class Watchdog:
                 self._cpu_ident = threading.get_ident()
                 self._cpu_clock = time.pthread_getcpuclockid(self._cpu_ident)
             self._limit = seconds
-            self._runaway_cpu = runaway_cpu(seconds)
+            self._runaway_cpu = self._runaway(seconds)
             self._wait_left = seconds * (DEADLINE_WAIT_FACTOR - 1)
             self._due = {
                 "deadline": now + seconds,

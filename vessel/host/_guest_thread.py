@@ -337,9 +337,7 @@ class GuestThread:
 
     def _replace_instance(self, reason: str) -> None:
         """Release the dead instance's resources and start a fresh one (and report its
-        long work at once from now on: a module that trapped is a suspect)."""
-        assert self._runtime is not None
-        self._runtime.suspect = True
+        long work at once from then on: a module that trapped is a suspect)."""
         now = time.monotonic()
         self._replacements.append(now)
         while self._replacements and now - self._replacements[0] > REPLACEMENT_PERIOD:
@@ -358,6 +356,10 @@ class GuestThread:
             self._load_instance()
         except GuestLoadError as exc:
             self._fatal(f"could not replace the instance after a trap: {exc}")
+        # Only now: the new instance's start is a start (never reported), and the
+        # daemon's quarantine line must name the trap, not that start.
+        assert self._runtime is not None
+        self._runtime.suspect = True
 
     def _wind_down(self) -> None:
         """Stopping: answer what is waiting, then let the guest say goodbye (bounded by

@@ -21,6 +21,8 @@ class Control:
         self._ids = itertools.count()
         self._waiting: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
         self.lifecycle_send, self.lifecycle = trio.open_memory_channel[dict[str, Any]](1000)
+        #: Events of other modules received (what ``subscribe`` asked for), counted only.
+        self.events = 0
 
     async def _read(self) -> None:
         async for raw in _messages(self._ws):
@@ -29,6 +31,8 @@ class Control:
                 self._waiting.pop(doc["request_id"]).send_nowait(doc)
             elif doc.get("type") == "event" and doc.get("module") == "vessel":
                 self.lifecycle_send.send_nowait(doc)
+            elif doc.get("type") == "event":
+                self.events += 1
 
     async def request(self, frame: dict[str, Any], *, check: bool = True) -> dict[str, Any]:
         request_id = f"control-{next(self._ids)}"

@@ -42,8 +42,9 @@ RESTART_BACKOFF = 0.5
 class Figure:
     """One row of the table: a value, its floor and the target for their ratio
     (``higher_is_better`` flips how ratio and target compare). A figure with no floor
-    (``Figure.count``) counts something that should not happen: its target is a count,
-    met while the value is at most that."""
+    is met while its value is at most its target: ``Figure.count`` counts something that
+    should not happen (an int), ``Figure.at_most`` is a quantity with a limit of its own
+    (a float; what it compares with is in its note)."""
 
     key: str
     title: str
@@ -59,9 +60,18 @@ class Figure:
         """A count whose target is 0."""
         return cls(key, title, value, None, unit, 0, note=note)
 
+    @classmethod
+    def at_most(
+        cls, key: str, title: str, value: float, unit: str, target: float, note: str = ""
+    ) -> Figure:
+        """A quantity whose target is a limit in its own unit (MiB, MiB/hour)."""
+        return cls(key, title, float(value), None, unit, target, note=note)
+
     @property
     def kind(self) -> str:
-        return "count" if self.floor is None else "ratio"
+        if self.floor is not None:
+            return "ratio"
+        return "count" if isinstance(self.value, int) else "limit"
 
     @property
     def ratio(self) -> float | None:

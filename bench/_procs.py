@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,12 +117,30 @@ class Vessel:
             self._changed = trio.Event()
 
 
+def pinned(cpus: Collection[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that keeps a child (and whatever it starts) on ``cpus``, set
+    between its fork and its exec, so no thread or child of it ever runs elsewhere."""
+    if cpus is None:
+        return None
+    allowed = set(cpus)
+
+    def pin() -> None:
+        os.sched_setaffinity(0, allowed)
+
+    return pin
+
+
 @asynccontextmanager
 async def vessel_serve(
-    data_dir: Path, *, env: dict[str, str] | None = None, counters: Sequence[LineCounter] = ()
+    data_dir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    counters: Sequence[LineCounter] = (),
+    cpus: Collection[int] | None = None,
 ) -> AsyncIterator[Vessel]:
     """``vessel serve --data-dir data_dir --port 0 --no-bundled``, listening; each of
-    ``counters`` sees every line of its log."""
+    ``counters`` sees every line of its log. ``cpus``: the daemon runs on those CPUs
+    only, from its exec on, and so does every process it starts (they inherit it)."""
     argv = [PYTHON, "-m", "vessel.cli.serve", "serve", "--data-dir", str(data_dir), "--port", "0"]
     argv.append("--no-bundled")
     spawned_at = time.monotonic()
@@ -132,6 +150,7 @@ async def vessel_serve(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},
+        preexec_fn=pinned(cpus),
     )
     vessel = Vessel(process=process, data_dir=data_dir, spawned_at=spawned_at, counters=counters)
     listening = trio.Event()

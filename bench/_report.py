@@ -46,8 +46,11 @@ def table(results: Results) -> str:
         "| --- | ---: | ---: | ---: | ---: | :---: |",
     ]
     for f in results.figures:
-        if f.floor is None or f.ratio is None:  # a count: no floor, no ratio
+        if f.kind == "count":  # no floor, no ratio
             value, floor, ratio, target = f"{f.value:,.0f} {f.unit}", "—", "—", f"{f.target:g}"
+        elif f.floor is None or f.ratio is None:  # a limit in its own unit
+            value, floor, ratio = f"{_fmt(f.value)} {f.unit}", "—", "—"
+            target = f"≤ {f.target:g} {f.unit}"
         else:
             value, floor = f"{_fmt(f.value)} {f.unit}", f"{_fmt(f.floor)} {f.unit}"
             target = f"≥ {f.target:.0%}" if f.higher_is_better else f"≤ {f.target:g}{TIMES}"

@@ -1,7 +1,9 @@
 """Guests for the benchmarks: built from source (cached), installed into data dirs.
 
 The bench guests live in ``bench/guests``; the example and Home Assistant modules are
-the bundled ones.
+the bundled ones. ``bench-tiny`` is hand-written component text (``module.wat``), built
+with ``wasmtime.wat2wasm``: it compiles in milliseconds, for the smoke runs of the steps
+that compile.
 Each guest is installed once with the real installer (validate, precompile, hash) into a
 template data dir under ``.cache/bench``, keyed by the component's hash and the artifact
 key; ``add_module`` copies that installed folder under any id, recomputing the hashes.
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+import wasmtime
 
 from vessel._install import install_module
 from vessel._manifest import compute_hash, write_hash_file
@@ -32,6 +35,8 @@ GUESTS = {
     "example": ROOT / "modules" / "example",
     "home-assistant": ROOT / "modules" / "home-assistant",
 }
+#: Guests written as component text: name -> folder holding module.wat and manifest.json.
+WAT_GUESTS = {"bench-tiny": ROOT / "bench" / "guests" / "bench_tiny"}
 EXTISM_ECHO = ROOT / "bench" / "guests" / "extism" / "echo.wat"
 BUILD_CACHE = ROOT / ".cache" / "bench"
 
@@ -53,6 +58,13 @@ def build_guests(progress: bool = True) -> dict[str, Guest]:
             progress=(lambda line: print(f"  {line}", flush=True)) if progress else None,
         )
         out[name] = Guest(name, (src / "manifest.json").read_bytes(), result.wasm)
+    for name, src in WAT_GUESTS.items():
+        wasm = BUILD_CACHE / name / "module.wasm"
+        data = bytes(wasmtime.wat2wasm((src / "module.wat").read_text()))
+        if not wasm.is_file() or wasm.read_bytes() != data:
+            wasm.parent.mkdir(parents=True, exist_ok=True)
+            wasm.write_bytes(data)
+        out[name] = Guest(name, (src / "manifest.json").read_bytes(), wasm)
     return out
 
 

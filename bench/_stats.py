@@ -29,3 +29,27 @@ def latency_summary(samples_s: Sequence[float]) -> dict[str, float]:
 def median_of(runs: Sequence[dict[str, float]]) -> dict[str, float]:
     """Each figure's median over several runs of the same measurement (same keys)."""
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def line_fit(points: Sequence[tuple[float, float]]) -> dict[str, float]:
+    """The least-squares line through ``points`` (x, y): its slope and intercept, the
+    residuals' standard deviation (the noise around the line) and the slope's standard
+    error (how far the slope could be off from noise alone). At least 3 points."""
+    n = len(points)
+    if n < 3:
+        raise ValueError(f"a line fit needs at least 3 points, got {n}")
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    sxx = sum((x - mean_x) ** 2 for x, _ in points)
+    if sxx == 0:
+        raise ValueError("a line fit needs points at more than one x")
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
+    intercept = mean_y - slope * mean_x
+    residual = math.sqrt(sum((y - intercept - slope * x) ** 2 for x, y in points) / (n - 2))
+    return {
+        "slope": slope,
+        "intercept": intercept,
+        "residual_std": residual,
+        "slope_se": residual / math.sqrt(sxx),
+        "n": float(n),
+    }

@@ -10,6 +10,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -26,9 +27,18 @@ FIGURES = {
     "memory",
     "isolation",
     "ordinary_load",
+    "first_start",
+    "compile_memory",
+    "compile_memory_dirty",
+    "install_memory",
+    "install_memory_dirty",
+    "marginal_memory",
 }
 #: Figures that count what should not happen (target 0), with no floor and no ratio.
 COUNTS = {"ordinary_load"}
+#: Figures with a limit in their own unit (MiB), with no floor and no ratio.
+LIMITS = {"marginal_memory"}
+SOAK_FIGURES = {"soak_daemon", "soak_daemon_dirty", "soak_modules", "soak_modules_dirty"}
 CURVES = {"rtt_vs_modules", "fanout_vs_clients", "events_vs_payload"}
 
 
@@ -62,6 +72,9 @@ async def test_quick_run_produces_every_figure_table_json_and_plot(tmp_path: Pat
             assert isinstance(figure["value"], int)
             assert figure["value"] >= 0
             assert figure["met"] == (figure["value"] == 0)
+        elif figure["key"] in LIMITS:
+            _check_limit(figure)
+            assert figure["value"] > 0
         else:
             assert figure["kind"] == "ratio"
             for name in ("value", "floor", "ratio", "target"):
@@ -78,3 +91,45 @@ async def test_quick_run_produces_every_figure_table_json_and_plot(tmp_path: Pat
     assert doc["machine"]["cores"] >= 1
     for key in CURVES:
         assert (tmp_path / f"{key}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _check_limit(figure: dict[str, Any]) -> None:
+    assert figure["kind"] == "limit"
+    assert figure["floor"] is None
+    assert figure["ratio"] is None
+    assert math.isfinite(figure["value"])
+    assert figure["target"] > 0
+    assert figure["met"] == (figure["value"] <= figure["target"])
+
+
+@pytest.mark.watchdog(200)
+async def test_quick_soak_samples_every_process_and_fits_a_slope(tmp_path: Path) -> None:
+    """``--soak`` with ``--quick`` (two modules, fifteen seconds) exits 0, samples the
+    daemon, the fork server and each module process, fits each a line, and reports the
+    soak's figures (slopes against a limit of their own), its table and its plot."""
+    with trio.fail_after(180):
+        result = await trio.run_process(
+            [sys.executable, "-m", "bench", "--quick", "--soak", "0.25", "--out", str(tmp_path)],
+            cwd=ROOT,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    output = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+
+    doc = json.loads((tmp_path / "soak.json").read_text())
+    assert set(doc["fits"]) == {"daemon", "fork server", "soak-0", "soak-1"}
+    for fit in doc["fits"].values():
+        for key in ("USS", "Private_Dirty", "Pss"):
+            assert math.isfinite(fit[key]["slope"])
+            assert fit[key]["residual_std"] >= 0
+            assert fit[key]["n"] >= 3
+    figures = {f["key"]: f for f in doc["figures"]}
+    assert set(figures) == SOAK_FIGURES
+    for figure in figures.values():
+        _check_limit(figure)
+        assert figure["unit"] == "MiB/h"
+        assert f"| {figure['title']} |" in output
+    assert " calls (add, get, echo" in figures["soak_daemon"]["note"]
+    assert (tmp_path / "soak_memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

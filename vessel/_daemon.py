@@ -205,6 +205,7 @@ async def open_daemon(
                 compiler=Compiler(config.compile_jobs),
                 start_timeout=config.start_timeout,
             )
+            await nursery.start(manager.run)
             daemon = Daemon(
                 config, storage, bus, supervisor, manager, token, forkserver_in_use, box
             )

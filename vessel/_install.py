@@ -17,11 +17,13 @@ callers on the trio thread use ``trio.to_thread.run_sync``.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import secrets
 import shutil
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ._compiler import compile_blocking
@@ -37,7 +39,7 @@ from ._manifest import (
     MANIFEST_FILE,
     WASM_FILE,
     ModuleSource,
-    compute_hash,
+    hash_files,
     is_valid_module_id,
     parse_manifest,
     write_hash_file,
@@ -106,15 +108,51 @@ def _swap_in(staging: Path, target: Path, *, replace: bool) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _install(
+@dataclass
+class Staged:
+    """A module assembled under ``<modules>/.staging-*`` and not yet in place."""
+
+    source: ModuleSource
+    #: The folder the module will be renamed to (``<modules>/<id>``).
+    target: Path
+
+    @property
+    def folder(self) -> Path:
+        return self.source.dir
+
+
+def _place_wasm(wasm: bytes | Path, path: Path) -> None:
+    """Put the component at ``path``, durably: written from bytes, or moved from an
+    upload file (on the same file system, so nothing is copied)."""
+    if isinstance(wasm, bytes):
+        _write_durable(path, wasm)
+        return
+    os.rename(wasm, path)
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+def _framing_problem_of(path: Path) -> str | None:
+    # Mapped, not read: an 18 MB upload stays in the page cache, not in the heap.
+    with path.open("rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return framing_problem(b"")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return framing_problem(mapped)
+
+
+def stage_module(
     data_dir: Path,
     manifest_bytes: bytes,
-    wasm_bytes: bytes,
+    wasm: bytes | Path,
     *,
     replace: bool,
-    source: str,
-    compile: Compile | None,
-) -> ModuleSource:
+    source: str = "manifest.json",
+) -> Staged:
+    """Check the manifest and the component's framing and assemble the module in a
+    staging folder (nothing compiled yet, nothing in place). ``wasm``: the component's
+    bytes, or a file it is moved from. Raises as :func:`install_module`; nothing is left
+    behind then. Blocking."""
     manifest = parse_manifest(manifest_bytes, source=source)
     module_id = manifest.id
     modules = modules_dir(data_dir)
@@ -124,56 +162,100 @@ def _install(
         raise _already_installed(module_id)  # early, before seconds of compiling
     staging = modules / f"{STAGING_PREFIX}{_token()}"
     try:
-        try:
-            staging.mkdir()
-            _write_durable(staging / MANIFEST_FILE, manifest_bytes)
-            _write_durable(staging / WASM_FILE, wasm_bytes)
-            digest = compute_hash(manifest_bytes, wasm_bytes)
-            write_hash_file(staging, digest)
-            if (problem := framing_problem(wasm_bytes)) is not None:
-                raise ComponentError(
-                    f"module {module_id!r}: module.wasm is not a valid WebAssembly "
-                    f"component: {problem}"
-                )
-            if compile is not None:
-                # Compiles module.wasm (ComponentError if it is not a component of our
-                # world) and stores the artifact and its record under compiled/.
-                compile(module_id, staging, digest)
-                _fsync_dir(staging / "compiled")
-            _fsync_dir(staging)
-        except ArtifactNotStored as exc:
-            raise DiskWriteError(
-                f"module {module_id!r} was not installed: {exc}; nothing was changed: free "
-                "space in the data dir and retry"
-            ) from exc
-        except OSError as exc:
-            # A full disk (or a failing one) used to escape as a bare OSError, which the
-            # gateway could only answer with a generic 500; name the cause instead.
-            raise DiskWriteError(
-                f"module {module_id!r} was not installed: cannot write its files under "
-                f"{modules}: {exc.strerror or exc}; nothing was changed: free space in the "
-                "data dir and retry"
-            ) from exc
-        with _swap_lock:
-            _swap_in(staging, target, replace=replace)
+        staging.mkdir()
+        _write_durable(staging / MANIFEST_FILE, manifest_bytes)
+        _place_wasm(wasm, staging / WASM_FILE)
+        digest = hash_files(staging / MANIFEST_FILE, staging / WASM_FILE)
+        write_hash_file(staging, digest)
+        if (problem := _framing_problem_of(staging / WASM_FILE)) is not None:
+            raise ComponentError(
+                f"module {module_id!r}: module.wasm is not a valid WebAssembly component: {problem}"
+            )
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _disk_error(module_id, modules, exc) from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _log.info("installed module %r version %s (%s)", module_id, manifest.version, digest)
-    return ModuleSource(id=module_id, dir=target, manifest=manifest, hash=digest)
+    return Staged(ModuleSource(id=module_id, dir=staging, manifest=manifest, hash=digest), target)
+
+
+def _disk_error(module_id: str, modules: Path, exc: OSError) -> DiskWriteError:
+    # A full disk (or a failing one) used to escape as a bare OSError, which the gateway
+    # could only answer with a generic 500; name the cause instead.
+    return DiskWriteError(
+        f"module {module_id!r} was not installed: cannot write its files under {modules}: "
+        f"{exc.strerror or exc}; nothing was changed: free space in the data dir and retry"
+    )
+
+
+def commit_staged(staged: Staged, *, replace: bool) -> ModuleSource:
+    """Put a staged (and, if wanted, compiled) module in place under its id, in one
+    rename; the staging folder is gone afterwards whatever happens. Blocking."""
+    module_id = staged.source.id
+    try:
+        try:
+            if (staged.folder / "compiled").is_dir():
+                _fsync_dir(staged.folder / "compiled")
+            _fsync_dir(staged.folder)
+        except OSError as exc:
+            raise _disk_error(module_id, staged.target.parent, exc) from exc
+        with _swap_lock:
+            _swap_in(staged.folder, staged.target, replace=replace)
+    except BaseException:
+        discard_staged(staged)
+        raise
+    manifest = staged.source.manifest
+    _log.info(
+        "installed module %r version %s (%s)", module_id, manifest.version, staged.source.hash
+    )
+    return ModuleSource(id=module_id, dir=staged.target, manifest=manifest, hash=staged.source.hash)
+
+
+def discard_staged(staged: Staged) -> None:
+    """Delete a staged module that will not be installed (blocking)."""
+    shutil.rmtree(staged.folder, ignore_errors=True)
+
+
+def _install(
+    data_dir: Path,
+    manifest_bytes: bytes,
+    wasm: bytes | Path,
+    *,
+    replace: bool,
+    source: str,
+    compile: Compile | None,
+) -> ModuleSource:
+    staged = stage_module(data_dir, manifest_bytes, wasm, replace=replace, source=source)
+    try:
+        if compile is not None:
+            # Compiles module.wasm (ComponentError if it is not a component of our world)
+            # and stores the artifact and its record under compiled/.
+            compile(staged.source.id, staged.folder, staged.source.hash)
+    except ArtifactNotStored as exc:
+        discard_staged(staged)
+        raise DiskWriteError(
+            f"module {staged.source.id!r} was not installed: {exc}; nothing was changed: "
+            "free space in the data dir and retry"
+        ) from exc
+    except BaseException:
+        discard_staged(staged)
+        raise
+    return commit_staged(staged, replace=replace)
 
 
 def install_module(
     data_dir: Path,
     manifest_bytes: bytes,
-    wasm_bytes: bytes,
+    wasm: bytes | Path,
     *,
     replace: bool = False,
     compile: Compile | None = compile_blocking,
 ) -> ModuleSource:
     """Validate, compile (``compile``, in a process of its own by default) and install a
     module under ``<data_dir>/modules/<id>``. ``compile=None`` installs it uncompiled:
-    the daemon compiles it before it starts it.
+    the daemon compiles it before it starts it. ``wasm``: the component's bytes, or a
+    file in the data dir's file system that is moved into the module (an upload).
 
     Raises ManifestError (bad manifest, or already installed without ``replace``),
     ComponentError (not a component, or not the vessel-module world) or DiskWriteError
@@ -183,7 +265,7 @@ def install_module(
     return _install(
         data_dir,
         manifest_bytes,
-        wasm_bytes,
+        wasm,
         replace=replace,
         source="manifest.json",
         compile=compile,
@@ -215,7 +297,7 @@ def install_from_dir(
     return _install(
         data_dir,
         manifest_bytes,
-        wasm_path.read_bytes(),
+        wasm_path.read_bytes(),  # not moved: the source folder is the caller's
         replace=replace,
         source=str(manifest_path),
         compile=compile,

@@ -26,11 +26,27 @@ from ._active_wait import DEFAULT_LIMIT
 from ._bus import EventBus
 from ._compiler import Compiler
 from ._cpu_box import CpuBox
-from ._errors import ArtifactNotStored, CallError, UnknownModule, UnknownSetting, VesselError
+from ._errors import (
+    AlreadyInstalled,
+    ArtifactNotStored,
+    CallError,
+    DiskWriteError,
+    UnknownModule,
+    UnknownSetting,
+    VesselError,
+)
 from ._events import Event, now_ms
-from ._install import cleanup_staging, install_module, remove_module
+from ._install import (
+    Staged,
+    cleanup_staging,
+    commit_staged,
+    discard_staged,
+    remove_module,
+    stage_module,
+)
+from ._installs import Install, Installs
 from ._ipc import GuestStats
-from ._manifest import ModuleSource, Refusal, discover_modules, load_module_dir
+from ._manifest import ModuleSource, Refusal, discover_modules, load_module_dir, parse_manifest
 from ._native import BuiltinModule, NativeModule
 from ._paths import modules_dir
 from ._storage import Storage
@@ -106,6 +122,9 @@ class ModuleManager:
         self._native: dict[str, NativeModule] = {}
         self._followers: dict[str, set[trio.MemorySendChannel[LogLine]]] = {}
         self.refused: list[Refusal] = []
+        #: Installs under way or recently ended (``vessel._installs``).
+        self.installs = Installs()
+        self._background: trio.Nursery | None = None
         self.add_native(BuiltinModule(self.list_modules))
 
     def add_native(self, module: NativeModule) -> None:
@@ -270,28 +289,117 @@ class ModuleManager:
         entry.state = ModuleState.DISABLED
         self._lifecycle("disabled", module_id)
 
-    async def install(self, manifest: bytes, wasm: bytes, *, replace: bool = False) -> str:
-        """Install (or replace) a module and start it; returns its id."""
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the installs that run on after their request (``vessel._installs``); the
+        daemon starts this in its nursery, and cancelling it ends them (a compile under
+        way is killed, its staging folder deleted)."""
+        async with trio.open_nursery() as nursery:
+            self._background = nursery
+            task_status.started()
+            await trio.sleep_forever()
 
-        def compile(module_id: str, folder: Path, source_hash: str) -> None:
-            # From the installer's worker thread: the compile queue lives on trio's.
-            trio.from_thread.run_sync(self._lifecycle, "compiling", module_id)
-            trio.from_thread.run(self.compiler.compile, module_id, folder, source_hash)
+    async def install(self, manifest: bytes, wasm: bytes | Path, *, replace: bool = False) -> str:
+        """Install (or replace) a module and start it, and wait for that; returns its id.
 
-        source = await trio.to_thread.run_sync(
-            lambda: install_module(self.data_dir, manifest, wasm, replace=replace, compile=compile)
-        )
+        Raises what :meth:`begin_install` raises, and what ended the install: ManifestError,
+        ComponentError (it does not compile), DiskWriteError. The install goes on if the
+        caller is cancelled meanwhile (it is the daemon's: ``vessel._installs``).
+        """
+        install = await self.begin_install(manifest, wasm, replace=replace)
+        await install.ended.wait()
+        if install.error is not None:
+            raise install.error
+        return install.module_id
+
+    async def begin_install(
+        self, manifest: bytes, wasm: bytes | Path, *, replace: bool = False
+    ) -> Install:
+        """Check and stage an install, then let the daemon compile, place and start it;
+        returns once it is staged, with the record that says how it goes on.
+
+        Raises at once, with nothing changed: ManifestError (a bad manifest),
+        AlreadyInstalled (without ``replace``), InstallInProgress, ComponentError (bytes
+        that are no component), DiskWriteError. ``wasm`` may be an upload file: it is
+        moved into the module.
+        """
+        if self._background is None:
+            raise RuntimeError("ModuleManager.run() is not running")
+        parsed = parse_manifest(manifest, source="the uploaded manifest")
+        module_id = parsed.id
+        if not replace and self.is_installed(module_id):
+            raise AlreadyInstalled(
+                f"module {module_id!r} is already installed; remove it first or install with "
+                "replace"
+            )
+        install = self.installs.begin(module_id, parsed.version, replace=replace)
+        try:
+            staged = await trio.to_thread.run_sync(
+                lambda: stage_module(
+                    self.data_dir, manifest, wasm, replace=replace, source="the uploaded manifest"
+                )
+            )
+        except BaseException:
+            self.installs.drop(install)
+            raise
+        self._background.start_soon(self._finish_install, install, staged)
+        return install
+
+    def is_installed(self, module_id: str) -> bool:
+        """Installed under that id: a module, or a folder that was refused."""
+        return module_id in self._entries or any(r.module_id == module_id for r in self.refused)
+
+    async def _finish_install(self, install: Install, staged: Staged) -> None:
+        """Compile, place and start a staged install; its outcome goes to its record (and
+        to the log and a ``vessel.module.install_failed`` event when it fails)."""
+        module_id = install.module_id
+        try:
+            source = await self._compile_and_place(install, staged)
+        except BaseException as exc:
+            reason = (
+                "the daemon stopped before it was done"
+                if isinstance(exc, trio.Cancelled)
+                else str(exc)
+            )
+            log.error("install of module %s failed: %s; nothing was changed", module_id, reason)
+            self._lifecycle("install_failed", module_id, reason=reason)
+            error = exc if isinstance(exc, VesselError) else VesselError(reason)
+            self.installs.end(install, error)
+            if not isinstance(exc, Exception):
+                raise  # a cancellation goes on up
+            return
+        install.state = "starting"
         # The new files are in place: switching the running module over must not be cut
-        # short by a caller going away, or the old process would run beside new files.
-        with trio.CancelScope(shield=True):
-            if source.id in self._entries:
-                await self.stop(source.id)
-            self.refused = [r for r in self.refused if r.module_id != source.id]
-            self._add(source)
-            self._storage.set_module_enabled(source.id, True)
-            self._lifecycle("installed", source.id, version=source.manifest.version)
-            await self._start(source.id)
-        return source.id
+        # short (the daemon stopping), or the old process would run beside new files.
+        try:
+            with trio.CancelScope(shield=True):
+                if source.id in self._entries:
+                    await self.stop(source.id)
+                self.refused = [r for r in self.refused if r.module_id != source.id]
+                self._add(source)
+                self._storage.set_module_enabled(source.id, True)
+                self._lifecycle("installed", source.id, version=source.manifest.version)
+                await self._start(source.id)
+        finally:
+            self.installs.end(install)
+
+    async def _compile_and_place(self, install: Install, staged: Staged) -> ModuleSource:
+        module_id = install.module_id
+        try:
+            self._lifecycle("compiling", module_id)
+            try:
+                await self.compiler.compile(module_id, staged.folder, staged.source.hash)
+            except ArtifactNotStored as exc:
+                raise DiskWriteError(
+                    f"module {module_id!r} was not installed: {exc}; nothing was changed: "
+                    "free space in the data dir and retry"
+                ) from exc
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(discard_staged, staged)
+            raise
+        # Not abandoned if cancelled: the rename is done, or not begun (commit_staged
+        # deletes the staging folder whatever happens).
+        return await trio.to_thread.run_sync(lambda: commit_staged(staged, replace=install.replace))
 
     async def remove(self, module_id: str, *, keep_storage: bool = False) -> None:
         self._entry(module_id)
@@ -513,10 +621,10 @@ class ModuleManager:
             else None,
             "last_reason": entry.last_reason,
             "missing_settings": self.missing_settings(module_id),
-            "compiling_for": self._compiling_for(module_id),
+            "compiling_for": self.compiling_for(module_id),
         }
 
-    def _compiling_for(self, module_id: str) -> float | None:
+    def compiling_for(self, module_id: str) -> float | None:
         """Seconds since the module's compile was asked for (queued or under way)."""
         job = self.compiler.job(module_id)
         return None if job is None else trio.current_time() - job.queued_at

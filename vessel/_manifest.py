@@ -264,7 +264,7 @@ def compute_hash(manifest_bytes: bytes, wasm_bytes: bytes) -> str:
     return digest.hexdigest()
 
 
-def _hash_files(manifest_path: Path, wasm_path: Path) -> str:
+def hash_files(manifest_path: Path, wasm_path: Path) -> str:
     digest = hashlib.sha256(manifest_path.read_bytes())
     # Components are tens of MB: stream rather than hold a second copy in memory.
     with wasm_path.open("rb") as f:
@@ -275,7 +275,7 @@ def _hash_files(manifest_path: Path, wasm_path: Path) -> str:
 
 def hash_module_dir(module_dir: Path) -> str:
     """``compute_hash`` of the manifest.json and module.wasm in ``module_dir``."""
-    return _hash_files(module_dir / MANIFEST_FILE, module_dir / WASM_FILE)
+    return hash_files(module_dir / MANIFEST_FILE, module_dir / WASM_FILE)
 
 
 def write_hash_file(module_dir: Path, digest: str) -> None:
@@ -348,7 +348,7 @@ def load_module_dir(module_dir: Path, *, settled_ns: int = SETTLED_NS) -> Module
         digest = expected
     else:
         # Checked before parsing, so an edited manifest reports tampering, not a typo.
-        digest = _hash_files(manifest_path, wasm_path)
+        digest = hash_files(manifest_path, wasm_path)
         if expected is not None and expected != digest:
             shown = expected if _HASH_RE.fullmatch(expected) else "an unreadable value"
             raise TamperError(

@@ -12,18 +12,24 @@ parser).
 
 from __future__ import annotations
 
+import mmap
+
+#: What is looked at: the bytes, or a file mapped in (an upload stays out of the heap).
+Wasm = bytes | mmap.mmap
+
 #: ``\0asm``, then the component encoding's version and layer (a core module has
 #: version 1, layer 0).
 COMPONENT_HEADER = b"\0asm\x0d\x00\x01\x00"
 CORE_MODULE_HEADER = b"\0asm\x01\x00\x00\x00"
 
 
-def framing_problem(wasm: bytes) -> str | None:
+def framing_problem(wasm: Wasm) -> str | None:
     """Why ``wasm`` cannot be a WebAssembly component, from its framing alone; None
     when its header and top-level section sizes are sound."""
-    if wasm.startswith(CORE_MODULE_HEADER):
+    head = wasm[: len(COMPONENT_HEADER)]
+    if head == CORE_MODULE_HEADER:
         return "it is a core WebAssembly module, not a component (build it as a component)"
-    if not wasm.startswith(COMPONENT_HEADER):
+    if head != COMPONENT_HEADER:
         return "it does not start with the WebAssembly component header"
     at = len(COMPONENT_HEADER)
     while at < len(wasm):
@@ -35,7 +41,7 @@ def framing_problem(wasm: bytes) -> str | None:
     return None
 
 
-def _leb128_u32(data: bytes, at: int) -> tuple[int | None, int]:
+def _leb128_u32(data: Wasm, at: int) -> tuple[int | None, int]:
     """An unsigned LEB128 number of at most 5 bytes at ``data[at:]``, and where it ends
     (None: it runs past the end, or is longer than a u32 may be)."""
     value = shift = 0

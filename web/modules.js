@@ -10,6 +10,7 @@ export const title = "Modules";
 const REFRESH_MS = 10000;
 const LIFECYCLE_DEBOUNCE_MS = 150;
 const LOG_LINES = 200;
+const FOLLOW_MS = 1000; // how often a followed install is asked about
 const SECRET_KEY = /token|password|secret|key/i;
 
 const path = (id, ...rest) =>
@@ -19,6 +20,7 @@ export function mount(root, client, route) {
   const cards = new Map(); // id -> card controller
   const list = h("div.modules");
   const refusedBox = h("section.refused", { hidden: true });
+  const installsBox = h("section.installs", { hidden: true, "aria-live": "polite" });
   const listError = h("p.alert", { role: "alert", hidden: true });
   const install = installForm(client, () => refresh());
   let fetchedAt = performance.now();
@@ -46,6 +48,7 @@ export function mount(root, client, route) {
     ),
     install,
     listError,
+    installsBox,
     list,
     refusedBox,
   );
@@ -99,6 +102,22 @@ export function mount(root, client, route) {
     if (body.modules.length === 0) {
       list.append(h("p.card.empty", {}, "No modules installed. Install one with the button above."));
     }
+    // Installs the daemon is compiling or starting, and those that failed lately (a
+    // finished one is a module card now).
+    const installs = (body.installing ?? []).filter((i) => i.state !== "installed");
+    installsBox.hidden = installs.length === 0;
+    fill(
+      installsBox,
+      h("h3", {}, "Installing"),
+      installs.map((i) =>
+        h(
+          `p.card.install-status${i.state === "failed" ? ".alert" : ""}`,
+          { dataset: { install: i.id, state: i.state } },
+          h("strong", {}, `${i.id} ${i.version}`),
+          `: ${describeInstall(i)}`,
+        ),
+      ),
+    );
     refusedBox.hidden = body.refused.length === 0;
     fill(
       refusedBox,
@@ -144,19 +163,34 @@ function installForm(client, done) {
   );
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
+    const replace = form.elements.replace.checked;
+    const manifestFile = form.elements.manifest.files[0];
     const data = new FormData();
-    data.append("manifest", form.elements.manifest.files[0]);
+    data.append("manifest", manifestFile); // first: the daemon checks it before the rest
     data.append("wasm", form.elements.wasm.files[0]);
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;
     message.className = "note";
-    message.textContent = "Uploading and compiling… (a Python module takes several seconds)";
     try {
-      const replace = form.elements.replace.checked ? "?replace=true" : "";
-      const info = await client.api("POST", `api/modules${replace}`, { form: data });
-      message.textContent = `Installed ${info.id} ${info.version}: ${info.state}${info.pid ? `, pid ${info.pid}` : ""}`;
+      // A duplicate id is refused before megabytes are uploaded.
+      const id = await manifestId(manifestFile);
+      if (id && !replace && (await installed(client, id))) {
+        throw { code: "already_installed", message: `module ${id} is already installed; tick "Replace" to replace it` };
+      }
+      message.textContent = "Uploading…";
+      let status = await client.api("POST", `api/modules?wait=false${replace ? "&replace=true" : ""}`, { form: data });
       form.elements.wasm.value = "";
       form.elements.manifest.value = "";
+      done();
+      // The daemon compiles it now (seconds to minutes at a low priority): say how it goes.
+      while (status.state === "compiling" || status.state === "starting") {
+        message.textContent = `${status.id} ${status.version}: ${describeInstall(status)}`;
+        await new Promise((resolve) => setTimeout(resolve, FOLLOW_MS));
+        status = await client.api("GET", path(status.id, "install"));
+      }
+      if (status.state === "failed") throw { code: "install_failed", message: status.reason };
+      const info = await client.api("GET", path(status.id));
+      message.textContent = `Installed ${info.id} ${info.version}: ${info.state}${info.pid ? `, pid ${info.pid}` : ""}`;
       done();
     } catch (err) {
       message.className = "alert";
@@ -166,6 +200,34 @@ function installForm(client, done) {
     }
   });
   return form;
+}
+
+/** The id in a manifest file, or null when it cannot be read (the daemon says why). */
+async function manifestId(file) {
+  try {
+    const doc = JSON.parse(await file.text());
+    return typeof doc?.id === "string" ? doc.id : null;
+  } catch {
+    return null;
+  }
+}
+
+async function installed(client, id) {
+  try {
+    await client.api("GET", path(id));
+    return true;
+  } catch (err) {
+    if (err.code === "unknown_module") return false;
+    throw err;
+  }
+}
+
+/** "compiling, 12 s so far" / "failed: <reason>": an install record in words. */
+function describeInstall(install) {
+  if (install.state === "failed") return `failed: ${install.reason}`;
+  if (install.state === "compiling") return `compiling, ${Math.round(install.elapsed)} s so far (at a low priority, one or a few at a time)`;
+  if (install.state === "starting") return "compiled; starting";
+  return install.state;
 }
 
 function moduleCard(client, first, changed) {
@@ -243,10 +305,15 @@ function moduleCard(client, first, changed) {
   configButton.addEventListener("click", () => toggle("config"));
 
   let baseUptime = null;
+  // "compiling · 12s": how long its compile has waited or run, counted on between fetches.
+  const stateText = (elapsed) =>
+    info.state === "compiling" && info.compiling_for != null
+      ? `compiling · ${formatDuration(info.compiling_for + elapsed)}`
+      : info.state;
   function update(next) {
     info = next;
     heading.textContent = info.name || info.id;
-    state.textContent = info.state;
+    state.textContent = stateText(0);
     state.dataset.state = info.state;
     meta.textContent = `${info.id} · ${info.version}${info.description ? ` — ${info.description}` : ""}`;
     facts.pid.textContent = info.pid ?? "–";
@@ -268,6 +335,7 @@ function moduleCard(client, first, changed) {
     el,
     update,
     tick(elapsed) {
+      state.textContent = stateText(elapsed);
       if (baseUptime !== null && baseUptime !== undefined) {
         facts.uptime.textContent = formatDuration(baseUptime + elapsed);
       }

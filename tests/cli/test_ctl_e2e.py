@@ -77,14 +77,18 @@ def guest_source_folder(folder: Path, wasm: Path, module_id: str, **manifest: An
 async def test_install_list_restart_and_lifecycle_events(
     tmp_path: Path, built_guests: Mapping[str, Path], nursery: trio.Nursery
 ) -> None:
-    """`install` uploads a module folder and the module runs; `list` shows it running with
-    its pid; `restart` gives it a new pid, and a concurrent `vessel-ctl events
-    'vessel.module.*'` sees it stop (old pid) and start (new pid); Ctrl-C ends `events`
-    with status 0."""
+    """`install` uploads a module folder, says it is compiling, and the module runs;
+    `list` shows it running with its pid; `restart` gives it a new pid, and a concurrent
+    `vessel-ctl events 'vessel.module.*'` sees it stop (old pid) and start (new pid);
+    Ctrl-C ends `events` with status 0."""
     daemon = await start_daemon(nursery, tmp_path / "data")
     try:
         src = guest_source_folder(tmp_path / "src", built_guests["testkit"], "uploaded")
-        out = await run_ok(daemon, "install", str(src), timeout=INSTALL_TIMEOUT)
+        installed = await ctl("install", str(src), env=daemon.env, timeout=INSTALL_TIMEOUT)
+        assert installed.returncode == 0, installed
+        # It says what the daemon does while it compiles, not just "uploading".
+        assert "compiling uploaded… " in installed.stderr, installed.stderr
+        out = installed.stdout
         assert out.startswith("installed uploaded 0.1.0: running, pid "), out
         old_pid = int(out.rsplit(" ", 1)[1])
 

@@ -12,6 +12,7 @@ import trio
 
 from vessel._daemon import Daemon, DaemonConfig, open_daemon
 from vessel._manager import SupervisionPolicy
+from vessel._wasm_shape import COMPONENT_HEADER
 from vessel.gateway import GatewayConfig, GatewayState, serve_gateway
 
 FAST = SupervisionPolicy(max_restarts=2, period=30.0, backoff_initial=0.05, backoff_max=0.2)
@@ -77,3 +78,8 @@ def assert_error(response: httpx.Response, status: int, code: str) -> str:
     assert body["code"] == code
     message: str = body["message"]
     return message
+
+
+#: A component's header and one custom section of sound size: past the daemon's framing
+#: check, refused by the compiler (an install that fails in its compile, at once).
+NOT_OUR_COMPONENT = COMPONENT_HEADER + bytes([0, 4, 3]) + b"abc"

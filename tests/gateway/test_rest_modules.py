@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import trio
 
 from tests.fixture_types import MakeModuleDir
@@ -146,38 +145,6 @@ async def test_detail_has_permissions_limits_and_hash(
             assert detail["limits"]["memory_mb"] == 96
             assert detail["hash"] == (module_dir / "manifest.hash").read_text().strip()
             assert_error(await client.get("/api/modules/nobody"), 404, "unknown_module")
-
-
-@pytest.mark.watchdog(900)  # a compile at a low priority, on a busy machine (below)
-async def test_upload_installs_starts_and_serves_calls(
-    tmp_path: Path, built_guests: Mapping[str, Path]
-) -> None:
-    """A multipart upload of manifest + wasm installs the module under its manifest id,
-    answers 201 with its ModuleInfo, and the module then answers calls; uploading the
-    same id again without ?replace is 409 already_installed."""
-    files = {
-        "manifest": ("manifest.json", manifest_bytes(id="uploaded")),
-        "wasm": ("module.wasm", built_guests["testkit"].read_bytes()),
-    }
-    # Installing compiles the component in a process of its own at a low priority: ~15 s
-    # here, and 100 s was seen beside busy loops on every CPU.
-    with trio.fail_after(600):
-        async with open_api(tmp_path) as (_, client):
-            response = await client.post("/api/modules", files=files, timeout=600)
-            assert response.status_code == 201, response.text
-            info = response.json()
-            assert info["id"] == "uploaded"
-            assert info["state"] in ("starting", "running")
-            assert info["enabled"] is True
-            await wait_state(client, "uploaded", "running")
-            assert (tmp_path / "modules" / "uploaded" / "manifest.hash").is_file()
-
-            answer = await client.post("/api/modules/uploaded/call/echo", json={"n": 7})
-            assert answer.status_code == 200
-            assert answer.json() == {"data": {"n": 7}}
-
-            again = await client.post("/api/modules", files=files)
-            assert_error(again, 409, "already_installed")
 
 
 async def test_install_refuses_bad_uploads(

@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 from playwright.sync_api import BrowserContext, expect
 
+from tests.gateway.harness import NOT_OUR_COMPONENT
+
 from .harness import HA, FakeHAThread, open_page, running_daemon, screenshot, sign_in
 
 
@@ -189,6 +191,30 @@ def test_modules_view_shows_pids_restarts_configures_and_reads_logs(
         expect(page.locator("form.install .alert")).to_contain_text(
             "Install failed (invalid_module)"
         )
+
+        # An id that is installed is refused before anything is uploaded.
+        posts: list[str] = []
+        page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+        manifest.write_text(json.dumps({"id": "example", "version": "9"}))
+        page.get_by_label("Manifest (manifest.json)").set_input_files(manifest)
+        page.get_by_label("Component (.wasm)").set_input_files(wasm)
+        page.get_by_role("button", name="Install", exact=True).click()
+        expect(page.locator("form.install .alert")).to_contain_text(
+            'module example is already installed; tick "Replace"'
+        )
+        assert posts == []
+
+        # Accepted, then its compile fails: the form and the list say so, with the reason.
+        doc = json.loads((data_dir / "modules" / "testkit" / "manifest.json").read_text())
+        manifest.write_text(json.dumps({**doc, "id": "broken"}))
+        wasm.write_bytes(NOT_OUR_COMPONENT)
+        page.get_by_label("Manifest (manifest.json)").set_input_files(manifest)
+        page.get_by_label("Component (.wasm)").set_input_files(wasm)
+        page.get_by_role("button", name="Install", exact=True).click()
+        expect(page.locator("form.install .alert")).to_contain_text(
+            "Install failed (install_failed): module 'broken'", timeout=60_000
+        )
+        expect(page.locator("[data-install=broken]")).to_contain_text("failed: module 'broken'")
         assert script_errors == []
 
 

@@ -110,6 +110,12 @@ def format_module_list(doc: Mapping[str, Any]) -> str:
                 f"{m.get('id')} needs configuration: {missing} "
                 f"(vessel-ctl config {m.get('id')} KEY=VALUE)"
             )
+    installing = doc.get("installing") or []
+    if installing:
+        lines.append("")
+        lines.append(f"installs under way or ended in the last minutes ({len(installing)}):")
+        for i in installing:
+            lines.append(f"  {i.get('id')} {i.get('version')}: {_install_state(i)}")
     refused = doc.get("refused") or []
     if refused:
         lines.append("")
@@ -118,6 +124,15 @@ def format_module_list(doc: Mapping[str, Any]) -> str:
             where = f" [{r['dir']}]" if r.get("dir") else ""
             lines.append(f"  {r.get('id')}: {r.get('reason')}{where}")
     return "\n".join(lines)
+
+
+def _install_state(install: Mapping[str, Any]) -> str:
+    state = str(install.get("state"))
+    if state == "failed":
+        return f"failed: {install.get('reason')}"
+    if state == "installed":
+        return "installed"
+    return f"{state}, {install.get('elapsed', 0):.0f} s so far"
 
 
 def format_module_info(info: Mapping[str, Any]) -> str:

@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 from .._manifest import MANIFEST_FILE, WASM_FILE
 from ._ctl_build import build_source, check_source, is_python_source
-from ._ctl_client import INSTALL_TIMEOUT, ApiError, Client, CtlError, Settings
-from ._ctl_commands import describe_state, note, out, wait_settled
+from ._ctl_client import INSTALL_TIMEOUT, ApiError, Client, CtlError, Settings, module_path
+from ._ctl_commands import describe_state, module_info, note, out, wait_settled
 from ._ctl_format import format_bytes, pretty_json
+
+#: How often ``install`` asks how its install goes, and says so at most.
+FOLLOW_INTERVAL = 1.0
+PROGRESS_EVERY = 10.0
 
 
 def find_manifest(path: Path) -> Path:
@@ -80,6 +86,35 @@ def _refuse_if_installed(settings: Settings, module_id: str | None) -> None:
     raise CtlError(f"module {module_id!r} is already installed; pass --replace to replace it")
 
 
+def follow_install(client: Client, install: dict[str, Any]) -> dict[str, Any]:
+    """Wait for an install to end (bounded by --timeout), saying what it is doing every
+    :data:`PROGRESS_EVERY` seconds; returns its last record."""
+    module_id = str(install["id"])
+    deadline = time.monotonic() + client.timeout
+    said: object = None
+    next_note = 0.0
+    while install.get("state") in ("compiling", "starting"):
+        now = time.monotonic()
+        if now >= deadline:
+            raise CtlError(
+                f"{module_id} is still {install.get('state')} after {client.timeout:.0f} s; the "
+                f"daemon goes on with it: see vessel-ctl list, or raise --timeout"
+            )
+        if install.get("state") != said or now >= next_note:
+            note(_progress(install))
+            said, next_note = install.get("state"), now + PROGRESS_EVERY
+        time.sleep(FOLLOW_INTERVAL)
+        install = client.json("GET", f"{module_path(module_id)}/install")
+    return install
+
+
+def _progress(install: dict[str, Any]) -> str:
+    module_id = install.get("id")
+    if install.get("state") == "starting":
+        return f"starting {module_id}…"
+    return f"compiling {module_id}… {install.get('elapsed', 0):.0f} s (it runs at a low priority)"
+
+
 def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
     if not args.replace:
         # After what can be checked here (the build's manifest check names a bad field
@@ -100,16 +135,13 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CtlError(f"cannot read {exc.filename}: {exc.strerror}") from None
     shown_id = _manifest_id(manifest) or "?"
-    note(
-        f"uploading {shown_id} ({WASM_FILE} {format_bytes(len(wasm))}) to {settings.url}; "
-        "the daemon compiles it before it starts it (15 s or more for a Python module)"
-    )
+    note(f"uploading {shown_id} ({WASM_FILE} {format_bytes(len(wasm))}) to {settings.url}")
     with Client(settings, default_timeout=INSTALL_TIMEOUT) as client:
         try:
-            info = client.json(
+            answer = client.json(
                 "POST",
                 "/api/modules",
-                params={"replace": "true"} if args.replace else {},
+                params={"replace": "true", "wait": "false"} if args.replace else {"wait": "false"},
                 files={
                     "manifest": (MANIFEST_FILE, manifest, "application/json"),
                     "wasm": (WASM_FILE, wasm, "application/wasm"),
@@ -123,7 +155,13 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
             if exc.status == 401:
                 raise
             raise CtlError(f"cannot install {args.path}: {exc.message}") from None
-        info = wait_settled(client, info)
+        if "enabled" not in answer:  # an install record: the daemon goes on by itself
+            ended = follow_install(client, answer)
+            if ended.get("state") == "failed":
+                raise CtlError(f"cannot install {args.path}: {ended.get('reason')}")
+            answer = module_info(client, str(ended["id"]))
+        # (A daemon that waits for the compile itself answers with the ModuleInfo.)
+        info = wait_settled(client, answer)
     if settings.json:
         out(pretty_json(info))
     else:

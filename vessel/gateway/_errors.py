@@ -16,6 +16,8 @@ STATUS: dict[str, int] = {
     "unknown_command": 404,
     "method_not_allowed": 405,
     "already_installed": 409,
+    "install_in_progress": 409,
+    "request_timeout": 408,
     "too_large": 413,
     "too_many_requests": 429,
     "too_many_subscriptions": 429,

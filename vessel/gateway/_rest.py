@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from quart import Blueprint, Response, jsonify, request
+import trio
+from quart import Blueprint, Response, current_app, jsonify, request
 
 from .._errors import (
     AlreadyInstalled,
@@ -29,9 +30,11 @@ from .._errors import (
     UnknownModule,
     UnknownSetting,
 )
+from .._installs import KEEP_ENDED, InstallInProgress
 from .._manager import ModuleManager
 from .._manifest import HOST_API_VERSION, parse_manifest
-from ._app import gateway_state
+from .._paths import modules_dir
+from ._app import MAX_UPLOAD_BYTES, gateway_state
 from ._rest_hooks import install_hooks
 from ._rest_logs import NDJSON, follow_stream, recent_lines
 from ._rest_support import (
@@ -39,6 +42,7 @@ from ._rest_support import (
     call_params,
     decode_config_value,
     health_counts,
+    install_info,
     memory_of,
     module_detail,
     module_info,
@@ -47,6 +51,7 @@ from ._rest_support import (
     query_lines,
     query_version,
 )
+from ._upload import receive_upload
 
 rest = Blueprint("rest", __name__)
 install_hooks(rest)
@@ -91,7 +96,8 @@ async def list_modules() -> Response:
         except UnknownModule:  # removed while we gathered
             continue
     refused = [{"id": r.module_id, "reason": r.reason, "dir": str(r.dir)} for r in manager.refused]
-    return _json({"modules": modules, "refused": refused})
+    installing = [install_info(manager, record) for record in manager.installs.all()]
+    return _json({"modules": modules, "refused": refused, "installing": installing})
 
 
 @rest.get("/api/modules/version")
@@ -107,51 +113,86 @@ async def module(module_id: str) -> Response:
     return _json(module_detail(manager, module_id, memory.get(module_id)))
 
 
-async def _upload(name: str) -> bytes | None:
-    """A multipart field as bytes: a file part (``-F name=@file``) or a plain field."""
-    files = await request.files
-    upload = files.get(name)
-    if upload is not None:
-        data: bytes = upload.read()
-        return data
-    form = await request.form
-    value = form.get(name)
-    return None if value is None else str(value).encode()
-
-
 @rest.post("/api/modules")
 async def install() -> Response:
     replace = query_bool(request.args, "replace")
-    manifest_bytes = await _upload("manifest")
-    wasm_bytes = await _upload("wasm")
-    missing = [n for n, v in (("manifest", manifest_bytes), ("wasm", wasm_bytes)) if v is None]
-    if manifest_bytes is None or wasm_bytes is None:
-        raise ApiError(
-            "invalid_request",
-            f"missing multipart field {' and '.join(repr(n) for n in missing)} (send "
-            "manifest.json as 'manifest' and module.wasm as 'wasm')",
-        )
+    wait = query_bool(request.args, "wait", default=True)
     manager = _manager()
+
+    def check_manifest(manifest: bytes) -> None:
+        # As soon as the manifest part is in: a bad one, or an id that is installed or
+        # being installed, is answered before the component is stored.
+        try:
+            module_id = parse_manifest(manifest, source="the uploaded manifest").id
+        except ManifestError as exc:
+            raise ApiError("invalid_module", str(exc)) from None
+        if not replace and manager.is_installed(module_id):
+            raise _already_installed(module_id)
+        current = manager.installs.get(module_id)
+        if current is not None and current.under_way:
+            raise _in_progress(module_id)
+
+    upload = await receive_upload(
+        request.body,
+        request.headers.get("content-type", ""),
+        modules_dir=modules_dir(manager.data_dir),
+        max_bytes=MAX_UPLOAD_BYTES,
+        idle_timeout=_body_timeout(),
+        check_manifest=check_manifest,
+    )
     try:
-        module_id = parse_manifest(manifest_bytes, source="the uploaded manifest").id
-    except ManifestError as exc:
-        raise ApiError("invalid_module", str(exc)) from None
-    if not replace and _installed(manager, module_id):
-        raise _already_installed(module_id)
-    try:
-        await manager.install(manifest_bytes, wasm_bytes, replace=replace)
+        record = await manager.begin_install(upload.manifest, upload.wasm, replace=replace)
     except AlreadyInstalled:  # lost a race with another install of the same id
-        raise _already_installed(module_id) from None
-    except ManifestError as exc:
+        raise _already_installed(_id_of(upload.manifest)) from None
+    except InstallInProgress:
+        raise _in_progress(_id_of(upload.manifest)) from None
+    except (ManifestError, ComponentError) as exc:
         raise ApiError("invalid_module", str(exc)) from None
-    except ComponentError as exc:
-        raise ApiError("invalid_module", str(exc)) from None
+    finally:
+        await trio.to_thread.run_sync(upload.discard)
+    module_id = record.module_id
+    if not wait:
+        response = _json(install_info(manager, record), 202)
+        response.headers["Location"] = f"/api/modules/{module_id}/install"
+        return response
+    await record.ended.wait()  # the daemon's: it goes on if this client goes away
+    if isinstance(record.error, ComponentError):
+        raise ApiError("invalid_module", str(record.error))
+    if isinstance(record.error, DiskWriteError):
+        raise record.error
+    if record.error is not None:  # the machine, not the module: a compile process killed
+        raise ApiError("internal_error", str(record.error))
     return _json(await module_info_live(manager, module_id), 201)
 
 
-def _installed(manager: ModuleManager, module_id: str) -> bool:
-    refused = any(r.module_id == module_id for r in manager.refused)
-    return refused or module_id in manager.ids()
+@rest.get("/api/modules/<module_id>/install")
+async def install_status(module_id: str) -> Response:
+    manager = _manager()
+    record = manager.installs.get(module_id)
+    if record is None:
+        raise ApiError(
+            "unknown_module",
+            f"no install of {module_id!r} is under way or ended in the last "
+            f"{KEEP_ENDED / 60:.0f} minutes",
+        )
+    return _json(install_info(manager, record))
+
+
+def _id_of(manifest: bytes) -> str:
+    return parse_manifest(manifest, source="the uploaded manifest").id
+
+
+def _body_timeout() -> float:
+    timeout = current_app.config.get("BODY_TIMEOUT")
+    return float(timeout) if timeout else 60.0
+
+
+def _in_progress(module_id: str) -> ApiError:
+    return ApiError(
+        "install_in_progress",
+        f"module {module_id!r} is being installed already; wait for that install to end "
+        f"(GET /api/modules/{module_id}/install)",
+    )
 
 
 def _already_installed(module_id: str) -> ApiError:

@@ -10,6 +10,7 @@ import msgspec
 import trio
 
 from .._errors import UnknownModule
+from .._installs import Install
 from .._manager import ModuleManager, ModuleState
 from ._errors import STATUS
 
@@ -194,6 +195,12 @@ async def module_info_live(manager: ModuleManager, module_id: str) -> dict[str, 
     manager.state(module_id)  # UnknownModule before asking anything
     memory = await memory_of(manager, [module_id])
     return module_info(manager, module_id, memory.get(module_id))
+
+
+def install_info(manager: ModuleManager, record: Install) -> dict[str, Any]:
+    """The Install object of the API (docs/api.md): an install under way or recently ended."""
+    compiling = record.state == "compiling"
+    return record.describe(manager.compiling_for(record.module_id) if compiling else None)
 
 
 def module_detail(manager: ModuleManager, module_id: str, memory: int | None) -> dict[str, Any]:

@@ -149,7 +149,8 @@ async def install() -> Response:
     except (ManifestError, ComponentError) as exc:
         raise ApiError("invalid_module", str(exc)) from None
     finally:
-        await trio.to_thread.run_sync(upload.discard)
+        with trio.CancelScope(shield=True):  # also when the client went away meanwhile
+            await trio.to_thread.run_sync(upload.discard)
     module_id = record.module_id
     if not wait:
         response = _json(install_info(manager, record), 202)

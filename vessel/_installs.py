@@ -24,12 +24,19 @@ from ._errors import VesselError
 KEEP_ENDED = 600.0
 #: Ended installs kept at most (the oldest go first).
 MAX_ENDED = 32
+#: Installs under way at most: each holds its staged files (up to 64 MiB) until its
+#: compile, one or a few at a time, is done.
+MAX_UNDER_WAY = 16
 
 InstallState = Literal["compiling", "starting", "installed", "failed"]
 
 
 class InstallInProgress(VesselError):
     """Another install of the same module id is under way."""
+
+
+class TooManyInstalls(VesselError):
+    """:data:`MAX_UNDER_WAY` installs are under way already."""
 
 
 @dataclass(eq=False)
@@ -80,6 +87,12 @@ class Installs:
                 f"{trio.current_time() - current.received_at:.0f} s); wait for that install "
                 "to end (GET /api/modules/<id>/install, or the vessel.module.* events)"
             )
+        under_way = sum(1 for i in self._by_id.values() if i.under_way)
+        if under_way >= MAX_UNDER_WAY:
+            raise TooManyInstalls(
+                f"{under_way} installs are under way already; retry when some have ended "
+                "(vessel-ctl list shows them)"
+            )
         install = Install(module_id, version, replace, trio.current_time())
         self._by_id[module_id] = install
         self._prune()
@@ -119,4 +132,4 @@ class Installs:
                 del self._by_id[install.module_id]
 
 
-__all__ = ["Install", "InstallInProgress", "InstallState", "Installs"]
+__all__ = ["Install", "InstallInProgress", "InstallState", "Installs", "TooManyInstalls"]

@@ -47,7 +47,8 @@ VICTIM = "victim"
 ERROR_CODES = {
     "invalid_request", "invalid_module", "unauthorized", "not_found", "unknown_module",
     "unknown_command", "method_not_allowed", "already_installed", "module_unavailable",
-    "too_large", "module_error", "timeout",
+    "too_large", "module_error", "timeout", "install_in_progress", "too_many_requests",
+    "request_timeout",
 }  # fmt: skip
 
 

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 #: Largest request body (module uploads: an ~18 MB component plus its manifest).
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+#: Uploads received at once; more are refused ``too_many_requests``. Each is written to
+#: disk as it arrives (so this bounds the data dir's spool, not memory), and installs are
+#: one at a time in practice: four leaves room for a retry beside a stuck one.
+MAX_UPLOADS = 4
 
 
 @dataclass
@@ -35,6 +39,8 @@ class GatewayState:
     allowed_origins: frozenset[str] = frozenset()
     #: Set when the daemon is shutting down: WebSocket clients are told and closed.
     shutting_down: trio.Event = field(default_factory=trio.Event)
+    #: Module uploads being received now (``POST /api/modules``).
+    uploads: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(MAX_UPLOADS))
 
     @property
     def token(self) -> str:

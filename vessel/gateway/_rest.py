@@ -30,7 +30,7 @@ from .._errors import (
     UnknownModule,
     UnknownSetting,
 )
-from .._installs import KEEP_ENDED, InstallInProgress
+from .._installs import KEEP_ENDED, InstallInProgress, TooManyInstalls
 from .._manager import ModuleManager
 from .._manifest import HOST_API_VERSION, parse_manifest
 from .._paths import modules_dir
@@ -51,7 +51,7 @@ from ._rest_support import (
     query_lines,
     query_version,
 )
-from ._upload import receive_upload
+from ._upload import drain, receive_upload
 
 rest = Blueprint("rest", __name__)
 install_hooks(rest)
@@ -132,20 +132,35 @@ async def install() -> Response:
         if current is not None and current.under_way:
             raise _in_progress(module_id)
 
-    upload = await receive_upload(
-        request.body,
-        request.headers.get("content-type", ""),
-        modules_dir=modules_dir(manager.data_dir),
-        max_bytes=MAX_UPLOAD_BYTES,
-        idle_timeout=_body_timeout(),
-        check_manifest=check_manifest,
-    )
+    uploads = gateway_state().uploads
+    try:
+        uploads.acquire_nowait()
+    except trio.WouldBlock:
+        await drain(request.body, MAX_UPLOAD_BYTES, _body_timeout())  # a clean answer
+        raise ApiError(
+            "too_many_requests",
+            f"{uploads.total_tokens:.0f} uploads are being received already; retry when one "
+            "is done",
+        ) from None
+    try:
+        upload = await receive_upload(
+            request.body,
+            request.headers.get("content-type", ""),
+            modules_dir=modules_dir(manager.data_dir),
+            max_bytes=MAX_UPLOAD_BYTES,
+            idle_timeout=_body_timeout(),
+            check_manifest=check_manifest,
+        )
+    finally:
+        uploads.release()
     try:
         record = await manager.begin_install(upload.manifest, upload.wasm, replace=replace)
     except AlreadyInstalled:  # lost a race with another install of the same id
         raise _already_installed(_id_of(upload.manifest)) from None
     except InstallInProgress:
         raise _in_progress(_id_of(upload.manifest)) from None
+    except TooManyInstalls as exc:
+        raise ApiError("too_many_requests", str(exc)) from None
     except (ManifestError, ComponentError) as exc:
         raise ApiError("invalid_module", str(exc)) from None
     finally:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,12 +64,13 @@ def _boundary(content_type: str) -> bytes:
     return boundary.encode("latin-1")
 
 
-async def _drain(chunks: AsyncIterator[bytes], budget: int, idle_timeout: float) -> None:
+async def drain(chunks: AsyncIterable[bytes], budget: int, idle_timeout: float) -> None:
     """Read and drop the rest of a refused body (at most ``budget`` bytes, no pause
     longer than ``idle_timeout``)."""
+    iterator = aiter(chunks)
     while budget > 0:
         with trio.move_on_after(idle_timeout):
-            chunk = await anext(chunks, None)
+            chunk = await anext(iterator, None)
             if chunk is None:
                 return
             budget -= len(chunk)
@@ -166,7 +167,7 @@ async def receive_upload(
             # Read the rest and drop it before answering: answered mid-body, the server
             # closes the connection under a client still sending, which then sees a reset
             # instead of the answer (httpx does).
-            await _drain(iterator, max_bytes - received, idle_timeout)
+            await drain(iterator, max_bytes - received, idle_timeout)
         raise
     except OSError as exc:  # the data dir's file system: a full disk
         await _cleanup(wasm_file, folder)
@@ -186,4 +187,4 @@ async def _cleanup(wasm_file: trio.abc.AsyncResource | None, folder: Path) -> No
         await trio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
-__all__ = ["MAX_MANIFEST_BYTES", "Upload", "receive_upload"]
+__all__ = ["MAX_MANIFEST_BYTES", "Upload", "drain", "receive_upload"]

@@ -39,6 +39,9 @@ BUS_EMIT = "bus.emit"
 #: An emit the module process refused (its guest got the reason): counted by the daemon.
 BUS_REFUSED = "bus.refused"
 LOG = "log"
+#: Log lines the module process dropped (over vessel/_log_rules.py's rate): their count,
+#: after the invocation that logged them, or once a second while one logs on.
+LOG_DROPPED = "log.dropped"
 INSTANCE_REPLACED = "instance.replaced"
 #: Whether the module process has guest work confined to the box CPU now (the daemon
 #: keeps its other threads off that CPU meanwhile: vessel/_cpu_box.py).
@@ -148,6 +151,10 @@ class Log(msgspec.Struct, forbid_unknown_fields=True):
     message: str
     #: "host" for the log host function, "stdout"/"stderr" for captured guest output.
     source: str = "host"
+
+
+class LogDropped(msgspec.Struct, forbid_unknown_fields=True):
+    count: Annotated[int, msgspec.Meta(ge=1)]
 
 
 class InstanceReplaced(msgspec.Struct, forbid_unknown_fields=True):

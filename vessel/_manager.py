@@ -622,6 +622,7 @@ class ModuleManager:
             "last_reason": entry.last_reason,
             "missing_settings": self.missing_settings(module_id),
             "compiling_for": self.compiling_for(module_id),
+            "log_lines_dropped": module.log_lines_dropped,
         }
 
     def compiling_for(self, module_id: str) -> float | None:

@@ -40,6 +40,16 @@ from ._cpu_box import CpuBox
 from ._emit_rules import DAEMON_RATE_SLACK, RateLimit, emit_problem, rate_exceeded
 from ._errors import CallError, CapabilityDenied
 from ._events import Event, now_ms
+from ._log_rules import (
+    DAEMON_LINE_SLACK,
+    LEVELS,
+    MAX_LINES_PER_SECOND,
+    SOURCES,
+    cut_line,
+    dropped_note,
+    level_of,
+    one_line,
+)
 from ._manifest import ModuleSource
 from ._storage import Storage
 
@@ -47,6 +57,8 @@ from ._storage import Storage
 Router = Callable[[str, str, int, str, list[str]], Awaitable[str]]
 
 LOG_LINES_KEPT = 1000
+#: Seconds between two lines saying how many of a module's log lines were dropped.
+DROPPED_LINES_REPORT = 1.0
 EVENT_QUEUE = 1024
 #: Seconds a module may take to load its compiled code, instantiate it and run on-load
 #: (compiling is not starting: ``vessel._compiler`` is done before the process starts).
@@ -105,6 +117,9 @@ class WasmModule:
         self._on_log = on_log
         self._logger = logging.getLogger(f"vessel.module.{self.id}")
         self._rate = RateLimit(source.manifest.limits.max_event_rate * DAEMON_RATE_SLACK)
+        # Every line the module causes in the daemon's log goes through this bucket: the
+        # module process limits its lines too, but a subverted one would not.
+        self._log_rate = RateLimit(MAX_LINES_PER_SECOND * DAEMON_LINE_SLACK)
         self._subscription: Subscription | None = None
         self._fatal: str | None = None
         self.proc: ProcessActor | None = None
@@ -117,6 +132,10 @@ class WasmModule:
         self.events_emitted = 0
         self.events_refused = 0
         self.denials = 0
+        #: Log lines dropped over the rate limit, by its process or by the daemon.
+        self.log_lines_dropped = 0
+        self._drops_unreported = 0
+        self._drops_pending = trio.Event()
         #: The last run ended in a crash: the next start-up runs in the box CPU.
         self._crashed = False
         #: Its compiled code could not be stored (a full disk): its process compiles it
@@ -187,6 +206,7 @@ class WasmModule:
                 task_status.started()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._pump_events, proc, subscription)
+                    nursery.start_soon(self._report_dropped_lines)
                     info = await proc.wait()
                     nursery.cancel_scope.cancel()
                 raise ModuleCrashed(self._fatal or info.reason)
@@ -202,6 +222,7 @@ class WasmModule:
                 self._box.release(self.id)
             raise
         finally:
+            self._report_drops()  # what was dropped before its end or its start
             subscription.close()
             self._subscription = None
             self.proc = None
@@ -215,8 +236,9 @@ class WasmModule:
                 return
 
     def _child_output(self, stream: str, line: str) -> None:
-        # The module process's own stdout/stderr (not the guest's): Python tracebacks.
-        self._record("warning" if stream == "stderr" else "info", f"process: {line}", stream)
+        # The module process's own stdout/stderr (not the guest's): Python tracebacks, or
+        # anything at all from a subverted process.
+        self._module_line("warning" if stream == "stderr" else "info", f"process: {line}", stream)
 
     # -- calls from the daemon ---------------------------------------------------------
 
@@ -296,7 +318,7 @@ class WasmModule:
             return await self._dispatch(method, body)
         except CapabilityDenied as exc:
             self.denials += 1
-            self._record("warning", str(exc), "daemon")
+            self._module_line("warning", str(exc), "daemon")
             raise
 
     async def _dispatch(self, method: str, body: msgspec.Raw) -> Any:
@@ -345,8 +367,8 @@ class WasmModule:
             # The module process checks the same rules first, so only a subverted process
             # gets here: drop, count and say so.
             self.events_refused += 1
-            self._record("warning", f"dropped an event from the module process: {problem}",
-                         "daemon")  # fmt: skip
+            self._module_line("warning", f"dropped an event from the module process: {problem}",
+                              "daemon")  # fmt: skip
             return
         event = Event(
             module=self.id,  # never what the guest claims: a module speaks only for itself
@@ -365,9 +387,14 @@ class WasmModule:
             self.events_refused += _ipc.decode(body, _ipc.Refused).count
         elif method == _ipc.LOG:
             entry = _ipc.decode(body, _ipc.Log)
-            if entry.level == "fatal":
-                self._fatal = entry.message
-            self._record(entry.level, entry.message, entry.source)
+            level = level_of(entry.level)
+            if level == "fatal":
+                # The crash's reason if the process ends now: kept even when the line
+                # itself is dropped for the rate.
+                self._fatal = cut_line(entry.message)
+            self._module_line(level, entry.message, entry.source)
+        elif method == _ipc.LOG_DROPPED:
+            self._lines_dropped(_ipc.decode(body, _ipc.LogDropped).count)
         elif method == _ipc.GUEST_BOX:
             if self._box is not None:
                 boxed = _ipc.decode(body, _ipc.Boxed)
@@ -387,23 +414,42 @@ class WasmModule:
                 )
             )
 
+    # -- the module's log ----------------------------------------------------------------
+
+    def _module_line(self, level: str, message: str, source: str) -> None:
+        """A line the module caused (not the daemon's own news about it): kept if it is
+        within the rate limit, with a known level and source, at most 8 KiB."""
+        if not self._log_rate.take():
+            self._lines_dropped(1)
+            return
+        self._record(level_of(level), cut_line(message), source if source in SOURCES else "host")
+
+    def _lines_dropped(self, count: int) -> None:
+        self.log_lines_dropped += count
+        self._drops_unreported += count
+        self._drops_pending.set()
+
+    async def _report_dropped_lines(self) -> None:
+        """One line a second at most, while lines are dropped, saying how many."""
+        while True:
+            await self._drops_pending.wait()
+            await trio.sleep(DROPPED_LINES_REPORT)
+            self._report_drops()
+
+    def _report_drops(self) -> None:
+        count, self._drops_unreported = self._drops_unreported, 0
+        self._drops_pending = trio.Event()
+        if count:
+            self._record("warning", dropped_note(count), "daemon")
+
     def _record(self, level: str, message: str, source: str) -> None:
         line = LogLine(timestamp=now_ms(), level=level, source=source, message=message)
         self.logs.append(line)
-        self._logger.log(_LEVELS.get(level, logging.INFO), "%s", message)
+        severity = LEVELS.get(level, logging.INFO)
+        if self._logger.isEnabledFor(severity):
+            self._logger.log(severity, "%s", one_line(message))
         if self._on_log is not None:
             self._on_log(self.id, line)
-
-
-_LEVELS = {
-    "trace": logging.DEBUG,
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warn": logging.WARNING,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-    "fatal": logging.CRITICAL,
-}
 
 
 async def _exit_info(proc: ProcessActor) -> str:

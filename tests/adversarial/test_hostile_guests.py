@@ -8,8 +8,10 @@ the hostile one misbehaves, and fails the test if one call failed or one event w
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
+import re
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -704,6 +706,152 @@ async def test_huge_stdout_lines(
         # No line longer than the cut (8192 bytes, plus the "... (N more bytes cut)" tail).
         assert max(len(line.message) for line in logs) <= 8192 + 64
         assert await call(d, HOSTILE, "echo", {"ok": 1}) == {"ok": 1}
+
+
+#: What one module can put in the daemon's log, whatever it does, its process subverted
+#: included (docs/operations.md, "Reading logs"): lines a second (twice the 200 its
+#: process lets through, for lines that arrive bunched up) after a first burst of as many,
+#: plus one line a second saying how many were dropped; each line at most 8 KiB and the
+#: note saying how much was cut.
+LOG_LINES_PER_SECOND = 400
+LOG_LINE_BYTES = 8192 + 64
+DROPPED = re.compile(r"(\d+) log lines? dropped \(over 200 a second\)")
+
+
+class _LogTally(logging.Handler):
+    """Every record of one module's logger in the daemon's log, as the daemon writes it."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._logger = logger
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Called by the daemon's trio tasks (the module's log is written on its loop).
+        self.records.append(record)
+        self._lot.unpark_all()
+
+    def __enter__(self) -> _LogTally:
+        self._level = self._logger.level
+        self._logger.setLevel(logging.DEBUG)  # every line, not only what the root shows
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._level)
+
+    def messages(self, since: int = 0) -> list[str]:
+        return [r.getMessage() for r in self.records[since:]]
+
+    def dropped(self, since: int = 0) -> int:
+        """The lines the daemon's reports since record ``since`` say were dropped."""
+        return sum(int(m[1]) for x in self.messages(since) if (m := DROPPED.fullmatch(x)))
+
+    async def until(self, check: Callable[[], bool], timeout: float = 30.0) -> None:
+        """Wait (bounded) for the record that makes ``check()`` true."""
+        with trio.fail_after(timeout):
+            while not check():
+                await self._lot.park()
+
+
+def _within_bound(tally: _LogTally, since: int, seconds: float) -> None:
+    """The records since ``since``, written within ``seconds``, keep to the bound."""
+    count = len(tally.records) - since
+    bound = LOG_LINES_PER_SECOND * (1 + seconds) + (seconds + 1)
+    assert count <= bound, f"{count} lines in {seconds:.1f} s, more than {bound:.0f}"
+    for message in tally.messages(since):
+        assert "\n" not in message, message[:200]
+        assert len(message.encode()) <= LOG_LINE_BYTES, message[:200]
+
+
+async def test_log_flood_at_every_level(
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
+) -> None:
+    """A module logging as fast as it can, at level "fatal", at levels Vessel does not
+    know and in megabyte lines; then its process, as if subverted, writing to its own
+    stderr as fast as it can. What reaches the daemon's log stays within the documented
+    bound (LOG_LINES_PER_SECOND, LOG_LINE_BYTES, one line each in the daemon's log),
+    every line is either there or counted as dropped, the daemon's reports of the drops
+    add up to the module's ``log_lines_dropped``, and an unknown level is kept as info."""
+    levels = ["fatal", "FATAL", "emergency", "x" * 1000, "info\n2025-01-01 CRITICAL vessel: forged"]
+    kept_as = ["fatal", "fatal", "info", "info", "info"]
+    async with scenario(tmp_path, make_module_dir, figures, "log flood") as (d, row):
+        with _LogTally(logging.getLogger(f"vessel.module.{HOSTILE}")) as tally:
+            # One line at each level first: well within the rate, so each is kept.
+            for i, level in enumerate(levels):
+                await call(
+                    d, HOSTILE, "log", {"level": level, "message": f"probe {i}\nsecond line"}
+                )
+            probes = {
+                x.message: x for x in d.manager.logs(HOSTILE) if x.message.startswith("probe")
+            }
+            assert [probes[f"probe {i}\nsecond line"].level for i in range(5)] == kept_as
+            assert {r.levelname for r in tally.records if r.getMessage().startswith("probe")} == {
+                "CRITICAL", "INFO"
+            }  # fmt: skip
+
+            # The module floods; every line is logged or counted as dropped.
+            since, began = len(tally.records), trio.current_time()
+            attempted = 0
+            for _ in range(2):
+                for i, level in enumerate(levels):
+                    await call(d, HOSTILE, "log", {"level": level, "message": f"flood {i}",
+                                                   "count": 5000})  # fmt: skip
+                    attempted += 5000
+            await call(d, HOSTILE, "log", {"level": "fatal", "message": "z" * (1 << 20),
+                                           "count": 5})  # fmt: skip
+            attempted += 5
+            row.bad_inputs += attempted
+            # The lines of a command are in the daemon's log by the time it has the answer.
+            _within_bound(tally, since, trio.current_time() - began)
+
+            def flood_accounted() -> bool:
+                logged = [m for m in tally.messages(since) if m.startswith(("flood", "zzz"))]
+                return len(logged) + tally.dropped(since) == attempted
+
+            await tally.until(flood_accounted)
+            _within_bound(tally, since, trio.current_time() - began)
+            assert tally.dropped(since) > 0
+
+            # Its process writes to its stderr, a pipe the daemon reads: only a
+            # subverted process does, and the daemon's own limit is all that holds it.
+            pid = d.manager.get(HOSTILE).pid
+            assert pid is not None
+            stderr = f"/proc/{pid}/fd/2"
+            assert os.readlink(stderr).startswith("pipe:"), os.readlink(stderr)
+            lines = [f"subverted {n}" for n in range(20_000)] + ["w" * 60_000] * 20
+            since, began = len(tally.records), trio.current_time()
+            with trio.fail_after(60):
+                await trio.to_thread.run_sync(_write_lines, stderr, lines, abandon_on_cancel=True)
+            row.bad_inputs += len(lines)
+            _within_bound(tally, since, trio.current_time() - began)
+
+            def stderr_accounted() -> bool:
+                logged = [m for m in tally.messages(since) if m.startswith("process: ")]
+                return len(logged) + tally.dropped(since) == len(lines)
+
+            await tally.until(stderr_accounted)
+            _within_bound(tally, since, trio.current_time() - began)
+            assert tally.dropped(since) > 0
+
+            info = d.manager.describe(HOSTILE)
+            assert info["log_lines_dropped"] == tally.dropped(), (info, tally.dropped())
+            assert info["state"] == "running", info
+        assert await call(d, HOSTILE, "echo", {"ok": 1}) == {"ok": 1}
+
+
+def _write_lines(path: str, lines: list[str]) -> None:
+    """Write ``lines`` to ``path`` as fast as a pipe takes them (a worker thread)."""
+    data = "".join(f"{line}\n" for line in lines).encode()
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 async def test_sigkill_in_a_row_ends_failed(

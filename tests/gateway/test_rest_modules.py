@@ -35,6 +35,7 @@ INFO_FIELDS = {
     "last_reason",
     "missing_settings",
     "compiling_for",
+    "log_lines_dropped",
 }
 
 

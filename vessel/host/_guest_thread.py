@@ -77,6 +77,7 @@ class GuestThread:
         lane: BlockingChannel,
         portal: TrioPortal,
         log: Callable[[str, str], None],
+        last_word: Callable[[str], None],
         claim_timer: Callable[[int], bool],
         release_resources: Callable[[str], Awaitable[None]],
         flush_log: Callable[[], Awaitable[None]],
@@ -87,6 +88,7 @@ class GuestThread:
         self._lane = lane
         self._portal = portal
         self._log = log
+        self._last_word = last_word
         self._claim_timer = claim_timer
         self._release_resources = release_resources
         self._flush_log = flush_log
@@ -389,8 +391,9 @@ class GuestThread:
             self._lane.request(_ipc.LANE_SYNC, None, timeout=2.0)
 
     def _fatal(self, reason: str) -> NoReturn:
-        """Report why, make sure the daemon has it, and end the process."""
-        self._log("fatal", reason)
+        """Report why (over the log's rate limit: a flood of lines just before must not
+        hide it), make sure the daemon has it, and end the process."""
+        self._last_word(reason)
         # The line is on the lane (this is the guest's thread), lines from the trio loop
         # on the channel: make sure the daemon has read both. If it is gone already we
         # exit all the same.

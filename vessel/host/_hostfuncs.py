@@ -21,6 +21,7 @@ from .. import _ipc
 from .._capabilities import Capabilities
 from .._emit_rules import RateLimit, emit_problem, rate_exceeded
 from .._errors import CapabilityDenied
+from .._log_rules import level_of
 from ._hosterrors import HostCallError
 
 if TYPE_CHECKING:
@@ -305,4 +306,5 @@ class HostFunctions:
     # -- logging -----------------------------------------------------------------------
 
     def log(self, level: str, message: str) -> None:
-        self._log(level, message)
+        # The WIT takes any string: a level Vessel does not know is kept as info.
+        self._log(level_of(level), message)

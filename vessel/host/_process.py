@@ -30,6 +30,7 @@ from actors import ActorError, Channel, ParentLink, open_parent_channel
 from .. import _ipc
 from .._capabilities import Capabilities
 from .._events import Event
+from .._log_rules import MAX_LINE, MAX_LINES_PER_SECOND, cut_bytes, cut_line
 from ._box_report import BoxReport
 from ._confine import box_cpu, boxed
 from ._guest_thread import Delivery, GuestLoadError, GuestThread
@@ -48,9 +49,6 @@ log = logging.getLogger("vessel.host")
 #: dropped and counted (commands are never dropped: they wait in the lane, and the daemon
 #: bounds how long).
 MAILBOX_SIZE = 1024
-#: Guest output: longer lines are cut; more lines per second than this are dropped.
-MAX_LINE = 8192
-MAX_LINES_PER_SECOND = 200
 UNLOAD_GRACE = 1.0
 
 
@@ -65,19 +63,12 @@ class _OutputLines:
         buf += data
         lines: list[str] = []
         while (nl := buf.find(b"\n")) >= 0:
-            lines.append(_cut(bytes(buf[:nl])))
+            lines.append(cut_bytes(bytes(buf[:nl])))
             del buf[: nl + 1]
         if len(buf) > MAX_LINE:
-            lines.append(_cut(bytes(buf)))
+            lines.append(cut_bytes(bytes(buf)))
             buf.clear()
         return lines
-
-
-def _cut(line: bytes) -> str:
-    if len(line) <= MAX_LINE:
-        return line.decode("utf-8", "replace")
-    extra = len(line) - MAX_LINE
-    return line[:MAX_LINE].decode("utf-8", "replace") + f"... ({extra} more bytes cut)"
 
 
 def _memory() -> tuple[int, int]:
@@ -101,8 +92,8 @@ def _memory() -> tuple[int, int]:
 
 
 class _LogLimit:
-    """At most MAX_LINES_PER_SECOND log lines a second (fatal ones always), counted
-    across the threads that log; the lines dropped are reported once a second."""
+    """At most MAX_LINES_PER_SECOND log lines a second, whatever their level, counted
+    across the threads that log; the lines dropped are counted until reported."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -110,31 +101,33 @@ class _LogLimit:
         self._count = 0
         self._dropped = 0
 
-    def admit(self, level: str) -> tuple[bool, int]:
-        """(send this line?, lines dropped since the last report, to report now)."""
+    def admit(self) -> tuple[bool, int]:
+        """(send this line?, lines dropped before this second, to report now)."""
         with self._lock:
             now = time.monotonic()
             report = 0
             if now - self._window_start >= 1.0:
                 report, self._dropped = self._dropped, 0
                 self._window_start, self._count = now, 0
-            if self._count >= MAX_LINES_PER_SECOND and level != "fatal":
+            if self._count >= MAX_LINES_PER_SECOND:
                 self._dropped += 1
                 return False, report
             self._count += 1
             return True, report
 
-    def dropped_elsewhere(self) -> None:
+    def take_dropped(self) -> int:
+        """Lines dropped since the last report, to report now."""
         with self._lock:
-            self._dropped += 1
+            count, self._dropped = self._dropped, 0
+            return count
+
+    def dropped_elsewhere(self, count: int = 1) -> None:
+        with self._lock:
+            self._dropped += count
 
 
 def _log_entry(level: str, message: str, source: str) -> _ipc.Log:
-    return _ipc.Log(level=level, message=message[: MAX_LINE * 2], source=source)
-
-
-def _dropped_lines(count: int) -> _ipc.Log:
-    return _ipc.Log(level="warning", message=f"{count} log lines dropped (rate limit)")
+    return _ipc.Log(level=level, message=cut_line(message), source=source)
 
 
 class ModuleProcess:
@@ -212,6 +205,7 @@ class ModuleProcess:
             lane=lane,
             portal=self._portal,
             log=self.log,
+            last_word=self.last_word,
             claim_timer=self._timers.claim,
             release_resources=self._release_instance_resources,
             flush_log=self._flush_log,
@@ -232,7 +226,12 @@ class ModuleProcess:
             complete_reply=guest.complete_reply,
             max_event_rate=manifest.limits.max_event_rate,
         )
-        guest.after_invocation = host.report_refused
+
+        def after_invocation() -> None:
+            host.report_refused()
+            self.report_dropped_lines()
+
+        guest.after_invocation = after_invocation
         # After a crash the start-up runs in the box: the modules still serving go first.
         with boxed(box_cpu() if params.boxed else None, box.changed):
             runtime = GuestRuntime(
@@ -316,41 +315,53 @@ class ModuleProcess:
     # -- logging -----------------------------------------------------------------------
 
     def log(self, level: str, message: str, source: str = "host") -> None:
-        """Send one log line to the daemon; callable from any thread.
+        """Send one log line to the daemon, within the rate limit; callable from any
+        thread.
 
         From the thread running the guest the line goes over the lane, in order with
         what the same invocation sends there (its events, its answer): a client that
         got the answer to a command can read the lines it logged. From the trio loop
         (timers, sockets) it goes over the channel, without blocking.
         """
+        admitted, dropped = self._log_limit.admit()
+        if not admitted and threading.current_thread() is not self._loop_thread:
+            self._rate_refused()
+        self._send_log(dropped, _log_entry(level, message, source) if admitted else None)
+
+    def last_word(self, reason: str) -> None:
+        """Why this process ends, sent whatever the rate limit says: the daemon names it
+        as the reason of the crash. Once per process, which exits right after."""
+        self._send_log(0, _log_entry("fatal", reason, "host"))
+
+    def report_dropped_lines(self) -> None:
+        """Tell the daemon how many lines were dropped since the last report (the guest
+        thread calls this after every invocation): one message for a whole flood."""
+        if dropped := self._log_limit.take_dropped():
+            self._send_log(dropped, None)
+
+    def _send_log(self, dropped: int, entry: _ipc.Log | None) -> None:
         if threading.current_thread() is self._loop_thread:
-            self._send_log(level, message, source)
-        else:
-            admitted, dropped = self._log_limit.admit(level)
-            if not admitted:
-                self._rate_refused()
-            lane = self._link.lanes[0] if self._link is not None else None
-            if lane is None:
-                self._token.run_sync_soon(self._send_log, level, message, source)
-                return
-            with contextlib.suppress(ActorError):  # the daemon is gone: nobody to tell
-                if dropped:
-                    lane.notify(_ipc.LOG, _dropped_lines(dropped))
-                if admitted:
-                    lane.notify(_ipc.LOG, _log_entry(level, message, source))
+            if dropped and not self._notify_log(_ipc.LOG_DROPPED, _ipc.LogDropped(count=dropped)):
+                self._log_limit.dropped_elsewhere(dropped)
+            if entry is not None and not self._notify_log(_ipc.LOG, entry):
+                self._log_limit.dropped_elsewhere()
+            return
+        lane = self._link.lanes[0] if self._link is not None else None
+        if lane is None:
+            self._token.run_sync_soon(self._send_log, dropped, entry)
+            return
+        with contextlib.suppress(ActorError):  # the daemon is gone: nobody to tell
+            if dropped:
+                lane.notify(_ipc.LOG_DROPPED, _ipc.LogDropped(count=dropped))
+            if entry is not None:
+                lane.notify(_ipc.LOG, entry)
 
-    def _send_log(self, level: str, message: str, source: str) -> None:
-        admitted, dropped = self._log_limit.admit(level)
-        if dropped:
-            self._notify_log(_dropped_lines(dropped))
-        if admitted:
-            self._notify_log(_log_entry(level, message, source))
-
-    def _notify_log(self, entry: _ipc.Log) -> None:
+    def _notify_log(self, method: str, body: _ipc.Log | _ipc.LogDropped) -> bool:
         try:
-            self.channel.notify_nowait(_ipc.LOG, entry)
+            self.channel.notify_nowait(method, body)
         except trio.WouldBlock:
-            self._log_limit.dropped_elsewhere()
+            return False
+        return True
 
     def _on_output(self, stream: str, data: bytes) -> None:
         for line in self._output.feed(stream, data):

@@ -134,7 +134,9 @@ async def test_call_config_logs_and_errors(
 ) -> None:
     """`call` prints the module's JSON answer; a value set with `config` is what the module
     reads from its storage; `logs` shows its log lines and `logs -f` streams new ones
-    until Ctrl-C; expected failures are one line on stderr with exit status 1."""
+    until Ctrl-C (with the token from --token-file, which keeps it out of the command
+    line other users can read); expected failures are one line on stderr with exit
+    status 1."""
     data = tmp_path / "data"
     make_module_dir(data, "testkit", module_id="kit", permissions={"storage": True})
     daemon = await start_daemon(nursery, data)
@@ -165,9 +167,16 @@ async def test_call_config_logs_and_errors(
 
         logs = await run_ok(daemon, "logs", "kit", "-n", "50")
         assert "testkit loaded" in logs
-        follow = await spawn_ctl("logs", "-f", "kit", env=daemon.env)
+        token = (data / "token").read_text().strip()
+        token_file = tmp_path / "my-token"
+        token_file.write_text(token + "\n")
+        without_data_dir = {k: v for k, v in daemon.env.items() if k != "VESSEL_DATA_DIR"}
+        follow = await spawn_ctl("--token-file", str(token_file), "logs", "-f", "kit",
+                                 env=without_data_dir)  # fmt: skip
         try:
             await follow.stdout.wait_for(lambda s: "testkit loaded" in s)
+            cmdline = Path(f"/proc/{follow.process.pid}/cmdline").read_bytes()
+            assert token.encode() not in cmdline
             await run_ok(daemon, "call", "kit", "log", '{"message": "followed line"}')
             await follow.stdout.wait_for(lambda s: "followed line" in s)
         finally:
@@ -175,10 +184,16 @@ async def test_call_config_logs_and_errors(
         assert code == 0, follow.stderr.text
         assert "Traceback" not in follow.stderr.text
 
+        wrong_file = tmp_path / "wrong-token"
+        wrong_file.write_text("wrong\n")
         failures = {
             ("info", "nosuch"): "vessel-ctl: unknown module 'nosuch'\n",
             ("call", "nosuch", "echo"): "vessel-ctl: unknown module 'nosuch'\n",
             ("--token", "wrong", "list"): "vessel-ctl: wrong token: ",
+            ("--token-file", str(wrong_file), "list"): "vessel-ctl: wrong token: ",
+            ("--token-file", str(tmp_path / "nofile"), "list"): (
+                f"vessel-ctl: cannot read the token file {tmp_path / 'nofile'}: "
+            ),
             ("config", "kit", "missing"): "vessel-ctl: module 'kit' has no config key 'missing'",
             ("call", "kit", "fail"): "vessel-ctl: kit.fail@1 failed (",
         }

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from vessel.cli._ctl_client import CtlError, Settings, normalize_url, read_token
-from vessel.cli._ctl_commands import read_params
+from vessel.cli._ctl_commands import UsageError, read_params
 from vessel.cli._ctl_events import subscriptions
 from vessel.cli._ctl_format import (
     MASK,
@@ -121,12 +121,54 @@ def test_token_falls_back_to_the_data_dir_token_file(tmp_path: Path) -> None:
     with pytest.raises(CtlError) as exc:
         read_token(settings)
     message = str(exc.value)
-    assert message.startswith("no token: pass --token, set VESSEL_TOKEN or run on the daemon")
+    assert message.startswith(
+        "no token: set VESSEL_TOKEN or pass --token-file, or run on the daemon's host"
+    )
     assert str(tmp_path / "token") in message
     (tmp_path / "token").write_text("secret-token\n")
     assert read_token(settings) == "secret-token"
     explicit = Settings(url="http://127.0.0.1:1", data_dir=tmp_path, token="given")
     assert read_token(explicit) == "given"
+
+
+def test_token_file_beats_the_environment_and_never_goes_on_the_command_line(
+    tmp_path: Path,
+) -> None:
+    """--token-file FILE is read when the token is needed, and beats VESSEL_TOKEN (the
+    command line beats the environment); VESSEL_TOKEN_FILE comes after VESSEL_TOKEN;
+    --token with --token-file is a usage error. A missing, unreadable or empty file is
+    one line naming it."""
+    token_file = tmp_path / "token-file"
+    token_file.write_text("from-the-file\n")
+    parser = build_parser()
+    env = {"VESSEL_TOKEN": "from-env", "VESSEL_DATA_DIR": str(tmp_path / "data")}
+    settings = resolve_settings(parser.parse_args(["list", "--token-file", str(token_file)]), env)
+    assert (settings.token, settings.token_file) == (None, token_file)
+    assert read_token(settings) == "from-the-file"
+    from_env = resolve_settings(
+        parser.parse_args(["list"]), {**env, "VESSEL_TOKEN_FILE": str(token_file)}
+    )
+    assert read_token(from_env) == "from-env"
+    only_file = resolve_settings(
+        parser.parse_args(["list"]), {"VESSEL_TOKEN_FILE": str(token_file)}
+    )
+    assert read_token(only_file) == "from-the-file"
+    with pytest.raises(UsageError, match="--token or --token-file, not both"):
+        resolve_settings(
+            parser.parse_args(["--token", "t", "list", "--token-file", str(token_file)]), env
+        )
+
+    for path, why in (
+        (tmp_path / "missing", f"cannot read the token file {tmp_path / 'missing'}: "),
+        (tmp_path, f"cannot read the token file {tmp_path}: "),
+        (tmp_path / "empty", f"the token file {tmp_path / 'empty'} is empty"),
+    ):
+        (tmp_path / "empty").write_text("\n")
+        given = Settings(url="http://127.0.0.1:1", data_dir=tmp_path, token_file=path)
+        with pytest.raises(CtlError) as exc:
+            read_token(given)
+        assert str(exc.value).startswith(why), exc.value
+        assert "\n" not in str(exc.value)
 
 
 # -- patterns, settings, params -------------------------------------------------------------
@@ -398,5 +440,5 @@ async def test_no_token_is_one_line(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{_closed_port()}"
     result = await ctl("--url", url, "--data-dir", str(tmp_path), "list", env=base_env())
     assert result.returncode == 1, result
-    assert result.stderr.startswith("vessel-ctl: no token: pass --token, set VESSEL_TOKEN")
+    assert result.stderr.startswith("vessel-ctl: no token: set VESSEL_TOKEN or pass --token-file")
     assert result.stderr.count("\n") == 1

@@ -48,8 +48,11 @@ class Settings:
 
     url: str
     data_dir: Path
-    #: From --token or VESSEL_TOKEN; None means "read <data_dir>/token when needed".
+    #: From --token or VESSEL_TOKEN; None means "read token_file, else <data_dir>/token,
+    #: when needed".
     token: str | None = None
+    #: From --token-file or VESSEL_TOKEN_FILE.
+    token_file: Path | None = None
     json: bool = False
     #: --timeout; None means each command's default.
     timeout: float | None = None
@@ -91,10 +94,18 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
+#: What to do about a missing or refused token. Never --token: a command line is visible
+#: to every local user (``ps``, /proc/<pid>/cmdline); the environment and a file are not.
+TOKEN_HINT = "set VESSEL_TOKEN or pass --token-file"
+
+
 def read_token(settings: Settings) -> str:
-    """The admin token: --token, VESSEL_TOKEN, else the daemon's ``<data-dir>/token``."""
+    """The admin token: --token or VESSEL_TOKEN, else the file --token-file or
+    VESSEL_TOKEN_FILE names, else the daemon's ``<data-dir>/token``."""
     if settings.token:
         return settings.token
+    if settings.token_file is not None:
+        return _read_token_file(settings.token_file)
     path = settings.data_dir / "token"
     try:
         token = path.read_text().strip()
@@ -103,14 +114,24 @@ def read_token(settings: Settings) -> str:
     except PermissionError:
         raise CtlError(
             f"no token: cannot read {path} (permission denied); run as the daemon's user, "
-            "pass --token or set VESSEL_TOKEN"
+            f"or {TOKEN_HINT}"
         ) from None
     except OSError as exc:
         raise CtlError(f"no token: cannot read {path}: {exc.strerror}") from None
     if not token:
-        raise CtlError(
-            f"no token: pass --token, set VESSEL_TOKEN or run on the daemon's host (reads {path})"
-        )
+        raise CtlError(f"no token: {TOKEN_HINT}, or run on the daemon's host (reads {path})")
+    return token
+
+
+def _read_token_file(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise CtlError(f"cannot read the token file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise CtlError(f"the token file {path} is not text") from None
+    if not token:
+        raise CtlError(f"the token file {path} is empty")
     return token
 
 
@@ -171,7 +192,7 @@ def error_from_response(response: httpx.Response, url: str) -> ApiError:
     if status == 401:
         message = (
             f"wrong token: the daemon at {url} refused it (the token is in the daemon's "
-            "<data-dir>/token; pass --token or set VESSEL_TOKEN)"
+            f"<data-dir>/token; {TOKEN_HINT})"
         )
     return ApiError(status, code, message)
 

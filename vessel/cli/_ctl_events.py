@@ -23,7 +23,14 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from ._ctl_client import DEFAULT_TIMEOUT, CtlError, Settings, not_running, read_token
+from ._ctl_client import (
+    DEFAULT_TIMEOUT,
+    TOKEN_HINT,
+    CtlError,
+    Settings,
+    not_running,
+    read_token,
+)
 from ._ctl_commands import UsageError, note, out
 from ._ctl_format import format_event
 from ._ctl_parser import split_pattern
@@ -75,7 +82,7 @@ def _decode(received: str | bytes) -> tuple[str, dict[str, Any]]:
 def _wrong_token(settings: Settings) -> CtlError:
     return CtlError(
         f"wrong token: the daemon at {settings.url} refused it (the token is in the "
-        "daemon's <data-dir>/token; pass --token or set VESSEL_TOKEN)"
+        f"daemon's <data-dir>/token; {TOKEN_HINT})"
     )
 
 

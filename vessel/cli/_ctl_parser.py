@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .._paths import default_data_dir
 from ._ctl_client import DEFAULT_URL, Settings, normalize_url
+from ._ctl_commands import UsageError
 
 PROG = "vessel-ctl"
 
@@ -23,7 +24,8 @@ Write modules too: `new` makes a Python module folder and `build` builds it (the
 need no daemon).
 
 The admin token is read from <data-dir>/token when vessel-ctl runs on the daemon's host
-as the daemon's user; elsewhere pass --token or set VESSEL_TOKEN."""
+as the daemon's user; elsewhere set VESSEL_TOKEN or pass --token-file (--token works too,
+but every local user can read a command line)."""
 
 EPILOG = """\
 exit status: 0 success; 1 the command failed (one line on stderr says why);
@@ -34,7 +36,7 @@ examples:
   vessel-ctl list
   vessel-ctl restart home-assistant
   vessel-ctl new my-module && vessel-ctl install my-module
-  vessel-ctl --url http://server.lan:8080 --token "$TOKEN" list
+  vessel-ctl --url http://server.lan:8080 --token-file ~/.config/vessel/token list
   vessel-ctl logs --help"""
 
 
@@ -145,7 +147,15 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     group.add_argument(
         "--token",
         default=default(None),
-        help="admin token (env VESSEL_TOKEN; default: read <data-dir>/token)",
+        help="admin token (env VESSEL_TOKEN; default: read <data-dir>/token). Other local "
+        "users can read it in the process list: prefer VESSEL_TOKEN or --token-file",
+    )
+    group.add_argument(
+        "--token-file",
+        type=Path,
+        default=default(None),
+        metavar="FILE",
+        help="read the admin token from FILE (env VESSEL_TOKEN_FILE)",
     )
     group.add_argument(
         "--data-dir",
@@ -335,7 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    """The global options, falling back to the environment, then to the defaults."""
+    """The global options, falling back to the environment, then to the defaults.
+
+    The token: --token or --token-file (not both: UsageError), else VESSEL_TOKEN, else
+    VESSEL_TOKEN_FILE, else the daemon's <data-dir>/token (read when needed).
+    """
     url = args.url or environ.get("VESSEL_URL") or DEFAULT_URL
     if args.data_dir is not None:
         data_dir = Path(args.data_dir).expanduser()
@@ -343,10 +357,19 @@ def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Se
         data_dir = Path(environ["VESSEL_DATA_DIR"]).expanduser()
     else:
         data_dir = default_data_dir()
+    token: str | None = args.token or None
+    token_file: Path | None = args.token_file
+    if token is not None and token_file is not None:
+        raise UsageError("give the token one way: --token or --token-file, not both")
+    if token is None and token_file is None:
+        token = environ.get("VESSEL_TOKEN") or None
+        if token is None and environ.get("VESSEL_TOKEN_FILE"):
+            token_file = Path(environ["VESSEL_TOKEN_FILE"])
     return Settings(
         url=normalize_url(url),
         data_dir=data_dir,
-        token=args.token or environ.get("VESSEL_TOKEN") or None,
+        token=token,
+        token_file=token_file.expanduser() if token_file is not None else None,
         json=bool(args.json),
         timeout=args.timeout,
     )

@@ -172,4 +172,7 @@ T = TypeVar("T")
 
 def decode(raw: msgspec.Raw | bytes, type: type[T]) -> T:
     """Decode a request body into its Struct (the layer below keeps bodies raw)."""
-    return msgspec.msgpack.decode(raw, type=type)
+    try:
+        return msgspec.msgpack.decode(raw, type=type)
+    except RecursionError:  # only a subverted module process nests a request this deep
+        raise msgspec.DecodeError("the request is nested too deeply") from None

@@ -20,6 +20,7 @@ import msgspec
 from msgspec import Meta, Raw, Struct
 
 from .._events import Event
+from .._json_check import MAX_JSON_DEPTH, depth_problem, json_problem
 from .._manifest import HOST_API_VERSION
 
 PROTOCOL_VERSION: Final = 1
@@ -137,8 +138,12 @@ def decode(frame: str | bytes | None) -> ClientMessage:
             raise InvalidMessage(
                 f"message of {size} bytes exceeds the {PROTOCOL_MAX_MESSAGE}-byte limit"
             )
+    if problem := depth_problem(frame):
+        raise InvalidMessage(f"invalid JSON: {problem}")
     try:
         return _decoder.decode(frame)
+    except RecursionError:  # pragma: no cover - the depth check refuses such frames first
+        raise InvalidMessage(f"invalid JSON: nested more than {MAX_JSON_DEPTH} levels") from None
     except msgspec.ValidationError as exc:
         raise InvalidMessage(_describe(exc, frame), _request_id(frame)) from None
     except msgspec.DecodeError as exc:
@@ -312,8 +317,4 @@ def error(code: str, message: str) -> str:
 
 def is_json(text: str) -> bool:
     """Is ``text`` one JSON value? (A module's answer is checked before it is spliced.)"""
-    try:
-        msgspec.json.decode(text, type=Raw)
-    except msgspec.DecodeError:
-        return False
-    return True
+    return json_problem(text) is None

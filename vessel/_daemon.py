@@ -16,6 +16,7 @@ from actors import ForkServer, ForkServerLaunch, Supervisor, launch_forkserver, 
 
 from ._active_wait import DEFAULT_LIMIT
 from ._bus import EventBus
+from ._ceilings import Ceilings
 from ._compiler import Compiler
 from ._cpu_box import QUARANTINE, CpuBox
 from ._errors import DataDirError, VesselError
@@ -64,6 +65,9 @@ class DaemonConfig:
     #: off, it returns at once and the modules start (and compile) in the background,
     #: as ``vessel serve`` does so that its gateway answers meanwhile.
     wait_for_modules: bool = True
+    #: The most a manifest may raise each of its limits to (``vessel serve
+    #: --limit-ceiling``; ``vessel._ceilings``); a module asking more is refused.
+    limit_ceilings: Ceilings = field(default_factory=Ceilings)
 
 
 @dataclass
@@ -204,6 +208,7 @@ async def open_daemon(
                 trusted_ca=trusted_ca,
                 compiler=Compiler(config.compile_jobs),
                 start_timeout=config.start_timeout,
+                ceilings=config.limit_ceilings,
             )
             await nursery.start(manager.run)
             daemon = Daemon(

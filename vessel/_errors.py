@@ -32,6 +32,12 @@ class AlreadyInstalled(ManifestError):
     """An install named a module id that is installed already and did not ask to replace it."""
 
 
+class LimitAboveCeiling(ManifestError):
+    """A manifest asks for a limit above the daemon's ceiling for it (``vessel serve
+    --limit-ceiling``; ``vessel._ceilings``): the module is refused at install and at
+    start, and the message names the limit, the value asked, the ceiling and the flag."""
+
+
 class TamperError(VesselError):
     """The bytes of an installed module no longer match the hash written at install.
 

@@ -24,6 +24,7 @@ from actors import ChildSpec, ForkServer, Restart, Supervisor, SupervisorEvent
 
 from ._active_wait import DEFAULT_LIMIT
 from ._bus import EventBus
+from ._ceilings import Ceilings
 from ._compiler import Compiler
 from ._cpu_box import CpuBox
 from ._errors import (
@@ -31,6 +32,7 @@ from ._errors import (
     ArtifactNotStored,
     CallError,
     DiskWriteError,
+    LimitAboveCeiling,
     UnknownModule,
     UnknownSetting,
     VesselError,
@@ -46,7 +48,14 @@ from ._install import (
 )
 from ._installs import Install, Installs
 from ._ipc import GuestStats
-from ._manifest import ModuleSource, Refusal, discover_modules, load_module_dir, parse_manifest
+from ._manifest import (
+    Manifest,
+    ModuleSource,
+    Refusal,
+    discover_modules,
+    load_module_dir,
+    parse_manifest,
+)
 from ._native import BuiltinModule, NativeModule
 from ._paths import modules_dir
 from ._storage import Storage
@@ -106,8 +115,11 @@ class ModuleManager:
         trusted_ca: str = "",
         compiler: Compiler | None = None,
         start_timeout: float = START_TIMEOUT,
+        ceilings: Ceilings | None = None,
     ) -> None:
         self.data_dir = data_dir
+        #: The most a manifest may raise its limits to (``vessel._ceilings``).
+        self.ceilings = ceilings if ceilings is not None else Ceilings()
         self.compiler = compiler if compiler is not None else Compiler()
         self._start_timeout = start_timeout
         self._trusted_ca = trusted_ca
@@ -144,6 +156,11 @@ class ModuleManager:
         for refusal in refused:
             self._refuse(refusal)
         for source in sources:
+            try:
+                self.ceilings.check(source.manifest)
+            except LimitAboveCeiling as exc:
+                self._refuse(Refusal(source.dir, source.id, str(exc)))
+                continue
             self._add(source)
 
     async def start_all(self) -> None:
@@ -271,6 +288,7 @@ class ModuleManager:
             raise CallError("module_unavailable", f"module {module_id!r} is disabled")
         # Re-read the folder: a restart is how an operator picks up a fixed module.
         source = await trio.to_thread.run_sync(load_module_dir, entry.module.source.dir)
+        self.ceilings.check(source.manifest)
         await self.stop(module_id)
         entry.module = self._new_module(source)
         entry.restarts = 0
@@ -324,7 +342,7 @@ class ModuleManager:
         """
         if self._background is None:
             raise RuntimeError("ModuleManager.run() is not running")
-        parsed = parse_manifest(manifest, source="the uploaded manifest")
+        parsed = self.parse_manifest(manifest)
         module_id = parsed.id
         if not replace and self.is_installed(module_id):
             raise AlreadyInstalled(
@@ -343,6 +361,13 @@ class ModuleManager:
             raise
         self._background.start_soon(self._finish_install, install, staged)
         return install
+
+    def parse_manifest(self, manifest: bytes) -> Manifest:
+        """An uploaded manifest, parsed and checked against the limit ceilings; raises
+        ManifestError (LimitAboveCeiling: it asks for more than this daemon allows)."""
+        parsed = parse_manifest(manifest, source="the uploaded manifest")
+        self.ceilings.check(parsed)
+        return parsed
 
     def is_installed(self, module_id: str) -> bool:
         """Installed under that id: a module, or a folder that was refused."""

@@ -24,9 +24,13 @@ def netprobe_wasm() -> bytes:
 
 
 def netprobe_manifest(
-    module_id: str, *, version: str = "0.1.0", permissions: dict[str, Any] | None = None
+    module_id: str,
+    *,
+    version: str = "0.1.0",
+    permissions: dict[str, Any] | None = None,
+    limits: dict[str, int] | None = None,
 ) -> bytes:
-    doc = {
+    doc: dict[str, Any] = {
         "id": module_id,
         "name": "WASI network probe",
         "version": version,
@@ -34,4 +38,6 @@ def netprobe_manifest(
         "description": "Tries wasi:sockets directly (tests/guests/wat/netprobe.wat).",
         "permissions": permissions or {},
     }
+    if limits is not None:
+        doc["limits"] = limits
     return (json.dumps(doc, indent=2) + "\n").encode()

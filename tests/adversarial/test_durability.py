@@ -35,6 +35,7 @@ import trio
 
 from tests.cli._support import SERVE, Daemon, base_env, ctl, start_daemon, stop_daemon
 from tests.fixture_types import MakeModuleDir
+from vessel._ceilings import DEFAULT_CEILINGS
 from vessel._paths import database_path
 from vessel._storage import Storage
 
@@ -328,7 +329,8 @@ async def test_disk_full_is_a_clear_error_and_loses_nothing(
     async with _tmpfs(tmp_path / "data", TMPFS_MB) as data:
         make_module_dir(
             data, "testkit", module_id=WRITER, permissions={"storage": True},
-            limits={"storage_quota_kb": 1 << 20},
+            # As much as the default ceiling allows: the disk fills up long before.
+            limits={"storage_quota_kb": DEFAULT_CEILINGS["storage_quota_kb"]},
         )  # fmt: skip
         async with _serving(data) as (daemon, c):
             await _ready(c, WRITER)

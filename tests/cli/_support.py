@@ -14,7 +14,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,11 +103,11 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-async def start_daemon(nursery: trio.Nursery, data_dir: Path) -> Daemon:
-    """``vessel serve --data-dir data_dir --port 0 --no-bundled``, up and listening."""
+async def start_daemon(nursery: trio.Nursery, data_dir: Path, args: Sequence[str] = ()) -> Daemon:
+    """``vessel serve --data-dir data_dir --port 0 --no-bundled [args]``, up and listening."""
     env = base_env(VESSEL_LOG_LEVEL="INFO")
     process = await trio.lowlevel.open_process(
-        [*SERVE, "--data-dir", str(data_dir), "--port", "0", "--no-bundled"],
+        [*SERVE, "--data-dir", str(data_dir), "--port", "0", "--no-bundled", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -50,6 +50,30 @@ async def test_a_ca_file_that_cannot_be_used_stops_the_start_with_one_line(
         assert not data.exists()
 
 
+async def test_a_bad_limit_ceiling_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    """A ``--limit-ceiling`` (or ``VESSEL_LIMIT_CEILINGS`` entry) that names no limit, or
+    sets a ceiling below the limit's default, is a usage error naming it, before the data
+    dir is touched."""
+    data = tmp_path / "data"
+    serve = [*SERVE, "--data-dir", str(data), "--port", "0", "--no-bundled"]
+    for args, env, problem in (
+        (["--limit-ceiling", "memry_mb=512"], {}, "no limit 'memry_mb'; the limits are: "),
+        ([], {"VESSEL_LIMIT_CEILINGS": "max_timers=300,memory_mb=64"},
+         "memory_mb: the ceiling must be between the default 128"),
+    ):  # fmt: skip
+        with trio.fail_after(30):
+            done = await trio.run_process(
+                [*serve, *args], capture_stderr=True, check=False, env=base_env(**env)
+            )
+        err = done.stderr.decode()
+        assert done.returncode == 2, err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(
+            f"vessel: error: --limit-ceiling (or VESSEL_LIMIT_CEILINGS): {problem}"
+        ), err
+        assert not data.exists()
+
+
 # A compile runs at a low priority: beside busy loops on every CPU it took 100 s here.
 @pytest.mark.watchdog(900)
 async def test_the_gateway_answers_while_a_module_compiles(

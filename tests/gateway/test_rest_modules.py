@@ -135,7 +135,7 @@ async def test_detail_has_permissions_limits_and_hash(
     with trio.fail_after(30):
         async with open_api(tmp_path) as (_, client):
             detail = (await client.get("/api/modules/alpha")).json()
-            assert set(detail) == INFO_FIELDS | {"permissions", "limits", "hash"}
+            assert set(detail) == INFO_FIELDS | {"permissions", "limits", "raised_limits", "hash"}
             assert detail["permissions"]["storage"] is True
             assert detail["permissions"]["subscribe"] == ["beta.*"]
             assert detail["permissions"]["network"] == {
@@ -144,6 +144,7 @@ async def test_detail_has_permissions_limits_and_hash(
                 "tcp": False,
             }
             assert detail["limits"]["memory_mb"] == 96
+            assert detail["raised_limits"] == {}  # 96 is below the default: nothing raised
             assert detail["hash"] == (module_dir / "manifest.hash").read_text().strip()
             assert_error(await client.get("/api/modules/nobody"), 404, "unknown_module")
 

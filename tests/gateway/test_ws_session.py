@@ -12,6 +12,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from tests.fixture_types import MakeModuleDir
+from vessel._ceilings import DEFAULT_CEILINGS
 from vessel._events import Event
 
 from .harness import Gateway, running_gateway
@@ -53,13 +54,14 @@ async def events_until(conn: WebSocketConnection, last: str) -> list[tuple[str, 
 
 
 def install_chatty_kit(data_dir: Path, make_module_dir: MakeModuleDir) -> None:
-    """The testkit guest as ``kit``, allowed to emit far beyond the default rate."""
+    """The testkit guest as ``kit``, allowed to emit far beyond the default rate (as far
+    as the daemon's default ceiling lets a manifest ask: vessel/_ceilings.py)."""
     make_module_dir(
         data_dir,
         "testkit",
         module_id="kit",
         permissions=EMITTER,
-        limits={"max_event_rate": 100_000},
+        limits={"max_event_rate": DEFAULT_CEILINGS["max_event_rate"]},
     )
 
 

@@ -29,6 +29,7 @@ import trio
 import trio.testing
 
 from tests.fixture_types import MakeModuleDir
+from vessel._ceilings import Ceilings
 from vessel._cpu_box import CLAIM_WINDOW, LINGER, CpuBox
 from vessel._cpu_box import QUARANTINE as DEFAULT_QUARANTINE
 from vessel._daemon import Daemon
@@ -272,7 +273,9 @@ async def test_long_work_busy_with_the_host_is_confined_but_not_quarantined(
     not yield every slice either is the watchdog's to show: test_confinement.py.)"""
     limits = {"max_event_rate": 100_000}
     make_module_dir(tmp_path, "testkit", module_id="emitter", limits=limits)
-    async with running_daemon(tmp_path, quarantine=60) as daemon:
+    # A rate far above what a home server lets a module ask by default (vessel/_ceilings.py).
+    ceilings = Ceilings(limits)
+    async with running_daemon(tmp_path, quarantine=60, limit_ceilings=ceilings) as daemon:
         box = daemon.cpu_box
         assert box is not None
         emitter = daemon.manager.get("emitter")

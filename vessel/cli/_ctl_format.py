@@ -10,6 +10,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._ceilings import limit_ranges
+
 #: Shown in a table cell that has no value (a stopped module has no pid).
 EMPTY = "-"
 
@@ -154,11 +156,28 @@ def format_module_info(info: Mapping[str, Any]) -> str:
         ("missing settings", ", ".join(info.get("missing_settings") or []) or EMPTY),
         ("hash", _cell(info.get("hash"))),
     ]
+    if "raised_limits" in info:  # a daemon older than the field does not say
+        fields.append(("raised limits", format_raised_limits(info["raised_limits"]) or EMPTY))
     for section in ("permissions", "limits"):
         if section in info:
             fields.append((section, json.dumps(info[section], sort_keys=True)))
     width = max(len(name) for name, _ in fields)
     return "\n".join(f"{name + ':':<{width + 1}} {value}" for name, value in fields)
+
+
+def format_raised_limits(raised: Mapping[str, Any] | None) -> str:
+    """``memory_mb 512 (default 128), max_event_rate 5000 (default 200)``: the limits a
+    module gave itself above their defaults (``""``: none)."""
+    raised = raised or {}
+    ranges = limit_ranges()
+    order = list(ranges)
+    # In the manifest schema's order (the API's JSON object comes sorted by name); a
+    # limit this vessel-ctl does not know, from a newer daemon, last.
+    names = sorted(raised, key=lambda n: (order.index(n) if n in ranges else len(order), n))
+    return ", ".join(
+        f"{name} {raised[name]}" + (f" (default {ranges[name].default})" if name in ranges else "")
+        for name in names
+    )
 
 
 def format_event(event: Mapping[str, Any]) -> str:

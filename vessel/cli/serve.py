@@ -21,6 +21,8 @@ import trio
 from actors import ForkServerLaunch
 
 from .._active_wait import DEFAULT_LIMIT
+from .._ceilings import ENV_VAR as CEILINGS_ENV
+from .._ceilings import Ceilings, parse_ceilings
 from .._cpu_box import QUARANTINE
 from .._daemon import (
     Daemon,
@@ -166,6 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
         f"(env VESSEL_CA_FILES, {os.pathsep!r}-separated)",
     )
     p.add_argument(
+        "--limit-ceiling",
+        dest="limit_ceilings",
+        action="append",
+        # Checked in main(), the environment's entries with the flags' (argparse does not
+        # pass a list default through type=).
+        default=os.environ.get(CEILINGS_ENV, "").split(","),
+        metavar="NAME=VALUE",
+        help="the most a module's manifest may raise limits.NAME to (a module asking more "
+        "is refused, naming the limit); repeatable (env "
+        f"{CEILINGS_ENV}, comma-separated). Defaults: "
+        + ", ".join(f"{k}={v}" for k, v in Ceilings().all().items()),
+    )
+    p.add_argument(
         "--compile-jobs",
         type=_jobs,
         default=os.environ.get("VESSEL_COMPILE_JOBS", ""),
@@ -219,7 +234,12 @@ _microseconds = _number_type(int, "microseconds", 1_000_000, DEFAULT_LIMIT, 1e-6
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        ceilings = Ceilings(parse_ceilings(args.limit_ceilings))  # a later entry wins
+    except ValueError as exc:
+        parser.error(f"--limit-ceiling (or {CEILINGS_ENV}): {exc}")
     logging.basicConfig(
         level=os.environ.get("VESSEL_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -233,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         quarantine=args.quarantine_seconds,
         trusted_ca=tuple(args.ca_files),
         compile_jobs=args.compile_jobs,
+        limit_ceilings=ceilings,
         # The gateway answers while the modules start (and compile): see serve().
         wait_for_modules=False,
     )

@@ -120,10 +120,11 @@ async def install() -> Response:
     manager = _manager()
 
     def check_manifest(manifest: bytes) -> None:
-        # As soon as the manifest part is in: a bad one, or an id that is installed or
-        # being installed, is answered before the component is stored.
+        # As soon as the manifest part is in: a bad one (limits above the daemon's
+        # ceilings included), or an id that is installed or being installed, is answered
+        # before the component is stored.
         try:
-            module_id = parse_manifest(manifest, source="the uploaded manifest").id
+            module_id = manager.parse_manifest(manifest).id
         except ManifestError as exc:
             raise ApiError("invalid_module", str(exc)) from None
         if not replace and manager.is_installed(module_id):

@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 import trio
 
+from .._ceilings import raised_limits
 from .._errors import UnknownModule
 from .._installs import Install
 from .._manager import ModuleManager, ModuleState
@@ -204,11 +205,13 @@ def install_info(manager: ModuleManager, record: Install) -> dict[str, Any]:
 
 
 def module_detail(manager: ModuleManager, module_id: str, memory: int | None) -> dict[str, Any]:
-    """ModuleInfo plus what the manifest grants and the tamper hash."""
+    """ModuleInfo plus what the manifest grants, its limits (and which it raised above
+    their defaults: what an admin should know it gave itself) and the tamper hash."""
     info = module_info(manager, module_id, memory)
     source = manager.get(module_id).source
     info["permissions"] = msgspec.to_builtins(source.manifest.permissions)
     info["limits"] = msgspec.to_builtins(source.manifest.limits)
+    info["raised_limits"] = raised_limits(source.manifest.limits)
     info["hash"] = source.hash
     return info
 

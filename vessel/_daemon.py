@@ -19,7 +19,7 @@ from ._bus import EventBus
 from ._ceilings import Ceilings
 from ._compiler import Compiler
 from ._cpu_box import QUARANTINE, CpuBox
-from ._errors import DataDirError, VesselError
+from ._errors import DatabaseMissing, DataDirError, VesselError
 from ._install import install_from_dir
 from ._manager import ModuleManager, SupervisionPolicy
 from ._paths import database_path, modules_dir, repo_root
@@ -68,6 +68,10 @@ class DaemonConfig:
     #: The most a manifest may raise each of its limits to (``vessel serve
     #: --limit-ceiling``; ``vessel._ceilings``); a module asking more is refused.
     limit_ceilings: Ceilings = field(default_factory=Ceilings)
+    #: Start with a new, empty database when ``vessel.db`` is missing or empty in a data
+    #: dir with installed modules (``vessel serve --reset-database``); otherwise that is
+    #: refused, since their settings, storage and disabled state would be lost unsaid.
+    reset_database: bool = False
 
 
 @dataclass
@@ -85,9 +89,13 @@ class Daemon:
     modules_started: trio.Event = field(default_factory=trio.Event)
 
 
+def token_path(data_dir: Path) -> Path:
+    return data_dir / "token"
+
+
 def ensure_token(data_dir: Path) -> str:
     """The admin token, created (mode 0600) on first start."""
-    path = data_dir / "token"
+    path = token_path(data_dir)
     try:
         token = path.read_text().strip()
     except FileNotFoundError:
@@ -116,6 +124,61 @@ def _install_bundled(config: DaemonConfig) -> None:
             log.info("installed bundled module %s", src.name)
         except VesselError as exc:
             log.error("bundled module %s not installed: %s", src.name, exc)
+
+
+def installed_module_folders(modules: Path) -> list[str]:
+    """The names of the module folders under ``modules`` (as discovery sees them: not
+    the ``.staging-*``-style leftovers of installs), sorted."""
+    try:
+        return sorted(p.name for p in modules.iterdir() if p.is_dir() and p.name[0] != ".")
+    except FileNotFoundError:
+        return []
+
+
+def _open_storage(config: DaemonConfig, *, ran_before: bool, installed: list[str]) -> Storage:
+    """Open the database, refusing to start with a new, empty one where one was lost.
+
+    A data dir a daemon has run in (it has a token) and that has installed modules keeps
+    their settings, storage and which of them are disabled in ``vessel.db``; without it
+    they would all start enabled and unconfigured, without a word. That is refused unless
+    the admin says ``--reset-database``. A data dir the daemon has not run in (folders
+    dropped into ``modules/`` by hand) starts with a new database, as does one with no
+    module: nothing installed depends on it (docs/operations.md)."""
+    path = database_path(config.data_dir)
+    needed = ran_before and bool(installed) and not config.reset_database
+    try:
+        storage = Storage.open(path, create=not needed)
+    except DatabaseMissing as exc:
+        names = ", ".join(installed[:5]) + (", ..." if len(installed) > 5 else "")
+        raise DataDirError(
+            f"{exc}, but data dir {config.data_dir} has {len(installed)} installed "
+            f"module(s) ({names}) whose settings, storage and enabled/disabled state were "
+            f"kept in it; not starting without them. Restore {path.name} from a backup "
+            '(docs/operations.md, "Backup and restore"), or, to start over with an empty '
+            "database (no settings, no storage, every module enabled), run vessel serve "
+            "once with --reset-database"
+        ) from None
+    if storage.created and ran_before and installed:
+        log.warning(
+            "started with a new, empty database %s (--reset-database): modules %s have "
+            "no settings or storage, and every one of them is enabled (disable again "
+            "those that were disabled: vessel-ctl disable ID)",
+            path, ", ".join(installed),
+        )  # fmt: skip
+    elif storage.created and ran_before:
+        log.warning(
+            "database %s was missing or empty: started with a new one (no module is "
+            "installed, so none lost its settings or state; storage kept for modules "
+            "removed with vessel-ctl remove --keep-storage, if any, is gone)",
+            path,
+        )
+    elif config.reset_database and not storage.created:
+        log.warning(
+            "--reset-database given, but database %s is intact: it was kept; drop the "
+            "option (it only allows starting over when the database is missing or empty)",
+            path,
+        )
+    return storage
 
 
 def _check_writable(data_dir: Path) -> None:
@@ -160,11 +223,19 @@ async def open_daemon(
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         _check_writable(data_dir)
         fresh = not modules_dir(data_dir).exists()
-        token = ensure_token(data_dir)
-        if fresh and config.install_bundled:
-            modules_dir(data_dir).mkdir(parents=True)
-            await trio.to_thread.run_sync(_install_bundled, config)
-        storage = Storage.open(database_path(data_dir))
+        # The database comes first, the token after it: a token is the sign that a
+        # daemon has run here, and so that this data dir had a database.
+        ran_before = token_path(data_dir).exists()
+        installed = [] if fresh else installed_module_folders(modules_dir(data_dir))
+        storage = _open_storage(config, ran_before=ran_before, installed=installed)
+        try:
+            token = ensure_token(data_dir)
+            if fresh and config.install_bundled:
+                modules_dir(data_dir).mkdir(parents=True)
+                await trio.to_thread.run_sync(_install_bundled, config)
+        except BaseException:
+            storage.close()
+            raise
     except OSError as exc:
         # Not "cannot listen on ...": the caller must learn it is the data dir.
         raise DataDirError(

@@ -77,6 +77,16 @@ class QuotaExceeded(StorageError):
     """A ``storage-set`` would take the module's namespace past its quota."""
 
 
+class DatabaseMissing(StorageError):
+    """The database file is missing, or holds no Vessel data (zero bytes, no schema),
+    where it was expected: ``Storage.open(..., create=False)``. ``reason`` is
+    ``"missing"`` or ``"empty"``."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class DiskWriteError(StorageError):
     """Writing to the data dir failed for a reason outside the request: its file system
     is full (or over quota), read-only or failing. The message names the cause (``No

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from ._errors import DiskWriteError, QuotaExceeded, StorageError
+from ._errors import DatabaseMissing, DiskWriteError, QuotaExceeded, StorageError
 
 #: PRAGMA user_version of the schema this code writes.
 SCHEMA_VERSION = 1
@@ -74,22 +74,31 @@ def _translated(module_id: str) -> Iterator[None]:
 class Storage:
     """An open database. Use ``Storage.open(path)``; close it (or use ``with``) when done."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, created: bool = False) -> None:
         self._conn = conn
         self._closed = False
         self.path = path
+        #: This open wrote the schema: the database was new (or empty) until now.
+        self.created = created
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Storage {str(self.path)!r} {state}>"
 
     @classmethod
-    def open(cls, path: Path) -> Storage:
-        """Open (creating if needed) the database at ``path`` and check it is intact.
+    def open(cls, path: Path, *, create: bool = True) -> Storage:
+        """Open the database at ``path`` and check it is intact; ``created`` says whether
+        this open wrote its schema.
+
+        ``create=False``: the database must be there already, with Vessel's data in it;
+        a missing file, or one with no schema (zero bytes, say), raises DatabaseMissing
+        and nothing is written. Otherwise it is created (or its schema written) then.
 
         Raises StorageError when the file is not a database, is corrupt, or was written by
         a newer Vessel.
         """
+        if not create and not path.exists():
+            raise DatabaseMissing(f"database {path} is missing", "missing")
         path.parent.mkdir(parents=True, exist_ok=True)
         # Module storage holds secrets (tokens a user configured): owner-only, created
         # that way so there is no window; SQLite gives its -wal/-shm files the same mode.
@@ -98,14 +107,14 @@ class Storage:
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in set()).
         conn = sqlite3.connect(path, isolation_level=None)
         try:
-            cls._prepare(conn, path)
+            created = cls._prepare(conn, path, create=create)
         except BaseException:
             conn.close()
             raise
-        return cls(conn, path)
+        return cls(conn, path, created=created)
 
     @staticmethod
-    def _prepare(conn: sqlite3.Connection, path: Path) -> None:
+    def _prepare(conn: sqlite3.Connection, path: Path, *, create: bool) -> bool:
         advice = "restore it from a backup, or move it aside to start with an empty one"
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -113,9 +122,15 @@ class Storage:
             if rows != [("ok",)]:
                 problems = "; ".join(str(r[0]) for r in rows[:3])
                 raise StorageError(f"database {path} is corrupt ({problems}); {advice}")
+            # Read before anything is written (switching to WAL writes the header of an
+            # empty file): an empty database that must not be created stays untouched.
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version == 0 and not create:
+                size = path.stat().st_size
+                what = "is empty (0 bytes)" if size == 0 else "holds no Vessel data (no schema)"
+                raise DatabaseMissing(f"database {path} {what}", "empty")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version > SCHEMA_VERSION:
                 raise StorageError(
                     f"database {path} has schema version {version}, written by a newer "
@@ -130,6 +145,7 @@ class Storage:
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
+            return bool(version == 0)
         except sqlite3.DatabaseError as exc:
             raise StorageError(
                 f"database {path} is corrupt or not a SQLite database ({exc}); {advice}"

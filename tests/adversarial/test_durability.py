@@ -24,8 +24,9 @@ import shlex
 import shutil
 import signal
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import subprocess
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,17 @@ import httpx
 import pytest
 import trio
 
-from tests.cli._support import SERVE, Daemon, base_env, ctl, start_daemon, stop_daemon
+from tests.cli._support import (
+    RUNNING,
+    SERVE,
+    Daemon,
+    LineReader,
+    base_env,
+    ctl,
+    start_daemon,
+    stop_daemon,
+    stop_daemon_process,
+)
 from tests.fixture_types import MakeModuleDir
 from vessel._ceilings import DEFAULT_CEILINGS
 from vessel._paths import database_path
@@ -232,6 +243,138 @@ async def test_read_only_data_dir_is_a_clear_error_at_start(
     assert "cannot listen" not in err, err
 
 
+# -- a lost database --------------------------------------------------------------------
+
+
+def _database_files(data: Path) -> list[Path]:
+    """vessel.db and its WAL companions."""
+    db = database_path(data)
+    return [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
+
+
+def _online_backup(db: Path, to: Path) -> None:
+    """The online backup of docs/operations.md ("Backup and restore"), taken while the
+    daemon runs: SQLite's backup API, not a copy of the file."""
+    with closing(sqlite3.connect(db)) as source, closing(sqlite3.connect(to)) as target:
+        source.backup(target)
+
+
+async def _refused_at_start(data: Path) -> tuple[int, str]:
+    """``vessel serve`` on ``data``, which must stop at start: its exit status and stderr.
+    A daemon that starts instead is stopped, and the test fails saying so."""
+    process = await trio.lowlevel.open_process(
+        [*SERVE, "--data-dir", str(data), "--port", "0", "--no-bundled"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=base_env(VESSEL_LOG_LEVEL="INFO"),
+    )
+    assert process.stderr is not None
+    stderr = LineReader(process.stderr)
+    try:
+        with trio.fail_after(30):
+            while (line := await stderr.readline()) is not None:
+                if RUNNING.search(line):
+                    raise AssertionError(f"vessel serve started:\n{stderr.text}")
+            return await process.wait(), stderr.text
+    finally:
+        with trio.CancelScope(shield=True):
+            await stop_daemon_process(process)
+
+
+async def _answers(c: httpx.AsyncClient, module_id: str, row: Row) -> None:
+    """The module answers a call (asked after start_daemon, which returns once the daemon
+    has said every module started)."""
+    r = await c.post(f"/api/modules/{module_id}/call/echo", json={})
+    if r.status_code != 200:
+        info = (await c.get(f"/api/modules/{module_id}")).text
+        logs = (await c.get(f"/api/modules/{module_id}/logs")).text
+        raise AssertionError(f"{module_id} did not answer: {r.text}\n{info}\n{logs}")
+    row.answered += 1
+
+
+@pytest.mark.watchdog(110)
+async def test_missing_or_empty_database_is_refused_at_start(
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
+) -> None:
+    """A data dir the daemon has run in, with modules installed, whose vessel.db is
+    missing or empty (zero bytes): ``vessel serve`` refuses to start, in one line naming
+    the database, the modules, the backup and ``--reset-database``, and writes nothing.
+    Restored from the online backup of docs/operations.md, the setting is back and the
+    disabled module still disabled. ``--reset-database`` starts over with an empty one,
+    saying so; once no module is installed, a lost database is no reason to refuse. (A
+    new data dir with module folders dropped in starts as always: the first start.)"""
+    row = figures.row("database missing or empty")
+    data = tmp_path / "data"
+    for module_id in ("kept", "off"):
+        make_module_dir(data, "testkit", module_id=module_id, permissions={"storage": True})
+    db = database_path(data)
+    backup = tmp_path / "backup.db"
+    async with _serving(data) as (daemon, c):
+        await _answers(c, "kept", row)
+        r = await c.put("/api/modules/kept/config/url", json={"value": "ws://ha.local"})
+        assert r.status_code == 204, r.text
+        assert (await c.post("/api/modules/off/disable")).status_code == 200
+        await trio.to_thread.run_sync(_online_backup, db, backup)
+        await c.aclose()  # an idle keep-alive connection would hold up the stop
+        await stop_daemon(daemon)
+
+    for broken in ("missing", "empty"):
+        for path in _database_files(data):
+            path.unlink(missing_ok=True)
+        if broken == "empty":
+            db.write_bytes(b"")
+        code, err = await _refused_at_start(data)
+        row.bad_inputs += 1
+        assert code == 1, err
+        assert "Traceback" not in err, err
+        for said in (f"database {db} is {broken}", "(kept, off)", "Backup and restore",
+                     "--reset-database"):  # fmt: skip
+            assert said in err, (said, err)
+        # Nothing written: what the admin restores over is what was there.
+        assert db.stat().st_size == 0 if broken == "empty" else not db.exists()
+
+    # Restored from the backup, as docs/operations.md says.
+    for path in _database_files(data):
+        path.unlink(missing_ok=True)
+    shutil.copyfile(backup, db)
+    async with _serving(data) as (daemon, c):
+        await _answers(c, "kept", row)
+        off = (await c.get("/api/modules/off")).json()
+        url = await c.get("/api/modules/kept/config/url")
+        lost = [
+            *(["off's disabled state"] if (off["enabled"], off["state"]) != (False, "disabled")
+              else []),
+            *(["kept's url"] if url.status_code != 200 or url.json()["value"] != "ws://ha.local"
+              else []),
+        ]  # fmt: skip
+        row.data_lost += len(lost)
+        assert lost == [], (lost, off, url.text)
+        await c.aclose()
+        await stop_daemon(daemon)
+
+    # The admin chooses to start over: it starts, and the log says what that means.
+    for path in _database_files(data):
+        path.unlink(missing_ok=True)
+    async with _serving(data, ["--reset-database"]) as (daemon, c):
+        assert "started with a new, empty database" in daemon.stderr.text, daemon.stderr.text
+        await _answers(c, "off", row)
+        assert (await c.get("/api/modules/off")).json()["enabled"] is True
+        for module_id in ("kept", "off"):
+            assert (await c.delete(f"/api/modules/{module_id}")).status_code == 204
+        await c.aclose()
+        await stop_daemon(daemon)
+
+    # No module installed: nothing depends on the database; a lost one is only noted.
+    for path in _database_files(data):
+        path.unlink(missing_ok=True)
+    async with _serving(data) as (daemon, c):
+        assert "was missing or empty: started with a new one" in daemon.stderr.text
+        assert (await c.get("/api/modules")).json()["modules"] == []
+        await c.aclose()
+        await stop_daemon(daemon)
+
+
 # -- disk full -------------------------------------------------------------------------
 
 DISK_FULL = re.compile(r"(?i)disk is full|no space left")
@@ -393,10 +536,13 @@ async def test_disk_full_is_a_clear_error_and_loses_nothing(
 
 
 @asynccontextmanager
-async def _serving(data: Path) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
-    """``vessel serve`` on ``data`` and a client with its token, for the block."""
+async def _serving(
+    data: Path, args: Sequence[str] = ()
+) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
+    """``vessel serve`` on ``data`` (with ``args``) and a client with its token, for the
+    block."""
     async with trio.open_nursery() as nursery:
-        daemon = await start_daemon(nursery, data)
+        daemon = await start_daemon(nursery, data, args)
         async with _killed_at_exit(daemon), _client(daemon) as c:
             yield daemon, c
 

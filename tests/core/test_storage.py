@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from vessel._errors import QuotaExceeded, StorageError
+from vessel._errors import DatabaseMissing, QuotaExceeded, StorageError
 from vessel._storage import MAX_KEY_LENGTH, SCHEMA_VERSION, Storage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -253,3 +253,25 @@ def test_new_database_is_owner_only(tmp_path: Path) -> None:
     with Storage.open(path) as storage:
         storage.set("m", "token", "s3cret", quota_bytes=1024)
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_database_that_must_exist_is_neither_created_nor_written(db_path: Path) -> None:
+    """``create=False`` (a data dir whose modules keep their state in it): a missing file
+    or one with no schema is DatabaseMissing, and the file is left as it was; a database
+    with Vessel's schema opens, and ``created`` tells a new one from an existing one."""
+    with pytest.raises(DatabaseMissing, match="is missing") as missing:
+        Storage.open(db_path, create=False)
+    assert missing.value.reason == "missing"
+    assert not db_path.exists()
+    db_path.parent.mkdir(parents=True)
+    db_path.write_bytes(b"")
+    with pytest.raises(DatabaseMissing, match=r"is empty \(0 bytes\)") as empty:
+        Storage.open(db_path, create=False)
+    assert empty.value.reason == "empty"
+    assert db_path.stat().st_size == 0
+    with Storage.open(db_path) as s:
+        assert s.created
+        s.set_module_enabled("m", False)
+    with Storage.open(db_path, create=False) as s:
+        assert not s.created
+        assert s.module_enabled("m") is False

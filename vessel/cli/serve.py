@@ -181,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(f"{k}={v}" for k, v in Ceilings().all().items()),
     )
     p.add_argument(
+        "--reset-database",
+        action="store_true",
+        help="start with a new, empty database when vessel.db is missing or empty although "
+        "modules are installed (otherwise refused: their settings, storage and disabled "
+        "state would be lost); restore it from a backup instead if you can. No env "
+        "variable, on purpose: use it once, by hand",
+    )
+    p.add_argument(
         "--compile-jobs",
         type=_jobs,
         default=os.environ.get("VESSEL_COMPILE_JOBS", ""),
@@ -254,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         trusted_ca=tuple(args.ca_files),
         compile_jobs=args.compile_jobs,
         limit_ceilings=ceilings,
+        reset_database=args.reset_database,
         # The gateway answers while the modules start (and compile): see serve().
         wait_for_modules=False,
     )

@@ -105,7 +105,8 @@ class Settings:
     repeats: int = 7
     modules_curve: tuple[int, ...] = (1, 10, 50)
     clients_curve: tuple[int, ...] = (1, 10, 100)
-    sizes_curve: tuple[int, ...] = (100, 10_000, 1_000_000)
+    #: The largest is near the 64 KiB an event may carry (vessel._emit_rules).
+    sizes_curve: tuple[int, ...] = (100, 10_000, 64_000)
     #: Ordinary load (see ordinary_load()): modules, client processes, calls per second
     #: in all, and for how long.
     load_modules: int = 10

@@ -13,8 +13,14 @@ import time
 
 import msgspec
 
+from ._events import utf8_size
+
 MAX_EVENT_NAME = 200
-MAX_EVENT_DATA = 1 << 20
+#: The most an event's data may be, in bytes of UTF-8 (64 KiB). An event is state or news
+#: (an entity's state object, a button press), sent to every subscriber and kept whole as
+#: retained state: bulk data belongs in storage or a command's answer. At the old 1 MiB, a
+#: thousand retained events held a gigabyte and a dashboard's replay took seconds.
+MAX_EVENT_DATA = 64 * 1024
 #: The daemon's bucket is this much larger than the manifest's rate: events the module
 #: process allowed may arrive bunched up (a full pipe releases them at once), and an event
 #: the guest was told was accepted must not be dropped for that.
@@ -25,8 +31,12 @@ def emit_problem(name: str, data: str) -> str | None:
     """Why an event ``name`` with JSON text ``data`` cannot be emitted, or None."""
     if not 0 < len(name) <= MAX_EVENT_NAME:
         return f"event name must be 1 to {MAX_EVENT_NAME} characters"
-    if len(data) > MAX_EVENT_DATA:
-        return f"event {name!r}: data is {len(data)} bytes, limit {MAX_EVENT_DATA}"
+    size = utf8_size(data)
+    if size > MAX_EVENT_DATA:
+        return (
+            f"event {name!r} is too big: its data is {size} bytes, and an event may carry "
+            f"at most {MAX_EVENT_DATA} (64 KiB); event dropped"
+        )
     try:
         msgspec.json.decode(data)
     except msgspec.DecodeError as exc:

@@ -7,6 +7,12 @@ import time
 import msgspec
 
 
+def utf8_size(text: str) -> int:
+    """The UTF-8 size of ``text`` in bytes: what an event's limits count."""
+    # isascii() is a flag check: ASCII text (JSON as json.dumps writes it) is not copied.
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
 def now_ms() -> int:
     """Wall-clock milliseconds since the Unix epoch (the unit of every event timestamp)."""
     return time.time_ns() // 1_000_000

@@ -109,6 +109,11 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_event_rate: Annotated[int, Meta(ge=1, le=100_000)] = 200
     #: How long a caller waits for a command answered with defer-reply / complete-reply.
     reply_timeout_ms: Annotated[int, Meta(ge=100, le=600_000)] = 30_000
+    #: Keys of retained state (``emit-retained``) the module may hold, and their size
+    #: (UTF-8 name and data); past either, its own least recently updated key is forgotten.
+    #: At most half the daemon's total (``vessel._bus``), so no one module can fill it.
+    max_retained: Annotated[int, Meta(ge=1, le=10_000)] = 1000
+    retained_kb: Annotated[int, Meta(ge=1, le=32_768)] = 1024
 
 
 class Setting(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

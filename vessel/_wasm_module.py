@@ -34,7 +34,7 @@ from actors import (
 
 from . import _ipc
 from ._active_wait import DEFAULT_LIMIT, ActiveWait
-from ._bus import EventBus, Subscription
+from ._bus import EventBus, RetainedLimit, Subscription
 from ._capabilities import Capabilities
 from ._cpu_box import CpuBox
 from ._emit_rules import DAEMON_RATE_SLACK, RateLimit, emit_problem, rate_exceeded
@@ -141,6 +141,13 @@ class WasmModule:
         #: Its compiled code could not be stored (a full disk): its process compiles it
         #: in memory at each start (``vessel._compiler``), the one exception.
         self.compile_in_process = False
+        # Its retained state is held by the daemon, so the daemon bounds it: the lines
+        # saying it was trimmed go to this module's log, where its author looks.
+        bus.limit_retained(
+            self.id,
+            RetainedLimit.of(source.manifest.limits),
+            report=lambda message: self._record("warning", message, "daemon"),
+        )
 
     def __repr__(self) -> str:
         return f"<WasmModule {self.id!r} pid={self.pid}>"

@@ -11,7 +11,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vessel._bus import EventBus, Subscription
+from vessel._bus import EventBus, RetainedLimit, RetainedUsage, Subscription
 from vessel._errors import InvalidEvent
 from vessel._events import Event
 
@@ -312,3 +312,139 @@ async def test_resubscribing_replays_current_state_again() -> None:
         sub.remove("m.*")
         sub.add("m.*")
         assert sub.receive_nowait().data == "1"
+
+
+# -- retained state: bounded per module and in total ------------------------------------
+
+
+def keys_of(bus: EventBus, pattern: str = "*") -> list[str]:
+    return [e.key for e in bus.retained(pattern)]
+
+
+async def test_a_module_past_its_key_limit_forgets_its_own_oldest_key() -> None:
+    """Past its max_retained keys, a module's least recently updated key is forgotten,
+    never another module's; the module is told why, naming the manifest limit."""
+    bus = EventBus()
+    told: list[str] = []
+    bus.limit_retained("a", RetainedLimit(keys=2, bytes=1 << 20), report=told.append)
+    bus.publish(ev("b.status", '"connected"'), retain=True)
+    for key in ["a.1", "a.2", "a.1", "a.3"]:
+        bus.publish(ev(key), retain=True)
+    assert keys_of(bus) == ["b.status", "a.1", "a.3"]
+    usage = bus.retained_usage("a")
+    assert (usage.keys, usage.forgotten, usage.not_retained) == (2, 1, 0)
+    assert told == [
+        "module 'a' holds its limit of 2 retained keys (limits.max_retained): forgot its "
+        "least recently updated key, 'a.2', to keep 'a.3'"
+    ]
+    # A forgotten key that comes back is news again to a subscriber that had it.
+    sub = bus.subscribe("a.*", name="s")
+    assert drain(sub) == ["a.1=null", "a.3=null"]
+    bus.publish(ev("a.2", "2"), retain=True)
+    sub.add("a.2")
+    assert drain(sub) == ["a.2=2"]
+
+
+async def test_a_module_past_its_byte_limit_forgets_as_many_of_its_own_as_needed() -> None:
+    """Sizes are the UTF-8 bytes of name and data; a big update pushes out as many of the
+    module's oldest keys as it needs, and the bus's byte count follows."""
+    bus = EventBus()
+    told: list[str] = []
+    bus.limit_retained("a", RetainedLimit(keys=100, bytes=40), report=told.append)
+    bus.publish(ev("b.x", '"kept"'), retain=True)
+    for name in ["k1", "k2", "k3"]:
+        bus.publish(ev(f"a.{name}", '"12345678"'), retain=True)  # 2 + 10 bytes each
+    assert bus.retained_usage("a").bytes == 36
+    bus.publish(ev("a.big", '"' + "é" * 10 + '"'), retain=True)  # 3 + 22 bytes
+    assert keys_of(bus) == ["b.x", "a.k3", "a.big"]
+    assert bus.retained_usage("a").bytes == 12 + 25
+    assert bus.statistics().retained_bytes == 12 + 25 + len("x") + len('"kept"')
+    assert "limits.retained_kb" in told[0], told
+    assert "'a.k1', 'a.k2'" in told[0], told
+
+
+async def test_the_daemon_total_is_shared_without_evicting_another_module() -> None:
+    """At the bus's total, a module makes room from its own oldest keys only: one that
+    holds none gets its events delivered but not retained, and the other's state stays."""
+    bus = EventBus(max_retained=3, max_retained_bytes=1 << 20)
+    told: list[str] = []
+    bus.limit_retained("b", RetainedLimit(keys=10, bytes=1 << 20), report=told.append)
+    for key in ["a.1", "a.2", "a.3"]:
+        bus.publish(ev(key), retain=True)
+    sub = bus.subscribe("b.*", name="live")
+    assert bus.publish(ev("b.1", "1"), retain=True) == 1  # delivered all the same
+    assert drain(sub) == ["b.1=1"]
+    assert keys_of(bus) == ["a.1", "a.2", "a.3"]
+    assert bus.retained_usage("b").not_retained == 1
+    assert "was delivered but not retained" in told[0], told
+    assert "daemon's limit of 3 keys" in told[0], told
+    # Once "a" holds less, "b" keeps its state, and at the total again it pushes out its
+    # own oldest, not a's.
+    bus.forget_retained("a")
+    for key in ["a.1", "b.1", "b.2", "b.3"]:
+        bus.publish(ev(key), retain=True)
+    assert keys_of(bus) == ["a.1", "b.2", "b.3"]
+
+
+async def test_the_daemon_byte_total_is_shared_the_same_way() -> None:
+    """The byte total as the key total: room is made from the emitter's own keys only."""
+    bus = EventBus(max_retained=100, max_retained_bytes=30)
+    bus.publish(ev("a.x", '"' + "1" * 20 + '"'), retain=True)  # 1 + 22 bytes
+    bus.publish(ev("b.y", '"12"'), retain=True)  # 1 + 4: fits
+    bus.publish(ev("b.z", '"12"'), retain=True)  # b makes room from its own
+    assert keys_of(bus) == ["a.x", "b.z"]
+    bus.publish(ev("b.w", '"' + "1" * 20 + '"'), retain=True)  # cannot fit beside a.x
+    assert keys_of(bus) == ["a.x", "b.z"]
+    assert bus.retained_usage("b").not_retained == 1
+
+
+async def test_an_event_bigger_than_the_whole_limit_is_not_retained_nor_its_old_state() -> None:
+    """An update too big to keep is delivered, and the key's earlier state is forgotten
+    too (replaying it would replay what is no longer true); nothing else is evicted."""
+    bus = EventBus()
+    bus.limit_retained("a", RetainedLimit(keys=10, bytes=20))
+    bus.publish(ev("a.other", "1"), retain=True)
+    bus.publish(ev("a.k", "1"), retain=True)
+    bus.publish(ev("a.k", '"' + "x" * 30 + '"'), retain=True)
+    assert keys_of(bus) == ["a.other"]
+    assert bus.retained_usage("a").not_retained == 1
+    assert drain(bus.subscribe("a.*", name="late")) == ["a.other=1"]
+
+
+async def test_lowering_a_limit_trims_at_once_and_reports_are_throttled() -> None:
+    """A module given lower limits (a new version of it) is trimmed now; a burst of
+    trims for one reason is one report, not one per event."""
+    bus = EventBus()
+    told: list[str] = []
+    for i in range(5):
+        bus.publish(ev(f"a.{i}"), retain=True)
+    bus.limit_retained("a", RetainedLimit(keys=2, bytes=1 << 20), report=told.append)
+    assert keys_of(bus) == ["a.3", "a.4"]
+    assert len(told) == 1, told
+    assert "held more retained state than its limits" in told[0], told
+    assert "forgot its 3 least recently updated keys" in told[0], told
+    for i in range(5, 10):
+        bus.publish(ev(f"a.{i}"), retain=True)
+    assert keys_of(bus) == ["a.8", "a.9"]
+    assert bus.retained_usage("a").forgotten == 8
+    assert len(told) == 2, told
+    assert "(limits.max_retained): forgot its least recently updated key, 'a.3'," in told[1]
+
+
+async def test_retained_keys_and_event_give_the_state_of_now() -> None:
+    """What a paced replay looks up: the keys in update order, each key's current event,
+    None once it is forgotten."""
+    bus = EventBus()
+    bus.publish(ev("a.x", "1"), retain=True)
+    bus.publish(ev("a.y", "1"), retain=True)
+    keys = bus.retained_keys("a.*")
+    assert keys == ["a.x", "a.y"]
+    bus.publish(ev("a.x", "2"), retain=True)
+    bus.forget_retained("a")
+    assert bus.retained_event("a.y") is None
+    bus.publish(ev("a.y", "3"), retain=True)
+    event = bus.retained_event("a.y")
+    assert event is not None
+    assert event.data == "3"
+    assert bus.retained_usage("a").keys == 1
+    assert bus.retained_usage("nobody") == RetainedUsage(0, 0, bus.default_limit, 0, 0)

@@ -259,8 +259,9 @@ async def test_stalled_client_is_closed_and_others_keep_receiving(
             received them all."""
             nonlocal emitted
             for _ in range(count):
-                # Big events fill the queue's 16 MiB budget with few calls.
-                params = {"name": "tick", "data": "x" * 64 * 1024}
+                # Big events (near the 64 KiB an event may carry) fill the queue's 16 MiB
+                # budget with few calls.
+                params = {"name": "tick", "data": "x" * 60 * 1024}
                 message = {"type": "call", "request_id": f"t{emitted}", "module": "kit",
                            "name": "emit", "params": params}  # fmt: skip
                 await send(healthy, message)

@@ -382,6 +382,7 @@ class _Client:
 
     async def _apply(self, sub: Subscription, op: _Op) -> None:
         pattern = f"{op.module}.{op.name}"
+        bus = self.state.daemon.bus
         data: dict[str, object]
         if isinstance(op, proto.Subscribe):
             if pattern not in sub.patterns and len(sub.patterns) >= MAX_PATTERNS:
@@ -392,23 +393,31 @@ class _Client:
                 else:
                     self._put(proto.failure(op.request_id, proto.TOO_MANY_SUBSCRIPTIONS, reason))
                 return
-            # The state this pattern adds: retained events that no pattern held already
-            # covers (those the client has, from an earlier replay or live). Taken in the
-            # same step as the add, so anything newer arrives live, after it.
-            bus = self.state.daemon.bus
-            state = [e for e in bus.retained(pattern) if not sub.matches(e.key)]
+            # The state this pattern adds: the keys of retained events that no pattern
+            # held already covers (those the client has, from an earlier replay or live).
+            # Taken in the same step as the add, so anything newer arrives live, after it.
+            keys = [k for k in bus.retained_keys(pattern) if not sub.matches(k)]
             sub.add(pattern, replay=False)
-            data = {"pattern": pattern, "replayed": len(state)}
+            data = {"pattern": pattern}
         else:
-            state = []
+            keys = []
             data = {"pattern": pattern, "removed": sub.remove(pattern)}
         # Events queued before this op go first (they are older), then the state, then the
         # ack, so the ack means "you have the current state". At the client's pace: a big
         # replay is not slowness.
         for _ in range(sub.queued):
             await self.outbox.put_when_room(proto.encode_event(sub.receive_nowait()))
-        for event in state:
-            await self.outbox.put_when_room(proto.encode_replayed_event(event))
+        replayed = 0
+        for key in keys:
+            # Each key's state as it is when its turn comes: a replay paced by a slow
+            # client holds its outbox and these keys, never events the bus has replaced
+            # or forgotten meanwhile (their updates follow, live).
+            event = bus.retained_event(key)
+            if event is not None:
+                await self.outbox.put_when_room(proto.encode_replayed_event(event))
+                replayed += 1
+        if isinstance(op, proto.Subscribe):
+            data["replayed"] = replayed
         if op.request_id is not None:
             self._put(proto.success_value(op.request_id, data))
 

@@ -26,12 +26,13 @@ from actors import ProcessActor
 from tests.fixture_types import MakeModuleDir
 from tests.gateway.harness import Gateway, running_gateway
 from tests.gateway.ws_client import call as ws_call
-from tests.gateway.ws_client import ready, send, ws_client
+from tests.gateway.ws_client import is_response, ready, receive_until, send, ws_client
 from tests.runtime.harness import call, call_error, next_event, running_daemon
 from vessel._daemon import Daemon
 from vessel._errors import CallError
 from vessel._events import Event
 from vessel._manager import ModuleState, SupervisionPolicy
+from vessel._manifest import Limits
 from vessel._paths import database_path
 from vessel._storage import Storage
 from vessel._wasm_module import LogLine
@@ -574,6 +575,107 @@ async def test_event_flood_is_rate_limited(
             assert got_n == list(range(got_n[0], got_n[-1] + 1)), (m, got_n)
             assert got_n[0] <= before[m] + 2, (m, got_n[0], before)
             assert got_n[-1] >= after[m], (m, got_n[-1], after)
+
+
+def _retained_bytes(events: list[Event]) -> int:
+    """What retained events hold: their names and data (all ASCII here)."""
+    return sum(len(e.name) + len(e.data) for e in events)
+
+
+async def _emit_until(d: Daemon, params: dict[str, Any], accepted: int) -> list[str]:
+    """Emit bursts of ``params`` from the hostile module until ``accepted`` events were
+    let through its rate limit; the keys of those that reached the bus, in order."""
+    keys: list[str] = []
+    with (
+        d.bus.subscribe(f"{HOSTILE}.*", name="emitted", queue_size=1 << 16, replay=False) as sub,
+        trio.fail_after(60),
+    ):
+        for burst in range(1000):
+            # A fresh name per burst: every accepted event is a key of its own.
+            await call(d, HOSTILE, "emit", {**params, "name": f"{params['name']}{burst}"})
+            while True:  # published before the command's answer
+                try:
+                    keys.append(sub.receive_nowait().key)
+                except trio.WouldBlock:
+                    break
+            if len(keys) >= accepted:
+                return keys
+    raise AssertionError(f"only {len(keys)} of {accepted} events got through")
+
+
+async def test_retained_state_flood_is_bounded_per_module(
+    tmp_path: Path, make_module_dir: MakeModuleDir, figures: Figures
+) -> None:
+    """A module flooding retained state (emitting needs no permission) holds at most its
+    own limits of it, limits.max_retained keys and limits.retained_kb bytes, its oldest
+    keys forgotten first: another module's retained state survives, what the daemon
+    holds stays bounded, and the module's log names each limit. An event over 64 KiB is
+    refused to its emitter, naming the limit, and reaches no one. A dashboard subscribing
+    to `*.*` afterwards is replayed no more than those bounds, the other module's state
+    included."""
+    async with gateway_scenario(
+        tmp_path, make_module_dir, figures, "retained state flood",
+        limits={"max_event_rate": 5000},
+    ) as (gw, row, _):  # fmt: skip
+        d = gw.daemon
+        own = Limits()  # the hostile module's retained limits are the defaults
+        status = {"name": "status", "data": {"state": "connected"}, "retained": True}
+        await call(d, "healthy-a", "emit", status)
+
+        # Many small keys: more than the 10,000 that every module once shared.
+        burst = {"name": "k", "count": 2000, "distinct": True, "numbered": True, "retained": True}
+        emitted = await _emit_until(d, burst, 10_500)
+        row.bad_inputs += len(emitted)
+        kept = [e.key for e in d.bus.retained(f"{HOSTILE}.*")]
+        assert kept == emitted[-own.max_retained :]
+        assert [e.data for e in d.bus.retained("healthy-a.status")] == ['{"state": "connected"}']
+
+        # Fewer, bigger ones: 12 MB, each event within the 64 KiB an event may carry.
+        big = {"name": "big", "count": 50, "distinct": True, "numbered": True, "pad": 60_000,
+               "retained": True}  # fmt: skip
+        emitted = await _emit_until(d, big, 200)
+        row.bad_inputs += len(emitted)
+        held = d.bus.retained(f"{HOSTILE}.*")
+        assert _retained_bytes(held) <= own.retained_kb * 1024
+        # The newest are kept, as many as fit (60 kB each: 17 of them).
+        assert len(held) >= own.retained_kb * 1024 // 61_000
+        assert [e.key for e in held] == emitted[-len(held) :]
+        assert [e.data for e in d.bus.retained("healthy-a.status")] == ['{"state": "connected"}']
+        # Everything the daemon holds as retained state: the hostile module's share and
+        # the healthy one's few bytes.
+        assert _retained_bytes(d.bus.retained()) <= own.retained_kb * 1024 + 1000
+
+        logs = [line.message for line in d.manager.logs(HOSTILE)]
+        for limit in ("limits.max_retained", "limits.retained_kb"):
+            assert [m for m in logs if limit in m and "forgot its" in m], (limit, logs[-5:])
+
+        # An event over 64 KiB: the emitter is told, nobody receives it.
+        with d.bus.subscribe(f"{HOSTILE}.*", name="live", replay=False) as sub:
+            huge = {"name": "huge", "pad": 100_000, "retained": True}
+            err = await call_error(d, HOSTILE, "emit", huge)
+            row.bad_inputs += 1
+            assert err.message == (
+                "event 'huge' is too big: its data is 100002 bytes, and an event may carry "
+                "at most 65536 (64 KiB); event dropped"
+            )
+            # (An accepted event would be on the bus before the command's answer.)
+            with pytest.raises(trio.WouldBlock):
+                sub.receive_nowait()
+        assert d.bus.retained(f"{HOSTILE}.huge") == []
+
+        # A dashboard's home view subscribes to everything: its replay is the bounded
+        # state, the healthy module's included, then the acknowledgement.
+        async with ws_client(gw) as dashboard:
+            await ready(dashboard)
+            await send(dashboard, {"type": "subscribe", "module": "*", "name": "*",
+                                   "request_id": "home"})  # fmt: skip
+            ack, replay = await receive_until(dashboard, lambda m: is_response(m, "home"))
+        assert ack["data"] == {"pattern": "*.*", "replayed": len(replay)}
+        assert {(m["type"], m["replayed"]) for m in replay} == {("event", True)}
+        keys = [f"{m['module']}.{m['name']}" for m in replay]
+        assert keys == [e.key for e in d.bus.retained()]
+        assert "healthy-a.status" in keys
+        assert sum(len(json.dumps(m["data"])) for m in replay) <= own.retained_kb * 1024 + 1000
 
 
 async def test_thousands_of_timers(

@@ -132,11 +132,15 @@ def _subscribe(p: Params) -> Any:
 
 
 def _emit(p: Params) -> Any:
+    """With "pad": N, the data is a string of N "x" (made here: big events without big
+    params)."""
+    name = _str(p, "name")
+    pad = "x" * _uint(p, "pad", 32, 0)
     event = types.Event(
         module=_str(p, "module", "testkit"),
-        name=_str(p, "name"),
+        name=name,
         version=_uint(p, "version", 32, 1),
-        data=json.dumps(p.get("data")),
+        data=json.dumps(pad if pad else p.get("data")),
         timestamp=0,
     )
     emit = host.emit_retained if p.get("retained", False) else host.emit
@@ -144,11 +148,14 @@ def _emit(p: Params) -> Any:
         emit(event)
         return {}
     # A burst from one invocation: refusals (rate limit) are counted, not raised. With
-    # "numbered", event i carries {"n": i} instead of the data.
+    # "numbered", event i carries {"n": i} (and the padding) instead of the data; with
+    # "distinct", it is named "<name>.<i>", a key of its own (retained state).
     refused = 0
     for i in range(_uint(p, "count", 32)):
         if p.get("numbered", False):
-            event.data = json.dumps({"n": i})
+            event.data = json.dumps({"n": i, "pad": pad} if pad else {"n": i})
+        if p.get("distinct", False):
+            event.name = f"{name}.{i}"
         try:
             emit(event)
         except Err:

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import resource
 import shutil
 import statistics
 import time
@@ -199,6 +200,78 @@ def _mib(value: float) -> str:
     return f"{value / MiB:.1f}"
 
 
+#: A mapping's first line in ``/proc/<pid>/smaps``: range, perms, offset, dev, inode, path.
+_MAPPING = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+ *(.*)$")
+_KEPT = ("Rss", "Pss", "Private_Clean", "Private_Dirty")
+
+
+def _kind(path: str, perms: str, size: int) -> str:
+    """What a mapping holds, for a breakdown of a process's memory."""
+    if path.endswith(".cwasm"):
+        # The module's compiled artifact: its code, and the guest's initial memory
+        # image, mapped copy-on-write (pages the guest writes become Private_Dirty).
+        if "x" in perms:
+            return "artifact code"
+        return "guest memory image" if "w" in perms else "artifact data"
+    if path == "[heap]":
+        return "C heap"
+    if not path:
+        # Wasmtime reserves gigabytes of address space for a guest's linear memory.
+        return "wasm memory" if size >= 1 << 30 else "anonymous"
+    if path.startswith("["):
+        return "other"
+    return "interpreter, libraries"
+
+
+def smaps_by_kind(pid: int) -> dict[str, dict[str, int]]:
+    """``/proc/<pid>/smaps`` summed by what each mapping holds (``_kind``): Rss, Pss,
+    Private_Clean, Private_Dirty in bytes. "anonymous" is CPython's arenas, malloc's
+    large blocks, thread stacks and wasmtime's own allocations."""
+    out: dict[str, dict[str, int]] = {}
+    current: dict[str, int] | None = None
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        match = _MAPPING.match(line)
+        if match:
+            size = int(match.group(2), 16) - int(match.group(1), 16)
+            kind = _kind(match.group(4).strip(), match.group(3), size)
+            current = out.setdefault(kind, dict.fromkeys(_KEPT, 0))
+            continue
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if current is not None and key in _KEPT and len(parts) == 2 and parts[1] == "kB":
+            current[key] += int(parts[0]) * 1024
+    return out
+
+
+def _by_kind(kinds: dict[str, dict[str, int]], key: str) -> str:
+    """``kinds``' ``key`` in MiB, largest first (what holds at least 0.1 MiB)."""
+    ordered = sorted(kinds.items(), key=lambda item: -item[1][key])
+    return ", ".join(f"{kind} {_mib(mem[key])}" for kind, mem in ordered if mem[key] >= MiB / 10)
+
+
+def _growth_by_kind(
+    before: dict[str, dict[str, int]], after: dict[str, dict[str, int]], key: str
+) -> str:
+    """How ``key`` moved per kind of mapping from ``before`` to ``after`` (MiB)."""
+    deltas = {
+        kind: after.get(kind, {}).get(key, 0) - before.get(kind, {}).get(key, 0)
+        for kind in {*before, *after}
+    }
+    ordered = sorted(deltas.items(), key=lambda item: -abs(item[1]))
+    return ", ".join(f"{kind} {d / MiB:+.1f}" for kind, d in ordered if abs(d) >= MiB / 10)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """A process's own CPU time and that of its children it has reaped, seconds
+    (utime + stime, cutime + cstime of ``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    return (utime + stime) / _TICK, (cutime + cstime) / _TICK
+
+
 # -- module folders ----------------------------------------------------------------------
 
 
@@ -294,8 +367,12 @@ class HomeBench(Bench):
         cpu = {min(os.sched_getaffinity(0))}
         modules = {f"first-{i}": h.compile_guest for i in range(count)}
         _, floor_sources = self.uncompiled_dir(modules)
+        # The CPU time of the children this process reaps: the floor's compiles only.
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
         floor_each = [await _compile_alone(source, cpu) for source in floor_sources]
         floor = sum(floor_each)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        floor_cpu = after.ru_utime + after.ru_stime - reaped.ru_utime - reaped.ru_stime
 
         data_dir, _ = self.uncompiled_dir(modules)
         counter, compiled = _compile_log()
@@ -304,6 +381,14 @@ class HomeBench(Bench):
             last = await vessel.wait_started(count, timeout=START_BOUND + COMPILE_BOUND * count)
             starting = (vessel.starting_modules_at or vessel.spawned_at) - vessel.spawned_at
             first = min(vessel.started.values()) - vessel.spawned_at
+            # Where that CPU's time went: the daemon, the compiles it reaped, the fork
+            # server and the module processes (started, loaded, running).
+            daemon_cpu, compiles_cpu = cpu_seconds(vessel.process.pid)
+            # Its children still there: the fork server (the module processes are its).
+            forkserver_cpu = sum(
+                cpu_seconds(pid)[0] for pid in _children().get(vessel.process.pid, [])
+            )
+            modules_cpu = sum(cpu_seconds(pid)[0] for pid in vessel.pids.values())
         if sorted(compiled) != sorted(modules):
             raise BenchError(f"the daemon compiled {sorted(compiled)}, not {sorted(modules)}")
         total = last - vessel.spawned_at
@@ -324,7 +409,13 @@ class HomeBench(Bench):
                 f"log ({_spread(compiled.values())}). Floor = the same {count} compiles one "
                 "after the other, each a bare `python -m vessel.host._compile` (nice 5, "
                 f"SCHED_BATCH, as the daemon's) on the same CPU: {floor:.1f} s "
-                f"({_spread(floor_each)})",
+                f"({_spread(floor_each)}). CPU time used on that CPU: Vessel's compiles "
+                f"{compiles_cpu:.1f} s (the floor's {floor_cpu:.1f} s), the daemon "
+                f"{daemon_cpu:.1f} s, the fork server {forkserver_cpu:.1f} s, the module "
+                f"processes {modules_cpu:.1f} s in all; of the {total:.1f} s, "
+                f"{total - compiles_cpu - daemon_cpu - forkserver_cpu - modules_cpu:.1f} s "
+                f"went to no process of Vessel's (others on that CPU, or idle); for the "
+                f"floor, {floor - floor_cpu:.1f} s",
             )
         )
 
@@ -413,6 +504,7 @@ class HomeBench(Bench):
                 await self._warm(http)
                 await trio.sleep(h.settle)
                 before = rollup(pid)
+                kinds_before = smaps_by_kind(pid)
                 for number, module_id in enumerate(ids, 1):
                     files = {
                         "manifest": ("manifest.json", manifest_as(guest, module_id), None),
@@ -430,12 +522,14 @@ class HomeBench(Bench):
                     took.append(time.monotonic() - start)
                     await trio.sleep(h.settle)
                     steps.append(rollup(pid))
+                kinds_after = smaps_by_kind(pid)
         async with vessel_serve(data_dir) as vessel:
             await vessel.wait_started(len(ids))
             async with _api(vessel) as http:
                 await self._warm(http)
             await trio.sleep(h.settle)
             preinstalled = rollup(vessel.process.pid)
+            kinds_preinstalled = smaps_by_kind(vessel.process.pid)
         after = steps[-1]
         for key, label, figure_key in (
             ("USS", "private memory (USS)", "install_memory"),
@@ -459,7 +553,11 @@ class HomeBench(Bench):
                     f"each. The daemon's {key} in MiB, before and after each install: "
                     f"{growth}. A new daemon that started the same {len(ids)} modules "
                     f"already installed (same warm-up): {_mib(preinstalled[key])} MiB (what "
-                    "running them costs the daemon, without their installs)",
+                    "running them costs the daemon, without their installs). Where "
+                    f"the {key} moved, by kind of mapping, MiB: after the installs "
+                    f"{_growth_by_kind(kinds_before, kinds_after, key) or 'nowhere'}; the "
+                    "new daemon against the one before the installs "
+                    f"{_growth_by_kind(kinds_before, kinds_preinstalled, key) or 'nowhere'}",
                 )
             )
 
@@ -484,6 +582,9 @@ class HomeBench(Bench):
                         await control.call(module_id, "echo", PARAMS)
                 await trio.sleep(h.settle)
                 trees[count] = process_tree(vessel)
+                # The module process of median Pss, mapping by mapping.
+                by_pss = sorted(ids, key=lambda i: trees[count].modules[i]["Pss"])
+                typical = smaps_by_kind(vessel.pids[by_pss[len(by_pss) // 2]])
                 if len(trees[count].modules) != count or trees[count].forkserver is None:
                     raise BenchError(
                         f"expected a fork server and {count} module processes under the "
@@ -544,7 +645,14 @@ class HomeBench(Bench):
                 f"same modules as bare children (python + wasmtime + the instance, after "
                 f"the same call; no daemon, no fork server): Pss {_mib(bare[low])} → "
                 f"{_mib(bare[high])} MiB, {_mib((bare[high] - bare[low]) / added)} per "
-                "added child",
+                f"added child. A module process of median Pss, by kind of mapping, MiB: "
+                f"Pss {_by_kind(typical, 'Pss')}; Private_Dirty "
+                f"{_by_kind(typical, 'Private_Dirty')}; Private_Clean "
+                f"{_by_kind(typical, 'Private_Clean')} (artifact code and data: its "
+                "compiled component file, mapped; guest memory image: the guest's initial "
+                "linear memory, mapped copy-on-write from that file; wasm memory: the rest "
+                "of its linear memory; anonymous: CPython's and wasmtime's heaps, thread "
+                "stacks)",
             )
         )
 

@@ -31,6 +31,7 @@ import trio
 
 from ._errors import InvalidEvent
 from ._events import Event, now_ms, utf8_size
+from ._json_check import json_problem
 from ._manifest import Limits
 
 _log = logging.getLogger("vessel.bus")
@@ -372,11 +373,9 @@ class EventBus:
         """
         if not event.name:
             raise InvalidEvent(f"event from module {event.module!r} has an empty name")
-        try:
-            # Decoding to Raw checks the syntax without building Python objects.
-            msgspec.json.decode(event.data, type=msgspec.Raw)
-        except msgspec.DecodeError as exc:
-            raise InvalidEvent(f"event {event.key!r}: data is not valid JSON: {exc}") from None
+        # Checks the syntax (and the depth) without building Python objects.
+        if problem := json_problem(event.data):
+            raise InvalidEvent(f"event {event.key!r}: data is {problem}")
         if event.timestamp == 0:
             event = msgspec.structs.replace(event, timestamp=now_ms())
         self._published += 1

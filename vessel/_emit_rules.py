@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import time
 
-import msgspec
-
 from ._events import utf8_size
+from ._json_check import json_problem
 
 MAX_EVENT_NAME = 200
 #: The most an event's data may be, in bytes of UTF-8 (64 KiB). An event is state or news
@@ -37,10 +36,8 @@ def emit_problem(name: str, data: str) -> str | None:
             f"event {name!r} is too big: its data is {size} bytes, and an event may carry "
             f"at most {MAX_EVENT_DATA} (64 KiB); event dropped"
         )
-    try:
-        msgspec.json.decode(data)
-    except msgspec.DecodeError as exc:
-        return f"event {name!r}: data is not valid JSON: {exc}"
+    if problem := json_problem(data):
+        return f"event {name!r}: data is {problem}; event dropped"
     return None
 
 

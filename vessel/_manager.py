@@ -48,6 +48,7 @@ from ._install import (
 )
 from ._installs import Install, Installs
 from ._ipc import GuestStats
+from ._json_check import depth_problem
 from ._manifest import (
     Manifest,
     ModuleSource,
@@ -510,6 +511,8 @@ class ModuleManager:
         returned coroutine (await it, always) waits for the answer. Raises CallError at
         once for what needs no answer from the module (unknown, not running, a cycle)."""
         chain = chain or []
+        if problem := depth_problem(params):
+            raise CallError("invalid_request", f"call params: {problem}")
         if module_id in chain:
             path = " → ".join([*chain, module_id])
             raise CallError("module_error", f"call cycle detected: {path}")
@@ -521,7 +524,9 @@ class ModuleManager:
             raise CallError("unknown_module", f"no module {module_id!r} is installed")
         if entry.state is not ModuleState.RUNNING:
             raise CallError("module_unavailable", f"module {module_id!r} is {entry.state.value}")
-        return entry.module.begin_command(name, params, chain, timeout=timeout)
+        return _checked_answer(
+            module_id, name, entry.module.begin_command(name, params, chain, timeout=timeout)
+        )
 
     # -- logs ------------------------------------------------------------------------
 
@@ -668,6 +673,15 @@ class ModuleManager:
     def enabled(self, module_id: str) -> bool:
         self._entry(module_id)
         return self._storage.module_enabled(module_id)
+
+
+async def _checked_answer(module_id: str, name: str, answer: Coroutine[Any, Any, str]) -> str:
+    """A module's answer, refused if it nests too deeply for its caller (a module's JSON
+    parser among them) to decode: vessel/_json_check.py."""
+    result = await answer
+    if problem := depth_problem(result):
+        raise CallError("module_error", f"module {module_id!r} answered {name!r} with {problem}")
+    return result
 
 
 __all__ = ["ModuleManager", "ModuleState", "SupervisionPolicy"]

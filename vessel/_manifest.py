@@ -22,6 +22,7 @@ from msgspec import Meta
 from ._atomic import write_atomic
 from ._errors import ManifestError, TamperError
 from ._file_identity import SETTLED_NS, FileIdentity
+from ._json_check import depth_problem
 
 #: The newest manifest ``api_version`` this host understands.
 HOST_API_VERSION = 1
@@ -246,6 +247,8 @@ def parse_manifest(data: bytes, *, source: str) -> Manifest:
 
     Raises ManifestError naming the source and the field at fault.
     """
+    if problem := depth_problem(data):
+        raise ManifestError(f"{source}: {problem}")
     _refuse_newer_api(data, source)
     try:
         manifest = _decoder.decode(data)

@@ -37,7 +37,7 @@ async def test_call_answers_with_module_data(
             assert ping.json() == {"data": {"pong": True}}
 
             not_json = await client.post("/api/modules/alpha/call/echo", content=b"{oops")
-            assert "not JSON" in assert_error(not_json, 400, "invalid_request")
+            assert "not valid JSON" in assert_error(not_json, 400, "invalid_request")
             for version in ("x", "-1", str(2**32)):
                 bad = await client.post(f"/api/modules/alpha/call/echo?version={version}")
                 assert "version" in assert_error(bad, 400, "invalid_request")

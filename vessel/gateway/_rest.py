@@ -31,6 +31,7 @@ from .._errors import (
     UnknownSetting,
 )
 from .._installs import KEEP_ENDED, InstallInProgress, TooManyInstalls
+from .._json_check import json_problem
 from .._manager import ModuleManager
 from .._manifest import HOST_API_VERSION, parse_manifest
 from .._paths import modules_dir
@@ -321,9 +322,7 @@ async def call(module_id: str, name: str) -> Response:
     version = query_version(request.args)
     params = call_params(await _body())
     answer = (await _manager().call(module_id, name, version, params)).encode()
-    try:
-        msgspec.json.decode(answer)
-    except msgspec.DecodeError:
+    if json_problem(answer) is not None:
         raise ApiError(
             "module_error", f"module {module_id!r} answered {name!r} with text that is not JSON"
         ) from None

@@ -12,6 +12,7 @@ import trio
 from .._ceilings import raised_limits
 from .._errors import UnknownModule
 from .._installs import Install
+from .._json_check import json_problem
 from .._manager import ModuleManager, ModuleState
 from ._errors import STATUS
 
@@ -141,10 +142,8 @@ def call_params(body: bytes) -> str:
     """The params of a call: the request body when it is JSON, ``{}`` when it is empty."""
     if not body.strip():
         return "{}"
-    try:
-        msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ApiError("invalid_request", f"call params (the body) are not JSON: {exc}") from None
+    if problem := json_problem(body):
+        raise ApiError("invalid_request", f"call params (the body): {problem}")
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:  # pragma: no cover - msgspec accepted it, so it is utf-8

@@ -140,7 +140,8 @@ def _emit(p: Params) -> Any:
         module=_str(p, "module", "testkit"),
         name=name,
         version=_uint(p, "version", 32, 1),
-        data=json.dumps(pad if pad else p.get("data")),
+        # "raw": JSON text sent as it is (a hostile module's malformed or deep data).
+        data=raw if isinstance(raw := p.get("raw"), str) else json.dumps(pad or p.get("data")),
         timestamp=0,
     )
     emit = host.emit_retained if p.get("retained", False) else host.emit

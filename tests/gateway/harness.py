@@ -43,12 +43,18 @@ async def running_gateway(
     data_dir: Path,
     *,
     allowed_origins: frozenset[str] = frozenset(),
+    allowed_hosts: frozenset[str] = frozenset(),
     policy: SupervisionPolicy = FAST,
 ) -> AsyncIterator[Gateway]:
     config = DaemonConfig(data_dir=data_dir, install_bundled=False, policy=policy)
     async with open_daemon(config) as daemon, trio.open_nursery() as nursery:
         shutdown = trio.Event()
-        gateway = GatewayConfig(host="127.0.0.1", port=0, allowed_origins=allowed_origins)
+        gateway = GatewayConfig(
+            host="127.0.0.1",
+            port=0,
+            allowed_origins=allowed_origins,
+            allowed_hosts=allowed_hosts,
+        )
         state, binds = await nursery.start(
             lambda task_status: serve_gateway(
                 daemon, gateway, shutdown=shutdown, task_status=task_status

@@ -32,10 +32,14 @@ from .._daemon import (
     open_daemon,
 )
 from .._errors import VesselError
+from .._open_files import raise_open_file_limit
 from .._paths import default_data_dir
 
 if TYPE_CHECKING:
     from ..gateway import GatewayConfig
+
+#: Below this many open files, the start says how to raise the limit.
+LOW_OPEN_FILE_LIMIT = 4096
 
 log = logging.getLogger("vessel")
 
@@ -122,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="a browser origin (https://dash.example:443) allowed to open /ws besides "
         "pages served by Vessel itself; repeatable (env VESSEL_ALLOWED_ORIGINS, comma-separated)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[h for h in os.environ.get("VESSEL_ALLOWED_HOSTS", "").split(",") if h],
+        metavar="NAME",
+        help="a host name clients use to reach this daemon (vessel.home.arpa), besides IP "
+        "addresses, localhost and this machine's own name, which are always answered; "
+        "repeatable (env VESSEL_ALLOWED_HOSTS, comma-separated)",
     )
     p.add_argument(
         "--no-bundled",
@@ -253,6 +266,16 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    before, after = raise_open_file_limit()  # before the fork server: modules inherit it
+    if after < LOW_OPEN_FILE_LIMIT:
+        logging.getLogger("vessel").warning(
+            "this process may open only %d files (sockets, module pipes): the gateway "
+            "takes at most %d remote connections; raise the hard limit (LimitNOFILE= in "
+            "the systemd unit, ulimit -Hn) for more",
+            after, after // 4,
+        )  # fmt: skip
+    elif after != before:
+        logging.getLogger("vessel").debug("open files: limit raised from %d to %d", before, after)
     config = DaemonConfig(
         data_dir=args.data_dir or default_data_dir(),
         install_bundled=not args.no_bundled,
@@ -273,7 +296,10 @@ def main(argv: list[str] | None = None) -> None:
     from ..gateway import GatewayConfig
 
     gateway = GatewayConfig(
-        host=args.host, port=args.port, allowed_origins=frozenset(args.allow_origin)
+        host=args.host,
+        port=args.port,
+        allowed_origins=frozenset(args.allow_origin),
+        allowed_hosts=frozenset(args.allowed_host),
     )
     try:
         trio.run(serve, config, gateway, forkserver)

@@ -14,6 +14,7 @@ from werkzeug.datastructures import MultiDict, iter_multi_items
 from werkzeug.exceptions import HTTPException
 from werkzeug.formparser import default_stream_factory
 
+from ._auth import own_host_names
 from ._errors import error_response
 
 if TYPE_CHECKING:
@@ -37,8 +38,13 @@ class GatewayState:
     daemon: Daemon
     #: Browser origins (scheme://host[:port]) allowed on /ws besides the gateway's own.
     allowed_origins: frozenset[str] = frozenset()
+    #: Host names answered besides IP literals and localhost (``_auth.host_allowed``):
+    #: the machine's own names and ``--allowed-host``.
+    allowed_hosts: frozenset[str] = field(default_factory=lambda: own_host_names())
     #: Set when the daemon is shutting down: WebSocket clients are told and closed.
     shutting_down: trio.Event = field(default_factory=trio.Event)
+    #: WebSocket connections waiting for their ``auth`` message (``_ws.py``).
+    unauthenticated: int = 0
     #: Module uploads being received now (``POST /api/modules``).
     uploads: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(MAX_UPLOADS))
 

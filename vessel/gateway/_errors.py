@@ -17,6 +17,7 @@ STATUS: dict[str, int] = {
     "method_not_allowed": 405,
     "already_installed": 409,
     "install_in_progress": 409,
+    "host_not_allowed": 421,
     "request_timeout": 408,
     "too_large": 413,
     "too_many_requests": 429,

@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException, NotFound
 from .._errors import CallError, DiskWriteError, StorageError, UnknownModule
 from .._manifest import is_valid_module_id
 from ._app import gateway_state
-from ._auth import bearer_token, token_matches
+from ._auth import bearer_token, host_allowed, token_matches
 from ._errors import STATUS, error_for, error_response
 from ._rest_support import ApiError, check_command_name, check_config_key, log
 
@@ -26,6 +26,21 @@ for _code, _status in STATUS.items():
 
 def _unknown_module(module_id: str) -> Response:
     return error_for("unknown_module", f"no module {module_id!r} is installed")
+
+
+async def _check_host() -> Response | None:
+    """Every HTTP request, first: a ``Host`` the gateway does not serve (DNS rebinding)
+    is refused before anything else is looked at (_auth.host_allowed)."""
+    host = request.headers.get("Host")
+    if host_allowed(host, gateway_state().allowed_hosts):
+        return None
+    log.warning("refused a request for host %r (vessel serve --allowed-host NAME)", host)
+    return error_response(
+        421,
+        "host_not_allowed",
+        f"this gateway does not serve the host {host!r}; if that name is this machine, "
+        "start vessel serve with --allowed-host NAME",
+    )
 
 
 async def _authenticate() -> Response | None:
@@ -98,6 +113,7 @@ async def _http_error(exc: HTTPException) -> Response:
 
 
 def install_hooks(blueprint: Blueprint) -> None:
+    blueprint.before_app_request(_check_host)
     blueprint.before_app_request(_authenticate)
     blueprint.before_request(_check_path_values)
     blueprint.register_error_handler(ApiError, _api_error)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,9 @@ from hypercorn.trio import serve
 from hypercorn.trio.tcp_server import TCPServer
 
 from .._daemon import Daemon
+from ._admission import KEEP_ALIVE_TIMEOUT, Admission, refusal_response
 from ._app import GatewayState, create_app
+from ._auth import own_host_names
 from ._write_batch import current_connection
 
 log = logging.getLogger("vessel.gateway")
@@ -42,6 +44,12 @@ class _TCPServer(TCPServer):
       so one idle HTTP client held every ``systemctl stop`` for the whole graceful
       timeout (3 s). Idle means: no request in progress (Hypercorn's ``Updated``
       events); a WebSocket never is, the gateway closes those itself.
+    * An idle keep-alive connection is closed after ``KEEP_ALIVE_TIMEOUT``. Hypercorn's
+      own timer for that is cancelled as soon as it is started again after a request
+      (its task starts inside the request's teardown), so idle connections stayed open
+      for good: ~1,000 of them exhausted the open-file limit (issue 23).
+    * A remote address over its share of connections, or any remote connection over the
+      total, is answered ``503`` at once and closed (``_admission.py``); loopback never.
     * A task may batch its writes (``batched``; see _write_batch.py): what it sends in
       the block is held and written with one system call when the block ends. A write
       from any other task first sends what is held, so bytes leave in the order they
@@ -54,6 +62,8 @@ class _TCPServer(TCPServer):
         self._became_idle = trio.Event()
         self._batching: trio.lowlevel.Task | None = None
         self._held: list[bytes] = []
+        self._nursery: trio.Nursery | None = None
+        self._idle_timer: trio.CancelScope | None = None
 
     @asynccontextmanager
     async def batched(self) -> AsyncIterator[None]:
@@ -67,6 +77,14 @@ class _TCPServer(TCPServer):
             self._batching = None
             await self._send_held()
 
+    def limit_messages(self, size: int | None) -> None:
+        # Hypercorn buffers a whole WebSocket message, up to the server's limit, before
+        # the app sees any of it; its WSStream's buffer has its own copy of that limit.
+        stream = getattr(getattr(self.protocol, "protocol", None), "stream", None)
+        buffer = getattr(stream, "buffer", None)
+        if buffer is not None and hasattr(buffer, "max_length"):
+            buffer.max_length = size if size is not None else TRANSPORT_MAX_MESSAGE
+
     async def _send_held(self) -> None:
         if self._held:
             data = b"".join(self._held)
@@ -74,12 +92,49 @@ class _TCPServer(TCPServer):
             await self._send(RawData(data))
 
     async def run(self) -> None:
-        # Seen by the tasks Hypercorn starts for this connection (the app's handler).
-        current_connection.set(self)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._close_idle_at_shutdown)
-            await super().run()
-            nursery.cancel_scope.cancel()
+        # Hypercorn looks this class up for every server in the process: one that is not
+        # the gateway's (a test's web server) has no admission of ours.
+        admission: Admission = getattr(self.config, "vessel_admission", None) or Admission(
+            per_peer=1 << 30, total=1 << 30
+        )
+        try:
+            peer = str(self.stream.socket.getpeername()[0])
+        except (OSError, AttributeError, IndexError):
+            peer = ""
+        if (why := admission.admit(peer)) is not None:
+            with trio.move_on_after(KEEP_ALIVE_TIMEOUT), suppress(trio.BrokenResourceError):
+                await self.stream.send_all(refusal_response(why))
+            await self.stream.aclose()
+            return
+        try:
+            # Seen by the tasks Hypercorn starts for this connection (the app's handler).
+            current_connection.set(self)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._close_idle_at_shutdown)
+                self._start_idle_timer()  # no first request yet
+                await super().run()
+                nursery.cancel_scope.cancel()
+        finally:
+            admission.release(peer)
+
+    def _start_idle_timer(self) -> None:
+        self._stop_idle_timer()
+        if self._nursery is not None:
+            self._idle_timer = trio.CancelScope()
+            self._nursery.start_soon(self._close_when_idle, self._idle_timer)
+
+    def _stop_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    async def _close_when_idle(self, timer: trio.CancelScope) -> None:
+        with timer:
+            await trio.sleep(KEEP_ALIVE_TIMEOUT)
+            # Wakes the connection's reader, which ends the connection as if the client
+            # had closed it.
+            await self.stream.aclose()
 
     async def _close_idle_at_shutdown(self) -> None:
         await self.context.terminated.wait()
@@ -99,6 +154,9 @@ class _TCPServer(TCPServer):
             if event.idle:
                 self._became_idle.set()
                 self._became_idle = trio.Event()
+                self._start_idle_timer()
+            else:
+                self._stop_idle_timer()
         await self._send(event)
 
     async def _send(self, event: Event) -> None:
@@ -117,6 +175,8 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     allowed_origins: frozenset[str] = frozenset()
+    #: Host names served besides IP literals, localhost and the machine's own name.
+    allowed_hosts: frozenset[str] = frozenset()
 
 
 def is_loopback(host: str) -> bool:
@@ -139,7 +199,11 @@ async def serve_gateway(
 
     On shutdown WebSocket clients are told (close 1001) before Hypercorn stops.
     """
-    state = GatewayState(daemon=daemon, allowed_origins=config.allowed_origins)
+    state = GatewayState(
+        daemon=daemon,
+        allowed_origins=config.allowed_origins,
+        allowed_hosts=own_host_names() | {h.lower() for h in config.allowed_hosts},
+    )
     app = create_app(state)
     hyper = Config()
     hyper.bind = [f"{config.host}:{config.port}"]
@@ -148,6 +212,9 @@ async def serve_gateway(
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("vessel.gateway.hypercorn")
     hyper.include_server_header = False
+    hyper.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
+    # Read by every connection (_TCPServer.run): one count per gateway.
+    hyper.vessel_admission = Admission()  # type: ignore[attr-defined]
     if not is_loopback(config.host):
         log.warning(
             "listening on %s: reachable from the network; anyone there with the token "

@@ -25,11 +25,24 @@ class BatchingConnection(Protocol):
         """Hold this task's writes until the block ends, then write them at once."""
         ...
 
+    def limit_messages(self, size: int | None) -> None:
+        """The largest WebSocket message taken from now on (None: the server's limit)."""
+        ...
+
 
 #: The connection the current task serves, if its server can batch writes.
 current_connection: ContextVar[BatchingConnection | None] = ContextVar(
     "vessel_gateway_connection", default=None
 )
+
+
+def limit_messages(size: int | None) -> None:
+    """The largest WebSocket message the current connection takes from now on (None:
+    the server's limit again), where the server can tell: a client that has not logged
+    in is held to a small one (_ws.py)."""
+    connection = current_connection.get()
+    if connection is not None:
+        connection.limit_messages(size)
 
 
 def batched_writes() -> AbstractAsyncContextManager[None]:

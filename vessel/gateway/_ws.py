@@ -28,8 +28,8 @@ from quart import Blueprint, websocket
 from .._errors import CallError
 from . import _protocol as proto
 from ._app import GatewayState, gateway_state
-from ._auth import bearer_token, origin_allowed, token_matches
-from ._write_batch import batched_writes
+from ._auth import bearer_token, host_allowed, origin_allowed, token_matches
+from ._write_batch import batched_writes, limit_messages
 
 if TYPE_CHECKING:
     from quart.wrappers import Websocket
@@ -42,6 +42,13 @@ ws = Blueprint("ws", __name__)
 
 #: A browser must send its ``auth`` message within this many seconds of connecting.
 AUTH_TIMEOUT: Final = 10.0
+#: Connections waiting for their ``auth`` message at once (no token yet: anyone can
+#: open one); more are closed 1013 "try again later". With the transport's frame limit
+#: this bounds what clients without the token hold: 16 x 4 MiB.
+MAX_UNAUTHENTICATED: Final = 16
+#: The largest ``auth`` message taken (a token is 43 characters).
+MAX_AUTH_MESSAGE: Final = 4096
+CLOSE_TRY_AGAIN_LATER: Final = 1013
 #: Frames a client may have waiting to be sent before it is closed as too slow.
 MAX_QUEUED: Final = 1024
 #: ...and their total size (characters): a few huge events must not pin the memory.
@@ -188,7 +195,14 @@ class _Client:
     async def serve(self) -> None:
         headers = self.conn.headers
         origin = headers.get("Origin")
-        if not origin_allowed(origin, headers.get("Host"), self.state.allowed_origins):
+        host = headers.get("Host")
+        if not host_allowed(host, self.state.allowed_hosts):
+            log.warning("%s: refused: host %r is not served here", self.peer, host)
+            self.closing = (
+                CLOSE_ORIGIN,
+                f"host not allowed: {host} (vessel serve --allowed-host NAME)"[:120],
+            )
+        elif not origin_allowed(origin, host, self.state.allowed_origins):
             log.warning("%s: refused: origin %s is not allowed", self.peer, origin)
             self.closing = (CLOSE_ORIGIN, f"origin not allowed: {origin}")
         elif self.state.shutting_down.is_set():
@@ -239,14 +253,33 @@ class _Client:
 
     async def _authenticate(self) -> bool:
         header = self.conn.headers.get("Authorization")
+        if header is None:  # no token yet: only a small first message is taken
+            limit_messages(MAX_AUTH_MESSAGE)
         await self.conn.accept()
         if header is not None:
             if token_matches(self.state.token, bearer_token(header)):
                 return True
             return await self._refuse("unauthorized: missing or wrong token")
         # A browser cannot set headers: its first message must be auth.
+        if self.state.unauthenticated >= MAX_UNAUTHENTICATED:
+            reason = f"try again later: {MAX_UNAUTHENTICATED} connections are waiting to log in"
+            log.warning("%s: refused: %s", self.peer, reason)
+            self._close(CLOSE_TRY_AGAIN_LATER, reason)
+            return False
+        self.state.unauthenticated += 1
+        try:
+            return await self._await_auth_message()
+        finally:
+            self.state.unauthenticated -= 1
+
+    async def _await_auth_message(self) -> bool:
         with trio.move_on_after(AUTH_TIMEOUT):
             frame = await self.conn.receive()
+            if frame is not None and len(frame) > MAX_AUTH_MESSAGE:
+                return await self._refuse(
+                    f"unauthorized: the first message is over {MAX_AUTH_MESSAGE} bytes; it "
+                    "must be a small auth message"
+                )
             try:
                 message = proto.decode(frame)
             except proto.InvalidMessage as exc:
@@ -256,6 +289,7 @@ class _Client:
                     "unauthorized: send an Authorization header or an auth message first"
                 )
             if token_matches(self.state.token, message.token):
+                limit_messages(None)
                 return True
             return await self._refuse("unauthorized: missing or wrong token")
         return await self._refuse(f"unauthorized: no auth message within {AUTH_TIMEOUT:g} s")

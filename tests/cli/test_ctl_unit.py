@@ -216,6 +216,11 @@ def test_params_must_be_json(monkeypatch: pytest.MonkeyPatch) -> None:
     assert read_params('{"a": [1, 2]}') == '{"a": [1, 2]}'
     with pytest.raises(CtlError, match=r"^invalid JSON for params: Expecting"):
         read_params("{a: 1}")
+    # A module's commands take an object: an array is refused here, not by the module.
+    with pytest.raises(CtlError, match=r"^params must be a JSON object, .* \(got an array\)$"):
+        read_params("[1, 2]")
+    with pytest.raises(CtlError, match=r"\(got a number\)$"):
+        read_params("3")
     monkeypatch.setattr("sys.stdin", io.StringIO('{"from": "stdin"}'))
     assert json.loads(read_params("-")) == {"from": "stdin"}
 

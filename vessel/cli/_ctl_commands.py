@@ -186,9 +186,17 @@ def read_params(text: str) -> str:
     if text == "-":
         text = sys.stdin.read()
     try:
-        json.loads(text)
+        value = json.loads(text)
     except ValueError as exc:
         raise CtlError(f"invalid JSON for params: {exc}") from None
+    if not isinstance(value, dict):
+        # The protocol carries any JSON value, but a module's commands (the SDK's, the
+        # bundled ones) take an object: say so here rather than in the module's error.
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+        raise CtlError(
+            "params must be a JSON object, like '{\"n\": 1}' (got "
+            f"{kind.get(type(value), 'a number')})"
+        )
     return text
 
 

@@ -222,7 +222,8 @@ async def test_config_of_a_module_with_declared_settings(
     tmp_path: Path, make_module_dir: MakeModuleDir, nursery: trio.Nursery
 ) -> None:
     """`config ID` lists the settings the manifest declares: set, default or missing,
-    and what each is for; a key it does not declare is refused naming the ones it does;
+    and what each is for; reading a declared setting that is not set says how to set it;
+    a key it does not declare is refused naming the ones it does;
     `--values` masks a setting declared secret whatever its name; `--stdin KEY` sets a
     value read from standard input."""
     data = tmp_path / "data"
@@ -245,6 +246,13 @@ async def test_config_of_a_module_with_declared_settings(
         assert lines[3].split() == ["mode", "unset", "mode"]
         assert len(lines) == 4
 
+        # A declared setting that is not set is not "no such key": it says how to set it.
+        unset = await ctl("config", "kit", "pin", env=daemon.env)
+        assert unset.returncode == 1, unset
+        assert unset.stderr == (
+            "vessel-ctl: module 'kit' declares the setting 'pin' (required), and it is not "
+            "set; set it with: vessel-ctl config kit --stdin pin\n"
+        )
         typo = await ctl("config", "kit", "pn=1234", env=daemon.env)
         assert typo.returncode == 1, typo
         assert typo.stderr == (

@@ -113,6 +113,11 @@ def _config_get(client: Client, module_id: str, key: str) -> dict[str, Any]:
     try:
         doc: dict[str, Any] = client.json("GET", module_path(module_id, "config", key))
     except ApiError as exc:
+        if exc.status == 404 and "declares the setting" in exc.message:
+            # Set it without the value on the command line (secrets often are).
+            raise CtlError(
+                f"{exc.message}; set it with: vessel-ctl config {module_id} --stdin {key}"
+            ) from None
         if exc.status == 404 and exc.code != "unknown_module":
             raise _no_key(module_id, key) from None
         raise

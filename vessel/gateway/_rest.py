@@ -283,8 +283,16 @@ async def config_keys(module_id: str) -> Response:
 
 @rest.get("/api/modules/<module_id>/config/<path:key>")
 async def config_get(module_id: str, key: str) -> Response:
-    value = _manager().config_get(module_id, key)
+    manager = _manager()
+    value = manager.config_get(module_id, key)
     if value is None:
+        setting = manager.get(module_id).manifest.settings.get(key)
+        if setting is not None:  # declared: say so, rather than "no such key"
+            need = "required" if setting.required else "optional"
+            raise ApiError(
+                "not_found",
+                f"module {module_id!r} declares the setting {key!r} ({need}), and it is not set",
+            )
         raise ApiError("not_found", f"module {module_id!r} has no config key {key!r}")
     return _json({"key": key, "value": value})
 

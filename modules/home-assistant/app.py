@@ -329,7 +329,7 @@ class HomeAssistant:
         self._set_state("auth_invalid", f"Home Assistant refused the token: {message}", message)
         app.log.error(
             f"Home Assistant refused the access token ({message}); not retrying until the "
-            "configuration changes: `vessel-ctl config home-assistant token=...`"
+            "configuration changes: `vessel-ctl config home-assistant --stdin token`"
         )
         self.publish_status()
         _emit("error", {"kind": "auth_invalid", "message": message})

@@ -307,7 +307,8 @@ def test_module_list_has_the_columns_and_refused_modules() -> None:
     assert lines[0].split() == ["ID", "STATE", "PID", "RESTARTS", "UPTIME", "MEMORY", "VERSION"]
     assert lines[1].split() == ["kit", "running", "4242", "1", "1m05s", "3.0", "MiB", "0.1.0"]
     assert lines[2].split() == ["off", "disabled", "-", "0", "-", "-", "2.0.0"]
-    assert "ha needs configuration: token, pin (vessel-ctl config ha KEY=VALUE)" in lines
+    hint = "ha needs configuration: token, pin (vessel-ctl config ha --stdin KEY, for each)"
+    assert hint in lines
     assert not any(line.startswith(("kit needs", "off needs")) for line in lines)
     assert any("bad: hash mismatch" in line for line in lines[5:])
 

@@ -108,9 +108,10 @@ def format_module_list(doc: Mapping[str, Any]) -> str:
         lines.append("")
         for m in unconfigured:
             missing = ", ".join(m["missing_settings"])
+            # --stdin: a setting is often a secret, which must not go on a command line.
             lines.append(
                 f"{m.get('id')} needs configuration: {missing} "
-                f"(vessel-ctl config {m.get('id')} KEY=VALUE)"
+                f"(vessel-ctl config {m.get('id')} --stdin KEY, for each)"
             )
     installing = doc.get("installing") or []
     if installing:

@@ -194,7 +194,10 @@ function installForm(client, done) {
       done();
     } catch (err) {
       message.className = "alert";
-      message.textContent = `Install failed (${err.code}): ${err.message}`;
+      // The API's words name its query parameter; the page has a checkbox for it.
+      const text =
+        err.code === "already_installed" ? `${err.message.split(";")[0]}; tick "Replace" to replace it` : err.message;
+      message.textContent = `Install failed (${err.code}): ${text}`;
     } finally {
       button.disabled = false;
     }
@@ -277,7 +280,9 @@ function moduleCard(client, first, changed) {
       message.textContent =
         action === "restart"
           ? `Restarted: pid ${before ?? "–"} → ${info.pid ?? "–"}`
-          : `${action === "enable" ? "Enabled" : "Disabled"}: ${info.state}`;
+          : action === "enable"
+            ? `Enabled: ${info.state}${info.pid ? `, pid ${info.pid}` : ""}`
+            : "Disabled: stopped, and kept stopped across restarts";
       changed();
     } catch (err) {
       message.className = "alert";

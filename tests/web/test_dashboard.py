@@ -154,9 +154,11 @@ def test_modules_view_shows_pids_restarts_configures_and_reads_logs(
         testkit = page.locator("[data-module=testkit]")
         testkit.get_by_role("button", name="Disable").click()
         expect(testkit.locator(".badge")).to_have_text("disabled")
+        expect(testkit).to_contain_text("Disabled: stopped, and kept stopped across restarts")
         expect(testkit.locator("[data-field=pid]")).to_have_text("\N{EN DASH}")
         testkit.get_by_role("button", name="Enable").click()
         expect(testkit.locator(".badge")).to_have_text("running")
+        expect(testkit).to_contain_text("Enabled: running, pid")
         expect(testkit.locator("[data-field=pid]")).to_have_text(str(_pid(api, "testkit")))
 
         # Configuration: set a secret-looking key; its value is not shown until asked.

@@ -1,6 +1,7 @@
 // The page shell: sign-in, the connection badge, and the router between the views.
 //
-// A view is a module exporting mount(root, client, route) -> unmount(). It subscribes to
+// A view is a module exporting mount(root, client, route) -> unmount() (which may carry
+// update(route), for a change of the hash's query within the view). It subscribes to
 // what it shows through client.subscribe(), so the subscriptions held at any time are
 // those of the current view; the client re-sends them after a reconnect.
 
@@ -30,7 +31,10 @@ function route() {
 
 function showView() {
   const r = route();
-  if (view && view.name === r.name && view.arg === r.arg) return;
+  if (view && view.name === r.name && view.arg === r.arg) {
+    view.unmount.update?.(r); // the same view, maybe another query: it applies it
+    return;
+  }
   view?.unmount();
   const main = $("main");
   main.replaceChildren();

@@ -134,8 +134,14 @@ export function mount(root, client, route) {
 
   subscribe();
   renderCount();
-  return () => {
+  const unmount = () => {
     clearTimeout(debounce);
     unsubscribe();
   };
+  // The hash changed within this view ("#/events?filter=..." typed or linked): apply it.
+  unmount.update = (next) => {
+    filter.value = next.query.get("filter") || DEFAULT_FILTER;
+    apply();
+  };
+  return unmount;
 }

@@ -270,6 +270,11 @@ def test_event_stream_shows_emitted_events_filters_and_pauses(
         page.get_by_role("button", name="Clear").click()
         expect(stream.locator("li")).to_have_count(0)
         screenshot(page, "events-filtered")
+
+        # A filter in the address (a link, or typed) applies on the same view.
+        page.evaluate("location.hash = '#/events?filter=example.*'")
+        expect(page.get_by_label("Filter (module.name glob)")).to_have_value("example.*")
+        expect(stream.locator("[data-key='example.tick']").first).to_be_visible()
         assert script_errors == []
 
 

@@ -23,6 +23,14 @@ export function h(spec, attrs = {}, ...children) {
   return el;
 }
 
+/** Text with `backticked` parts (a command a module's message names) as <code>. */
+export function withCode(text) {
+  return String(text)
+    .split(/`([^`]*)`/)
+    .map((part, i) => (i % 2 ? h("code", {}, part) : part))
+    .filter((part) => part !== "");
+}
+
 /** Replace an element's children. */
 export function fill(el, ...children) {
   el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));

@@ -6,7 +6,7 @@
 // `status` the connection tile; other modules' retained events (example.tick) get a
 // small tile each, updated by their live events.
 
-import { fill, h } from "./dom.js";
+import { fill, h, withCode } from "./dom.js";
 
 export const title = "Home";
 
@@ -87,7 +87,7 @@ export function mount(root, client) {
       haTile,
       h("span.tile-label", {}, "Home Assistant"),
       h("span.tile-value", {}, h("span.dot"), STATUS_TEXT[state] ?? (state === "absent" ? "Not running" : state)),
-      detail && h("span.tile-detail", {}, detail),
+      detail && h("span.tile-detail", {}, withCode(detail)),
       state !== "connected" && state !== "loading" && h("a.tile-link", { href: `#/modules/${HA}` }, "Configure"),
     );
   }

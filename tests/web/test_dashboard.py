@@ -121,6 +121,14 @@ def test_home_shows_entities_and_a_click_toggles_the_light(
         assert "new-token" not in card.inner_text()
         expect(card.locator(".needs")).to_be_hidden()
         screenshot(page, "modules-home-assistant")
+
+        # Without a token the Home tile says what to run, as code, not in backticks.
+        with daemon.api() as api:
+            api.delete(f"/api/modules/{HA}/config/token").raise_for_status()
+        page.get_by_role("link", name="Home").click()
+        command = status.locator(".tile-detail code")
+        expect(command).to_have_text("vessel-ctl config home-assistant --stdin token")
+        assert "`" not in status.inner_text()
         assert script_errors == []
 
 

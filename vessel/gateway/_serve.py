@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from math import inf
 from typing import Any
 
 import trio
@@ -14,7 +15,7 @@ from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.trio import run as _hypercorn_run
 from hypercorn.trio import serve
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 
 from .._daemon import Daemon
 from ._admission import KEEP_ALIVE_TIMEOUT, Admission, refusal_response
@@ -27,6 +28,22 @@ log = logging.getLogger("vessel.gateway")
 #: Frames above this are refused by Hypercorn itself (the connection closes with 1009);
 #: the protocol's own, smaller limit answers with an error and keeps the connection.
 TRANSPORT_MAX_MESSAGE = 4 * 1024 * 1024
+#: After a response that ends its connection (``Connection: close``, or a request body
+#: not read to its end: a 401 or 413 before the body), what the client still sends is
+#: read and dropped for at most this long and this much, then the socket is closed. Not
+#: at once: closing a socket with unread data sends a reset, which can destroy the
+#: response before the client has read it; the client has it, and our EOF, long before
+#: either bound.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
+#: What sending EOF may raise, ignored as Hypercorn does: the client is gone, another
+#: task is writing (bug 1 of docs/security.md), a TLS stream (it has no EOF of its own).
+_EOF_ERRORS = (
+    trio.BrokenResourceError,
+    trio.BusyResourceError,
+    trio.ClosedResourceError,
+    AttributeError,
+)
 
 
 class _TCPServer(TCPServer):
@@ -50,6 +67,14 @@ class _TCPServer(TCPServer):
       for good: ~1,000 of them exhausted the open-file limit (issue 23).
     * A remote address over its share of connections, or any remote connection over the
       total, is answered ``503`` at once and closed (``_admission.py``); loopback never.
+    * A connection Hypercorn ends after a response is closed. Hypercorn closes it from
+      the task that sent the response, which quart-trio cancels as soon as the response
+      is out: the close stopped at its first checkpoint, before the socket was closed.
+      So a response with ``Connection: close`` left the connection open, and a 401 or
+      413 answered while the body was arriving left Hypercorn reading whatever the
+      client went on sending, without end (issue 23). Here the client gets EOF right
+      after the response; what it still sends is dropped, within ``LINGER_SECONDS`` and
+      ``LINGER_BYTES``, then the socket is closed. Every other close is shielded too.
     * A task may batch its writes (``batched``; see _write_batch.py): what it sends in
       the block is held and written with one system call when the block ends. A write
       from any other task first sends what is held, so bytes leave in the order they
@@ -64,6 +89,8 @@ class _TCPServer(TCPServer):
         self._held: list[bytes] = []
         self._nursery: trio.Nursery | None = None
         self._idle_timer: trio.CancelScope | None = None
+        #: The connection is ending (EOF sent): what arrives is dropped, not parsed.
+        self._lingering = False
 
     @asynccontextmanager
     async def batched(self) -> AsyncIterator[None]:
@@ -129,6 +156,52 @@ class _TCPServer(TCPServer):
             self._idle_timer.cancel()
             self._idle_timer = None
 
+    async def _read_data(self) -> None:
+        # Hypercorn's loop, but once the connection is ending what arrives is counted and
+        # dropped here: fed to the protocol, a body after a 401 or 413 was parsed for as
+        # long as the client sent it.
+        dropped = 0
+        while True:
+            try:
+                with trio.fail_after(self.config.read_timeout or inf):
+                    data = await self.stream.receive_some(MAX_RECV)
+            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
+                break
+            if self._lingering:
+                dropped += len(data)
+                if not data or dropped > LINGER_BYTES:
+                    break
+                continue
+            await self.protocol.handle(RawData(bytes(data)))
+            if data == b"":
+                break
+        await self.protocol.handle(Closed())
+
+    async def _end_after_response(self) -> None:
+        """EOF to the client now, in a shield (see the class's docstring); the reader
+        drops what still arrives, and the socket is closed after ``LINGER_SECONDS`` if
+        the client has not closed it first (``run`` closes it once the reader ends)."""
+        if self._lingering:
+            return
+        with trio.CancelScope(shield=True), suppress(*_EOF_ERRORS):
+            await self.stream.send_eof()
+        self._lingering = True
+        self._stop_idle_timer()
+        if self._nursery is not None:
+            self._nursery.start_soon(self._close_after_linger)
+
+    async def _close_after_linger(self) -> None:
+        await trio.sleep(LINGER_SECONDS)
+        # Wakes the reader, which ends the connection.
+        await self.stream.aclose()
+
+    async def _close(self) -> None:
+        # Hypercorn's own close, the connection's last step, shielded: in a task being
+        # cancelled (the gateway stopping) it stopped at its first checkpoint and left
+        # the socket to the garbage collector.
+        with trio.CancelScope(shield=True):
+            await super()._close()
+
     async def _close_when_idle(self, timer: trio.CancelScope) -> None:
         with timer:
             await trio.sleep(KEEP_ALIVE_TIMEOUT)
@@ -149,6 +222,11 @@ class _TCPServer(TCPServer):
             self._held.append(event.data)
             return
         await self._send_held()
+        if isinstance(event, Closed):
+            # Hypercorn would close the socket here, and be cancelled doing it.
+            await self._end_after_response()
+            await self.protocol.handle(Closed())
+            return
         if isinstance(event, Updated):
             self._idle = event.idle
             if event.idle:

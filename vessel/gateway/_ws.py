@@ -13,6 +13,11 @@ Per connection, in one nursery (so a disconnect cancels and cleans up all of it)
 
 A client that stops reading fills its outbox (or its bus subscription overflows) and is
 closed with 4408; every other client has its own queue and never waits for it.
+
+When the daemon stops, a logged-in client's calls still in flight are answered
+``module_unavailable``, and what is queued is sent (for at most ``SHUTDOWN_FLUSH``
+seconds), before the close 1001: a client is never left waiting for an answer that will
+not come.
 """
 
 from __future__ import annotations
@@ -66,6 +71,15 @@ WRITE_BATCH: Final = 32
 WRITE_BATCH_CHARS: Final = 64 * 1024
 #: Seconds allowed for sending a close frame.
 CLOSE_TIMEOUT: Final = 5.0
+#: Seconds a stopping daemon gives a client to receive its queued frames and the answers
+#: to its calls in flight before the close frame: well inside Hypercorn's graceful
+#: timeout (3 s), after which the connection is cut, close frame or not.
+SHUTDOWN_FLUSH: Final = 1.0
+#: The answer to a call still in flight when the daemon stops.
+SHUTTING_DOWN: Final = (
+    "the daemon is shutting down: the call was abandoned before its answer came, so it may "
+    "or may not have taken effect"
+)
 
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_UNAUTHORIZED: Final = 4401
@@ -91,6 +105,8 @@ class _Outbox:
         self.max_frames = max_frames
         self.max_chars = max_chars
         self.closed = False
+        #: No frame will be added: ``get_batch`` returns [] once the queue is empty.
+        self.finished = False
         self._frames: deque[str] = deque()
         self._chars = 0
         self._readable = trio.lowlevel.ParkingLot()
@@ -120,8 +136,11 @@ class _Outbox:
 
     async def get_batch(self, max_frames: int, max_chars: int) -> list[str]:
         """The oldest frames, in order: at least one (however big), then as many more
-        as fit in ``max_frames`` and ``max_chars``."""
+        as fit in ``max_frames`` and ``max_chars``; [] once the queue is empty and
+        :meth:`finish` was called."""
         while not self._frames:
+            if self.finished:
+                return []
             await self._readable.park()
         batch = [self._frames.popleft()]
         size = len(batch[0])
@@ -132,6 +151,11 @@ class _Outbox:
         if not self._half_full():
             self._room.unpark_all()
         return batch
+
+    def finish(self) -> None:
+        """What is queued is all there will be: the writer sends it, then stops."""
+        self.finished = True
+        self._readable.unpark_all()
 
     def close(self) -> None:
         """Drop what is queued; a waiting writer keeps waiting until it is cancelled."""
@@ -171,7 +195,20 @@ class _Client:
         self.peer = _peer(conn)
         self.outbox = _Outbox(MAX_QUEUED, MAX_QUEUED_CHARS)
         self.sub: Subscription | None = None
+        #: The request_ids of the calls not answered yet: a call answers only while its
+        #: id is here (the daemon's stop answers those left and empties it).
         self.in_flight: set[str] = set()
+        #: The daemon is stopping (_answer_and_flush): no frame is read after this.
+        self._stopping = False
+        #: Calls handing their answer to the outbox or the socket right now (their id has
+        #: left in_flight first, so that the client may reuse it at once).
+        self._answering = 0
+        self._answered = trio.lowlevel.ParkingLot()
+        #: Set by the writer when it has sent all of a finished outbox.
+        self._flushed = trio.Event()
+        # Cancelled when the daemon stops: no frame is read, no event queued after that.
+        self._reader_scope = trio.CancelScope()
+        self._pump_scope = trio.CancelScope()
         #: (code, reason) of the close frame to send once the tasks have stopped.
         self.closing: tuple[int, str] | None = None
         # Cancelled to end the connection: may happen before it is entered.
@@ -214,7 +251,8 @@ class _Client:
                         nursery.start_soon(self._watch_shutdown)
                         if await self._authenticate():
                             self._start(nursery)
-                            await self._read(nursery)
+                            with self._reader_scope:
+                                await self._read(nursery)
             finally:
                 self._release()
         if self.closing is not None:
@@ -238,7 +276,39 @@ class _Client:
 
     async def _watch_shutdown(self) -> None:
         await self.state.shutting_down.wait()
+        if self.sub is not None:  # logged in: its calls are answered before the close
+            with trio.move_on_after(SHUTDOWN_FLUSH):
+                await self._answer_and_flush()
         self._close(CLOSE_GOING_AWAY, "server shutting down")
+
+    async def _answer_and_flush(self) -> None:
+        """Stop reading frames and queueing events, answer every call in flight
+        ``module_unavailable`` (their tasks end with the connection, their answers
+        unsent), and wait until the writer has sent all that is queued.
+
+        Closing at once instead (as the connection's cancel scope does) dropped every
+        call's answer: a client waiting on a call that loops was closed 1001 without
+        one, and so was a client whose answer was still queued or in the writer's hand.
+        """
+        self._stopping = True
+        self._reader_scope.cancel()
+        self._pump_scope.cancel()
+        if self.in_flight:
+            log.info(
+                "%s: shutting down: %d call(s) in flight answered %s",
+                self.peer,
+                len(self.in_flight),
+                proto.MODULE_UNAVAILABLE,
+            )
+        for rid in self.in_flight:
+            self._put(proto.failure(rid, proto.MODULE_UNAVAILABLE, SHUTTING_DOWN))
+        self.in_flight.clear()
+        while self._answering:  # answers on their way to the outbox or the socket
+            await self._answered.park()
+        # Nothing queues a frame from here on (the reader, the pump and the calls are
+        # done): the writer sends the rest, then says so.
+        self.outbox.finish()
+        await self._flushed.wait()
 
     def _too_slow(self) -> None:
         queued = len(self.outbox) + (self.sub.queued if self.sub is not None else 0)
@@ -316,6 +386,11 @@ class _Client:
     async def _read(self, nursery: trio.Nursery) -> None:
         while True:
             frame = await self.conn.receive()
+            if self._stopping:
+                # This frame came in as the stop began (the reader's cancel reaches it at
+                # its next wait only): dropped like any later one, as the protocol says,
+                # rather than start a call whose answer could no longer be sent.
+                return
             try:
                 message = proto.decode(frame)
             except proto.InvalidMessage as exc:
@@ -392,13 +467,27 @@ class _Client:
                     rid, proto.MODULE_ERROR, f"module {call.module!r} answered with invalid JSON"
                 )
         finally:
+            # Gone from in_flight: the daemon's stop has answered it (_answer_and_flush).
+            ours = rid in self.in_flight
             self.in_flight.discard(rid)
-        await self._respond(frame)
+        if not ours:
+            return
+        self._answering += 1
+        try:
+            await self._respond(frame)
+        finally:
+            self._answering -= 1
+            if self._stopping:
+                self._answered.unpark_all()
 
     # -- pump and writer ---------------------------------------------------------------
 
     async def _pump(self, sub: Subscription) -> None:
         """Apply (un)subscribes and move events to the outbox, in one order."""
+        with self._pump_scope:
+            await self._pump_events(sub)
+
+    async def _pump_events(self, sub: Subscription) -> None:
         try:
             while True:
                 while self._ops:
@@ -456,8 +545,9 @@ class _Client:
             self._put(proto.success_value(op.request_id, data))
 
     async def _write(self) -> None:
-        while True:
-            await self._send(*await self.outbox.get_batch(WRITE_BATCH, WRITE_BATCH_CHARS))
+        while batch := await self.outbox.get_batch(WRITE_BATCH, WRITE_BATCH_CHARS):
+            await self._send(*batch)
+        self._flushed.set()  # the outbox was finished, and all of it is sent
 
     async def _send(self, *frames: str) -> None:
         """Send ``frames``, several in one write (_write_batch.py); one send at a time."""

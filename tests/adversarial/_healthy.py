@@ -4,7 +4,9 @@
 ``healthy-b``). ``watch_healthy`` runs, for as long as its block lasts, one task per
 healthy module that calls it in a loop (an ``emit`` command: each answered call must
 also deliver exactly one event) and one bus subscriber counting their events. On exit it
-waits (bounded) for the last events and writes answered / failed / lost into the row.
+waits (bounded) for the last events and writes answered / failed / lost into the row. It
+also watches the daemon (this process) for the block: its memory and open files go into
+the row too (``_resources.watch_daemon``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from vessel._daemon import Daemon
 from vessel._errors import CallError
 
 from ._figures import Row
+from ._resources import watch_daemon
 
 HEALTHY = ("healthy-a", "healthy-b")
 #: Pause between two calls of one healthy module (about 50 calls/s each: well under
@@ -78,7 +81,15 @@ async def _caller(daemon: Daemon, module_id: str, health: Health) -> None:
 
 @asynccontextmanager
 async def watch_healthy(daemon: Daemon, row: Row) -> AsyncIterator[Health]:
-    """Keep the healthy modules busy during the block; assert nothing was failed or lost."""
+    """Keep the healthy modules busy during the block; assert nothing was failed or lost.
+    The daemon runs in this process: what it holds is watched for the same block (a
+    failed or lost call is the failure to report first, and skips those figures)."""
+    async with watch_daemon(row), _watch_healthy(daemon, row) as health:
+        yield health
+
+
+@asynccontextmanager
+async def _watch_healthy(daemon: Daemon, row: Row) -> AsyncIterator[Health]:
     health = Health()
     late: list[tuple[str, int]] = []
     waited_until = 0.0

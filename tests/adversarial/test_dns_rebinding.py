@@ -17,6 +17,7 @@ from tests.gateway.harness import Gateway, running_gateway
 from tests.gateway.ws_client import closed_with
 
 from ._figures import Figures
+from ._resources import watch_daemon
 
 
 async def request_as(gw: Gateway, host: str, path: str) -> httpx.Response:
@@ -49,7 +50,8 @@ async def test_a_host_the_gateway_does_not_serve_is_refused(
     is closed 4403 before it could log in; IP addresses, localhost, the machine's own
     name and names given with ``--allowed-host`` are served."""
     row = figures.row("DNS rebinding (Host)")
-    async with running_gateway(tmp_path, allowed_hosts=frozenset({"vessel.home.arpa"})) as gw:
+    hosts = frozenset({"vessel.home.arpa"})
+    async with running_gateway(tmp_path, allowed_hosts=hosts) as gw, watch_daemon(row):
         for path in ("/", "/healthz", "/api/modules"):
             response = await request_as(gw, "evil.example", path)
             assert response.status_code == 421, (path, response.text)

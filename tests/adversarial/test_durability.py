@@ -52,6 +52,7 @@ from vessel._storage import Storage
 
 from ._figures import Figures, Row
 from ._netprobe import netprobe_manifest, netprobe_wasm
+from ._resources import watch_daemon
 
 ROUNDS = 3
 WRITER = "writer"
@@ -481,27 +482,30 @@ async def test_disk_full_is_a_clear_error_and_loses_nothing(
             for i in range(5):
                 assert await _put(c, acked, f"before-c{i}", "x" * 1000) == 204
                 assert await _store(c, acked, f"before-s{i}", "y" * 1000) == 200
-            await trio.to_thread.run_sync(_fill, data)
+            # From the full disk until the kill (no file of its own is left open by a
+            # refused write or install).
+            async with watch_daemon(row, daemon.pid):
+                await trio.to_thread.run_sync(_fill, data)
 
-            # Values big enough that the database must grow: a few may still fit in
-            # pages SQLite already has (acknowledged: they must survive like any other);
-            # the rest must be refused, saying why.
-            refused = {"config": 0, "storage": 0}
-            big = "z" * 65536
-            for i in range(64):
-                if _is_disk_full(await _put_r(c, acked, f"full-c{i}", big)):
-                    refused["config"] += 1
-                if _is_disk_full(await _store_r(c, acked, f"full-s{i}", big), status=502):
-                    refused["storage"] += 1
-                row.bad_inputs += 2
-                if min(refused.values()) >= 3:
-                    break
-            assert min(refused.values()) >= 3, refused
-            assert _is_disk_full(await _install(c, "probe-b"))
-            row.bad_inputs += 1
-            assert _debris(data) == [], _debris(data)
-            assert not (data / "modules" / "probe-b").exists()
-            await _still_serving(c, row)
+                # Values big enough that the database must grow: a few may still fit in
+                # pages SQLite already has (acknowledged: they must survive like any other);
+                # the rest must be refused, saying why.
+                refused = {"config": 0, "storage": 0}
+                big = "z" * 65536
+                for i in range(64):
+                    if _is_disk_full(await _put_r(c, acked, f"full-c{i}", big)):
+                        refused["config"] += 1
+                    if _is_disk_full(await _store_r(c, acked, f"full-s{i}", big), status=502):
+                        refused["storage"] += 1
+                    row.bad_inputs += 2
+                    if min(refused.values()) >= 3:
+                        break
+                assert min(refused.values()) >= 3, refused
+                assert _is_disk_full(await _install(c, "probe-b"))
+                row.bad_inputs += 1
+                assert _debris(data) == [], _debris(data)
+                assert not (data / "modules" / "probe-b").exists()
+                await _still_serving(c, row)
             daemon.process.kill()
             await daemon.process.wait()
             row.crashes_survived += 1

@@ -33,6 +33,7 @@ from tests.cli._support import (
 from vessel.gateway._admission import KEEP_ALIVE_TIMEOUT, PER_PEER
 
 from ._figures import Figures
+from ._resources import watch_daemon
 
 SOFT, HARD = 256, 1024
 
@@ -109,63 +110,70 @@ async def test_idle_and_hoarded_connections_leave_the_admin_a_way_in(
         daemon = await start_limited_daemon(nursery, tmp_path / "data")
         held: list[trio.SocketStream] = []
         try:
-            assert soft_open_files(daemon.pid) == HARD
-            remote_cap = HARD // 4
+            # The held connections are closed before the watch ends: what the daemon
+            # holds for them must be given back.
+            async with watch_daemon(row, daemon.pid):
+                try:
+                    assert soft_open_files(daemon.pid) == HARD
+                    remote_cap = HARD // 4
 
-            # An idle keep-alive connection is closed by the server.
-            idle = await connect_from(daemon, "127.0.0.2")
-            async with idle:
-                await idle.send_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-                with trio.fail_after(KEEP_ALIVE_TIMEOUT * 6):
-                    reply = await answer(idle)  # the answer, then the close
-            assert reply.startswith(b"HTTP/1.1 200"), reply[:100]
-            row.bad_inputs += 1
-            row.answered += 1
+                    # An idle keep-alive connection is closed by the server.
+                    idle = await connect_from(daemon, "127.0.0.2")
+                    async with idle:
+                        await idle.send_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                        with trio.fail_after(KEEP_ALIVE_TIMEOUT * 6):
+                            reply = await answer(idle)  # the answer, then the close
+                    assert reply.startswith(b"HTTP/1.1 200"), reply[:100]
+                    row.bad_inputs += 1
+                    row.answered += 1
 
-            # One address: PER_PEER connections, then refusals that say why.
-            refused: list[bytes] = []
-            with trio.fail_after(60):
-                for _ in range(PER_PEER):
-                    held.append(await connect_from(daemon, "127.0.0.2"))
-                for _ in range(3):
-                    async with await connect_from(daemon, "127.0.0.2") as extra:
-                        refused.append(await answer(extra))
-            for reply in refused:
-                assert reply.startswith(b"HTTP/1.1 503"), reply[:100]
-                assert b'"code":"too_many_connections"' in reply, reply
-                assert b"127.0.0.2 has 32 connections open" in reply, reply
-            row.bad_inputs += 3
-            row.answered += 3
+                    # One address: PER_PEER connections, then refusals that say why.
+                    refused: list[bytes] = []
+                    with trio.fail_after(60):
+                        for _ in range(PER_PEER):
+                            held.append(await connect_from(daemon, "127.0.0.2"))
+                        for _ in range(3):
+                            async with await connect_from(daemon, "127.0.0.2") as extra:
+                                refused.append(await answer(extra))
+                    for reply in refused:
+                        assert reply.startswith(b"HTTP/1.1 503"), reply[:100]
+                        assert b'"code":"too_many_connections"' in reply, reply
+                        assert b"127.0.0.2 has 32 connections open" in reply, reply
+                    row.bad_inputs += 3
+                    row.answered += 3
 
-            # Many addresses: the remote total, then refusals.
-            with trio.fail_after(120):
-                source = 3
-                while len(held) < remote_cap:
-                    for _ in range(min(PER_PEER, remote_cap - len(held))):
-                        held.append(await connect_from(daemon, f"127.0.0.{source}"))
-                    source += 1
-                async with await connect_from(daemon, f"127.0.0.{source}") as extra:
-                    reply = await answer(extra)
-            assert reply.startswith(b"HTTP/1.1 503"), reply[:100]
-            assert f"has {remote_cap} remote connections open".encode() in reply, reply
-            row.bad_inputs += len(held) + 1
-            row.answered += 1
+                    # Many addresses: the remote total, then refusals.
+                    with trio.fail_after(120):
+                        source = 3
+                        while len(held) < remote_cap:
+                            for _ in range(min(PER_PEER, remote_cap - len(held))):
+                                held.append(await connect_from(daemon, f"127.0.0.{source}"))
+                            source += 1
+                        async with await connect_from(daemon, f"127.0.0.{source}") as extra:
+                            reply = await answer(extra)
+                    assert reply.startswith(b"HTTP/1.1 503"), reply[:100]
+                    assert f"has {remote_cap} remote connections open".encode() in reply, reply
+                    row.bad_inputs += len(held) + 1
+                    row.answered += 1
 
-            # Every remote slot held: the admin gets in, by REST and vessel-ctl.
-            with trio.fail_after(60):
-                async with httpx.AsyncClient(base_url=daemon.url, timeout=30) as admin:
-                    assert (await admin.get("/healthz")).status_code == 200
-                status = await ctl("status", env=daemon.env)
-            assert status.returncode == 0, status
-            assert "vessel is running" in status.stdout
-            row.answered += 2
-            assert open_files(daemon.pid) < HARD // 2
-            assert "EMFILE" not in daemon.stderr.text
-            assert "Too many open files" not in daemon.stderr.text
-            refusals = [line for line in daemon.stderr.lines if "refusing connections" in line]
-            # Once per address a minute: not a line per refused connection.
-            assert len(refusals) <= 2, refusals
+                    # Every remote slot held: the admin gets in, by REST and vessel-ctl.
+                    with trio.fail_after(60):
+                        async with httpx.AsyncClient(base_url=daemon.url, timeout=30) as admin:
+                            assert (await admin.get("/healthz")).status_code == 200
+                        status = await ctl("status", env=daemon.env)
+                    assert status.returncode == 0, status
+                    assert "vessel is running" in status.stdout
+                    row.answered += 2
+                    assert open_files(daemon.pid) < HARD // 2
+                    assert "EMFILE" not in daemon.stderr.text
+                    assert "Too many open files" not in daemon.stderr.text
+                    refusals = [
+                        line for line in daemon.stderr.lines if "refusing connections" in line
+                    ]
+                    # Once per address a minute: not a line per refused connection.
+                    assert len(refusals) <= 2, refusals
+                finally:
+                    for stream in held:
+                        await stream.aclose()
         finally:
-            for stream in held:
-                await stream.aclose()
             await stop_daemon(daemon)

@@ -40,6 +40,7 @@ from vessel.host._guest_thread import MAX_REPLACEMENTS
 
 from ._figures import Figures, Row
 from ._healthy import HEALTHY, Health, healthy_modules, watch_healthy
+from ._resources import memory_limited
 
 HOSTILE = "hostile"
 #: Restart fast; more than four restarts and the module is failed. The period is longer
@@ -86,14 +87,17 @@ async def scenario(
     storage: dict[str, str] | None = None,
     extra: tuple[str, ...] = (),
 ) -> AsyncIterator[tuple[Daemon, Row]]:
-    """A daemon with the healthy pair and a hostile testkit, watched for the block."""
+    """A daemon with the healthy pair and a hostile testkit, watched for the block, with
+    its memory limited (``_resources.memory_limited``)."""
     _install(tmp_path, make_module_dir, permissions=permissions, limits=limits,
              storage=storage, extra=extra)  # fmt: skip
     row = figures.row(name)
-    async with running_daemon(tmp_path, policy=POLICY) as daemon, watch_healthy(daemon, row):
-        yield daemon, row
-        # Keep the healthy pair under watch a moment after the attack, too.
-        await trio.sleep(0.1)
+    async with running_daemon(tmp_path, policy=POLICY) as daemon:
+        with memory_limited(row, daemon):
+            async with watch_healthy(daemon, row):
+                yield daemon, row
+                # Keep the healthy pair under watch a moment after the attack, too.
+                await trio.sleep(0.1)
 
 
 @asynccontextmanager
@@ -109,12 +113,11 @@ async def gateway_scenario(
     /ws clients beside the hostile module; also yields the healthy monitor's tally."""
     _install(tmp_path, make_module_dir, limits=limits)
     row = figures.row(name)
-    async with (
-        running_gateway(tmp_path, policy=POLICY) as gw,
-        watch_healthy(gw.daemon, row) as health,
-    ):
-        yield gw, row, health
-        await trio.sleep(0.1)
+    async with running_gateway(tmp_path, policy=POLICY) as gw:
+        with memory_limited(row, gw.daemon):
+            async with watch_healthy(gw.daemon, row) as health:
+                yield gw, row, health
+                await trio.sleep(0.1)
 
 
 async def test_trap_in_on_command(
@@ -1093,10 +1096,14 @@ async def test_sockets_in_a_loop(
             with trio.fail_after(10):
                 while True:  # the close completes asynchronously
                     try:
-                        await call(d, HOSTILE, "ws_connect", {"url": url})
+                        again = await call(d, HOSTILE, "ws_connect", {"url": url})
                         break
                     except Exception:
                         await trio.sleep(0.05)
+            # The test's server runs in the daemon's process (the pytest worker): its ends
+            # of the module's sockets would count as the daemon's open files.
+            for handle in [*handles[1:], again["handle"]]:
+                await call(d, HOSTILE, "ws_close", {"handle": handle})
         nursery.cancel_scope.cancel()
 
 

@@ -29,6 +29,7 @@ from vessel._ceilings import DEFAULT_CEILINGS
 
 from ._figures import Figures, Row
 from ._netprobe import netprobe_manifest, netprobe_wasm
+from ._resources import watch_daemon
 
 #: What the issue found a manifest could give itself without a word: the schema's maxima.
 GREEDY = {
@@ -96,28 +97,31 @@ async def test_limits_above_the_ceilings_are_refused_and_raised_ones_shown(
 
     async with _serving(data) as (daemon, c):
         await _answers(c, "healthy-a", row)
-        # Dropped in asking beyond the ceilings: refused at start, with the reason.
-        listing = (await c.get("/api/modules")).json()
-        assert [m["id"] for m in listing["modules"]] == ["healthy-a"], listing
-        (refusal,) = listing["refused"]
-        assert refusal["id"] == "greedy", refusal
-        _names_each_limit(refusal["reason"], GREEDY)
-        row.bad_inputs += 1
+        # The refusals under watch (the install below adds a module process, whose files
+        # the daemon then holds).
+        async with watch_daemon(row, daemon.pid):
+            # Dropped in asking beyond the ceilings: refused at start, with the reason.
+            listing = (await c.get("/api/modules")).json()
+            assert [m["id"] for m in listing["modules"]] == ["healthy-a"], listing
+            (refusal,) = listing["refused"]
+            assert refusal["id"] == "greedy", refusal
+            _names_each_limit(refusal["reason"], GREEDY)
+            row.bad_inputs += 1
 
-        # Uploaded asking the same: refused at install, nothing left behind.
-        files = {
-            "manifest": ("manifest.json", netprobe_manifest("greedy-upload", limits=GREEDY)),
-            "wasm": ("module.wasm", netprobe_wasm()),
-        }
-        r = await c.post("/api/modules", files=files)
-        assert r.status_code == 400, r.text
-        assert r.json()["code"] == "invalid_module", r.text
-        _names_each_limit(r.json()["message"], GREEDY)
-        row.bad_inputs += 1
-        assert not (data / "modules" / "greedy-upload").exists()
-        assert [p.name for p in (data / "modules").iterdir() if p.name.startswith(".")] == []
-        r = await c.get("/api/modules/greedy-upload")
-        assert r.status_code == 404, r.text
+            # Uploaded asking the same: refused at install, nothing left behind.
+            files = {
+                "manifest": ("manifest.json", netprobe_manifest("greedy-upload", limits=GREEDY)),
+                "wasm": ("module.wasm", netprobe_wasm()),
+            }
+            r = await c.post("/api/modules", files=files)
+            assert r.status_code == 400, r.text
+            assert r.json()["code"] == "invalid_module", r.text
+            _names_each_limit(r.json()["message"], GREEDY)
+            row.bad_inputs += 1
+            assert not (data / "modules" / "greedy-upload").exists()
+            assert [p.name for p in (data / "modules").iterdir() if p.name.startswith(".")] == []
+            r = await c.get("/api/modules/greedy-upload")
+            assert r.status_code == 404, r.text
 
         # Above the defaults, within the ceilings: installed, and every view says so.
         src = tmp_path / "modest"

@@ -21,6 +21,7 @@ from tests.cli._support import start_daemon, stop_daemon
 from vessel.gateway._ws import MAX_UNAUTHENTICATED
 
 from ._figures import Figures
+from ._resources import watch_daemon
 
 CLIENTS = 100
 #: What 100 clients may add to the daemon's peak memory: generous, and far below what one
@@ -43,49 +44,50 @@ async def test_clients_without_the_token_hold_little_memory(
         token = (daemon.data_dir / "token").read_text().strip()
         closes: list[int] = []
         try:
-            before = peak_memory(daemon.pid)
-            big = '{"type": "auth", "token": "' + "x" * (4 * MiB) + '"}'
+            async with watch_daemon(row, daemon.pid):
+                before = peak_memory(daemon.pid)
+                big = '{"type": "auth", "token": "' + "x" * (4 * MiB) + '"}'
 
-            port = int(daemon.url.rsplit(":", 1)[1])
+                port = int(daemon.url.rsplit(":", 1)[1])
 
-            async def hostile() -> None:
-                try:
-                    stream = await trio.open_tcp_stream("127.0.0.1", port)
-                except OSError:
-                    closes.append(-1)
-                    return
-                async with stream, trio.open_nursery() as inner:
+                async def hostile() -> None:
                     try:
-                        conn = await wrap_client_stream(
-                            inner, stream, f"127.0.0.1:{port}", "/ws", max_message_size=1 << 20
-                        )
-                        await conn.send_message(big)
-                        while True:
-                            await conn.get_message()
-                    except ConnectionClosed as exc:
-                        closes.append(exc.reason.code if exc.reason else 0)
-                    except (HandshakeError, trio.BrokenResourceError, OSError):
-                        closes.append(-1)  # refused or reset before or while it sent
-                    inner.cancel_scope.cancel()
+                        stream = await trio.open_tcp_stream("127.0.0.1", port)
+                    except OSError:
+                        closes.append(-1)
+                        return
+                    async with stream, trio.open_nursery() as inner:
+                        try:
+                            conn = await wrap_client_stream(
+                                inner, stream, f"127.0.0.1:{port}", "/ws", max_message_size=1 << 20
+                            )
+                            await conn.send_message(big)
+                            while True:
+                                await conn.get_message()
+                        except ConnectionClosed as exc:
+                            closes.append(exc.reason.code if exc.reason else 0)
+                        except (HandshakeError, trio.BrokenResourceError, OSError):
+                            closes.append(-1)  # refused or reset before or while it sent
+                        inner.cancel_scope.cancel()
 
-            with trio.fail_after(120):
-                async with trio.open_nursery() as clients:
-                    for _ in range(CLIENTS):
-                        clients.start_soon(hostile)
-            assert len(closes) == CLIENTS
-            assert set(closes) <= {1009, 1013, 4401, -1}, sorted(set(closes))
-            row.bad_inputs += CLIENTS
-            row.answered += sum(1 for c in closes if c > 0)
-            growth = peak_memory(daemon.pid) - before
-            assert growth < PEAK_GROWTH_BOUND, f"peak grew {growth / MiB:.0f} MiB"
+                with trio.fail_after(120):
+                    async with trio.open_nursery() as clients:
+                        for _ in range(CLIENTS):
+                            clients.start_soon(hostile)
+                assert len(closes) == CLIENTS
+                assert set(closes) <= {1009, 1013, 4401, -1}, sorted(set(closes))
+                row.bad_inputs += CLIENTS
+                row.answered += sum(1 for c in closes if c > 0)
+                growth = peak_memory(daemon.pid) - before
+                assert growth < PEAK_GROWTH_BOUND, f"peak grew {growth / MiB:.0f} MiB"
 
-            # A browser (no header: an auth message) still logs in.
-            with trio.fail_after(30):
-                async with open_websocket_url(ws_url) as conn:
-                    await conn.send_message(json.dumps({"type": "auth", "token": token}))
-                    ready = json.loads(await conn.get_message())
-            assert ready["type"] == "ready", ready
-            row.answered += 1
-            assert MAX_UNAUTHENTICATED < CLIENTS
+                # A browser (no header: an auth message) still logs in.
+                with trio.fail_after(30):
+                    async with open_websocket_url(ws_url) as conn:
+                        await conn.send_message(json.dumps({"type": "auth", "token": token}))
+                        ready = json.loads(await conn.get_message())
+                assert ready["type"] == "ready", ready
+                row.answered += 1
+                assert MAX_UNAUTHENTICATED < CLIENTS
         finally:
             await stop_daemon(daemon)

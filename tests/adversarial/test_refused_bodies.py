@@ -18,6 +18,7 @@ from vessel.gateway._app import MAX_UPLOAD_BYTES
 from vessel.gateway._serve import LINGER_BYTES
 
 from ._figures import Figures
+from ._resources import watch_daemon
 
 MiB = 2**20
 #: What a client offers to send after the answer: far more than the server may take.
@@ -112,49 +113,54 @@ async def test_a_response_that_ends_the_connection_closes_it(
         token = (daemon.data_dir / "token").read_text().strip()
         call = "/api/modules/x/call/y"
         try:
-            # A whole request, Connection: close: the 401, then EOF.
-            async with await connect(daemon) as stream:
-                buffer = bytearray()
-                await stream.send_all(head(call, "Content-Length: 2", close=True) + b"{}")
-                response = await read_response(stream, buffer)
-                assert response.startswith(b"HTTP/1.1 401 "), response
-                assert b"connection: close" in response.lower(), response
-                await assert_eof(stream, buffer)
-            row.bad_inputs += 1
-            row.answered += 1
-
-            # A body still coming: the answer, EOF, and the rest refused.
-            huge = f"Content-Length: {2 * OFFERED}"
-            cases = {
-                "401, keep-alive": head(call, huge),
-                "401, Connection: close": head(call, huge, close=True),
-                # One chunk bigger than all that is offered.
-                "401, chunked": head(call, "Transfer-Encoding: chunked") + b"20000000\r\n",
-                "413": head(call, f"Content-Length: {MAX_UPLOAD_BYTES + 1}", token=token),
-            }
-            for case, request in cases.items():
+            # Every connection closed before the watch ends: the daemon must have let go
+            # of each (the bug was connections it held for good).
+            async with watch_daemon(row, daemon.pid):
+                # A whole request, Connection: close: the 401, then EOF.
                 async with await connect(daemon) as stream:
                     buffer = bytearray()
-                    await stream.send_all(request + b"\0" * 1024)
+                    await stream.send_all(head(call, "Content-Length: 2", close=True) + b"{}")
                     response = await read_response(stream, buffer)
-                    status = b"413" if case == "413" else b"401"
-                    assert response.startswith(b"HTTP/1.1 " + status), (case, response)
+                    assert response.startswith(b"HTTP/1.1 401 "), response
+                    assert b"connection: close" in response.lower(), response
                     await assert_eof(stream, buffer)
-                    taken = await offer_the_rest(stream)
-                assert taken < TAKEN_BOUND, f"{case}: {taken / MiB:.0f} MiB taken after the answer"
                 row.bad_inputs += 1
                 row.answered += 1
 
-            # A whole request on a keep-alive connection: the 401 keeps the connection.
-            async with await connect(daemon) as stream:
-                buffer = bytearray()
-                await stream.send_all(head(call, "Content-Length: 2") + b"{}")
-                response = await read_response(stream, buffer)
-                assert response.startswith(b"HTTP/1.1 401 "), response
-                await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-                response = await read_response(stream, buffer)
-                assert response.startswith(b"HTTP/1.1 200 "), response
-            row.bad_inputs += 1
-            row.answered += 2
+                # A body still coming: the answer, EOF, and the rest refused.
+                huge = f"Content-Length: {2 * OFFERED}"
+                cases = {
+                    "401, keep-alive": head(call, huge),
+                    "401, Connection: close": head(call, huge, close=True),
+                    # One chunk bigger than all that is offered.
+                    "401, chunked": head(call, "Transfer-Encoding: chunked") + b"20000000\r\n",
+                    "413": head(call, f"Content-Length: {MAX_UPLOAD_BYTES + 1}", token=token),
+                }
+                for case, request in cases.items():
+                    async with await connect(daemon) as stream:
+                        buffer = bytearray()
+                        await stream.send_all(request + b"\0" * 1024)
+                        response = await read_response(stream, buffer)
+                        status = b"413" if case == "413" else b"401"
+                        assert response.startswith(b"HTTP/1.1 " + status), (case, response)
+                        await assert_eof(stream, buffer)
+                        taken = await offer_the_rest(stream)
+                    assert taken < TAKEN_BOUND, (
+                        f"{case}: {taken / MiB:.0f} MiB taken after the answer"
+                    )
+                    row.bad_inputs += 1
+                    row.answered += 1
+
+                # A whole request on a keep-alive connection: the 401 keeps the connection.
+                async with await connect(daemon) as stream:
+                    buffer = bytearray()
+                    await stream.send_all(head(call, "Content-Length: 2") + b"{}")
+                    response = await read_response(stream, buffer)
+                    assert response.startswith(b"HTTP/1.1 401 "), response
+                    await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    response = await read_response(stream, buffer)
+                    assert response.startswith(b"HTTP/1.1 200 "), response
+                row.bad_inputs += 1
+                row.answered += 2
         finally:
             await stop_daemon(daemon)

@@ -18,6 +18,7 @@ from vessel.host import _engine
 from ._figures import Figures
 from ._healthy import healthy_modules, watch_healthy
 from ._netprobe import netprobe_manifest, netprobe_wasm
+from ._resources import memory_limited
 from .test_hostile_guests import HOSTILE, POLICY, scenario
 
 #: What the store answers each wasi:sockets step of the netprobe: no TCP or UDP socket
@@ -104,8 +105,11 @@ async def test_wasi_sockets_are_denied_to_a_hand_written_component(
         await listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        async with running_daemon(tmp_path, policy=POLICY) as d, watch_healthy(d, row):
-            for module_id, perms in (("netprobe", {}), ("netprobe-granted", ALL_NETWORK)):
+        probes = {"netprobe": {}, "netprobe-granted": ALL_NETWORK}
+        async with running_daemon(tmp_path, policy=POLICY) as d:
+            # Installed first, not under watch: each adds a module process, whose files
+            # the daemon holds for as long as it runs.
+            for module_id, perms in probes.items():
                 await d.manager.install(
                     netprobe_manifest(module_id, permissions=perms), netprobe_wasm()
                 )
@@ -114,12 +118,15 @@ async def test_wasi_sockets_are_denied_to_a_hand_written_component(
                     return d.manager.state(m) is ModuleState.RUNNING
 
                 await wait_until(running)
-                for _ in range(3):
-                    got = await call(d, module_id, "connect", {"port": port})
-                    assert got == SOCKETS_DENIED, (module_id, got)
-                    row.bad_inputs += 5
-                assert d.manager.state(module_id) is ModuleState.RUNNING
-            assert await _no_connection(listener, 0.3), "a guest reached the test's listener"
+            with memory_limited(row, d):
+                async with watch_healthy(d, row):
+                    for module_id in probes:
+                        for _ in range(3):
+                            got = await call(d, module_id, "connect", {"port": port})
+                            assert got == SOCKETS_DENIED, (module_id, got)
+                            row.bad_inputs += 5
+                        assert d.manager.state(module_id) is ModuleState.RUNNING
+                assert await _no_connection(listener, 0.3), "a guest reached the test's listener"
 
 
 def test_netprobe_reports_what_a_store_allows() -> None:

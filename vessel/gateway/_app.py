@@ -8,8 +8,9 @@ from typing import IO, TYPE_CHECKING
 import trio
 from quart import current_app
 from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.formparser import TrioFormDataParser
-from quart_trio.wrappers.request import TrioRequest
+from quart_trio.wrappers.request import TrioBody, TrioRequest
 from werkzeug.datastructures import MultiDict, iter_multi_items
 from werkzeug.exceptions import HTTPException
 from werkzeug.formparser import default_stream_factory
@@ -18,7 +19,8 @@ from ._auth import own_host_names
 from ._errors import error_response
 
 if TYPE_CHECKING:
-    from quart import Response
+    from hypercorn.typing import ASGIReceiveCallable
+    from quart import Request, Response
     from quart.wrappers.request import Body
 
     from .._daemon import Daemon
@@ -96,8 +98,57 @@ class _FormDataParser(TrioFormDataParser):
                     stream.close()
 
 
+class _Body(TrioBody):
+    """Quart's request body, which a streaming reader can hold to a bound.
+
+    Quart appends what Hypercorn receives to the body as fast as it arrives, whoever
+    reads it: an upload written to a busy disk piled up here (four parallel uploads took
+    the daemon up ~100 MiB while another process wrote to the disk). A handler that reads
+    the body as a stream sets :attr:`held_at_most`; the connection then stops taking
+    Hypercorn's messages while that much is unread, so Hypercorn stops reading the socket
+    and the client waits. (Off by default: a handler that awaits the whole body must get
+    all of it.)
+    """
+
+    def __init__(self, expected_content_length: int | None, max_content_length: int | None) -> None:
+        super().__init__(expected_content_length, max_content_length)
+        self.held_at_most: int | None = None
+        self._taken = trio.Event()
+
+    async def __anext__(self) -> bytes:
+        data = await super().__anext__()
+        self._taken.set()
+        return data
+
+    async def room(self) -> None:
+        """Return once the body holds less than :attr:`held_at_most` unread."""
+        while self.held_at_most is not None and len(self._data) >= self.held_at_most:
+            self._taken = trio.Event()
+            await self._taken.wait()
+
+
+class _HTTPConnection(TrioASGIHTTPConnection):
+    async def handle_messages(  # type: ignore[override]
+        self, nursery: trio.Nursery, request: Request, receive: ASGIReceiveCallable
+    ) -> None:
+        # Quart's loop, with a wait for room in a body read as a stream (_Body).
+        body = request.body
+        while True:
+            if isinstance(body, _Body):
+                await body.room()
+            message = await receive()
+            if message["type"] == "http.request":
+                body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body.set_complete()
+            elif message["type"] == "http.disconnect":
+                break
+        nursery.cancel_scope.cancel()
+
+
 class _Request(TrioRequest):
     form_data_parser_class = _FormDataParser
+    body_class = _Body
 
 
 def gateway_state() -> GatewayState:
@@ -109,6 +160,7 @@ def gateway_state() -> GatewayState:
 def create_app(state: GatewayState) -> QuartTrio:
     app = QuartTrio("vessel", static_folder=None)
     app.request_class = _Request
+    app.asgi_http_class = _HTTPConnection
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     app.extensions["vessel"] = state

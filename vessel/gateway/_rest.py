@@ -52,7 +52,7 @@ from ._rest_support import (
     query_lines,
     query_version,
 )
-from ._upload import drain, receive_upload
+from ._upload import UPLOAD_HELD, drain, receive_upload
 
 rest = Blueprint("rest", __name__)
 install_hooks(rest)
@@ -144,9 +144,12 @@ async def install() -> Response:
             f"{uploads.total_tokens:.0f} uploads are being received already; retry when one "
             "is done",
         ) from None
+    body = request.body
+    if hasattr(body, "held_at_most"):  # read as a stream: hold at most this much unread
+        body.held_at_most = UPLOAD_HELD
     try:
         upload = await receive_upload(
-            request.body,
+            body,
             request.headers.get("content-type", ""),
             modules_dir=modules_dir(manager.data_dir),
             max_bytes=MAX_UPLOAD_BYTES,

@@ -37,6 +37,9 @@ from ._rest_support import ApiError
 MAX_MANIFEST_BYTES = 256 * 1024
 #: At most this many parts in one upload (two are used).
 MAX_PARTS = 16
+#: Bytes of an upload held unread at most (gateway/_app.py _Body): past this, the
+#: gateway stops reading the socket until the disk has taken what it holds.
+UPLOAD_HELD = 1024 * 1024
 
 
 @dataclass
@@ -187,4 +190,4 @@ async def _cleanup(wasm_file: trio.abc.AsyncResource | None, folder: Path) -> No
         await trio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
-__all__ = ["MAX_MANIFEST_BYTES", "Upload", "drain", "receive_upload"]
+__all__ = ["MAX_MANIFEST_BYTES", "UPLOAD_HELD", "Upload", "drain", "receive_upload"]

@@ -120,6 +120,13 @@ class _Body(TrioBody):
         self._taken.set()
         return data
 
+    def release(self) -> None:
+        """The stream reading is over (read, or refused): take what comes again, so the
+        connection can read on to its end (a refused body is dropped, then the socket
+        closed: _serve.py) instead of waiting for a reader that is gone."""
+        self.held_at_most = None
+        self._taken.set()
+
     async def room(self) -> None:
         """Return once the body holds less than :attr:`held_at_most` unread."""
         while self.held_at_most is not None and len(self._data) >= self.held_at_most:

@@ -158,6 +158,8 @@ async def install() -> Response:
         )
     finally:
         uploads.release()
+        if hasattr(body, "release"):
+            body.release()
     try:
         record = await manager.begin_install(upload.manifest, upload.wasm, replace=replace)
     except AlreadyInstalled:  # lost a race with another install of the same id

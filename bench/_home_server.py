@@ -678,7 +678,20 @@ class HomeBench(Bench):
         ]
         samples: dict[str, list[tuple[float, dict[str, int]]]] = {}
         restarts: dict[str, int] = {}
+        # Each process's mappings by kind at the warm-up's end and at the end: where it
+        # grew. name -> (pid, smaps_by_kind)
+        mappings: dict[str, dict[str, tuple[int, dict[str, dict[str, int]]]]] = {}
         go = trio.Event()
+
+        def by_kind(vessel: Vessel) -> dict[str, tuple[int, dict[str, dict[str, int]]]]:
+            processes = {"daemon": vessel.process.pid, **vessel.pids}
+            out = {}
+            for name, pid in processes.items():
+                try:
+                    out[name] = (pid, smaps_by_kind(pid))
+                except OSError:
+                    continue  # restarting
+            return out
 
         async def sample(vessel: Vessel) -> None:
             await go.wait()
@@ -698,6 +711,8 @@ class HomeBench(Bench):
                         pids[name] = pid
                         samples[name] = []
                     samples.setdefault(name, []).append((at, mem))
+                if at >= warmup and "start" not in mappings:
+                    mappings["start"] = by_kind(vessel)
                 await trio.sleep_until(start + interval * (len(samples["daemon"])))
 
         async with vessel_serve(data_dir) as vessel:
@@ -723,6 +738,19 @@ class HomeBench(Bench):
                     results = await load_clients(specs, go.set, timeout=seconds + 600)
                     nursery.cancel_scope.cancel()
                 events = control.events
+            mappings["end"] = by_kind(vessel)
+        growth: dict[str, dict[str, dict[str, int]]] = {}
+        for name, (pid, start) in mappings.get("start", {}).items():
+            end_pid, end = mappings["end"].get(name, (None, {}))
+            if end_pid == pid:  # the same process at both ends
+                growth[name] = {}
+                for kind in {*start, *end}:
+                    moved = {
+                        key: end.get(kind, {}).get(key, 0) - start.get(kind, {}).get(key, 0)
+                        for key in _KEPT
+                    }
+                    moved["USS"] = moved["Private_Clean"] + moved["Private_Dirty"]
+                    growth[name][kind] = moved
         # A process restarted at the very end has too few samples for a line: left out.
         fits = {name: _fits(p, warmup) for name, p in samples.items() if len(p) >= 3}
         calls = sum(r["calls"] for r in results)
@@ -737,7 +765,7 @@ class HomeBench(Bench):
         )
         if restarts:
             load += f"; restarted meanwhile (each fit is its last process): {restarts}"
-        self._soak_figures(fits, load)
+        self._soak_figures(fits, load, growth)
         return {
             "machine": machine(),
             "minutes": minutes,
@@ -746,18 +774,34 @@ class HomeBench(Bench):
             "load": load,
             "restarts": restarts,
             "fits": fits,
+            "growth_by_kind": growth,
             "samples": {
                 name: [[at, mem["USS"], mem["Private_Dirty"], mem["Pss"]] for at, mem in points]
                 for name, points in samples.items()
             },
         }
 
-    def _soak_figures(self, fits: dict[str, dict[str, dict[str, float]]], load: str) -> None:
+    def _soak_figures(
+        self,
+        fits: dict[str, dict[str, dict[str, float]]],
+        load: str,
+        growth: dict[str, dict[str, dict[str, int]]],
+    ) -> None:
         def described(name: str, key: str) -> str:
             fit = fits[name][key]
             return (
                 f"{name}: {fit['slope']:+.2f} ± {2 * fit['slope_se']:.2f} MiB/h (noise "
                 f"{fit['residual_std']:.2f} MiB; {fit['first']:.1f} → {fit['last']:.1f} MiB)"
+            )
+
+        def where(name: str, key: str) -> str:
+            """Where ``name``'s ``key`` moved from the warm-up's end to the end."""
+            if name not in growth:
+                return ""
+            moved = sorted(growth[name].items(), key=lambda item: -abs(item[1][key]))
+            parts = [f"{kind} {d[key] / MiB:+.2f}" for kind, d in moved if abs(d[key]) >= MiB / 100]
+            return f"; where {name}'s {key} moved after the warm-up, by kind of mapping, MiB: " + (
+                ", ".join(parts) or "nowhere"
             )
 
         modules = [name for name in fits if name not in ("daemon", "fork server")]
@@ -770,7 +814,7 @@ class HomeBench(Bench):
                     "MiB/h",
                     1.0,
                     note=f"least-squares slope after the warm-up, ± 2 standard errors; "
-                    f"{described('daemon', key)}; "
+                    f"{described('daemon', key)}{where('daemon', key)}; "
                     f"{described('fork server', key) if 'fork server' in fits else ''}. "
                     f"{load}",
                 )
@@ -784,7 +828,7 @@ class HomeBench(Bench):
                     fits[steepest][key]["slope"],
                     "MiB/h",
                     1.0,
-                    note="; ".join(described(name, key) for name in modules),
+                    note="; ".join(described(name, key) for name in modules) + where(steepest, key),
                 )
             )
 

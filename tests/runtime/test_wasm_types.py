@@ -7,6 +7,7 @@ component in a real module process."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -178,3 +179,52 @@ def _in_process(module_dir: Path, imports: dict[str, Callable[..., Any]]) -> Gue
         imports=imports,
         on_output=lambda _stream, _data: None,
     )
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                     "uordblks", "fordblks", "keepcost")
+    ]  # fmt: skip
+
+
+def _c_heap_in_use() -> int:
+    """Bytes malloc has handed out and not had back, over every arena (glibc's
+    ``mallinfo2``): exact, whatever the scheduler does, unlike a process's RSS."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+def test_calling_an_export_many_times_leaks_nothing(
+    tmp_path: Path, make_module_dir: MakeModuleDir, guest_artifact: Callable[[str], Any]
+) -> None:
+    """Each call's result is freed: wasmtime-py never deleted an export's result value,
+    so the box holding a ``result``'s payload leaked, 48 bytes of C heap per invocation
+    (a module process grew ~2 MiB an hour in the soak). 20 000 echo calls, after a
+    warm-up, must leave the C heap where it was (a leak of 48 bytes a call would be
+    ~940 KiB; the bound allows 2 bytes a call of noise)."""
+    module_dir = make_module_dir(tmp_path, "testkit", module_id="kit")
+    imports = _unexpected_imports(guest_artifact)
+    imports["storage-get"] = lambda key: None
+    imports["log"] = lambda level, message: None
+    runtime = _in_process(module_dir, imports)
+    params = json.dumps({"entity_id": "light.kitchen", "brightness": 128})
+    try:
+        runtime.load()
+        runtime.instantiate()
+        runtime.call("on-load")
+        for _ in range(2000):
+            runtime.call("on-command", "echo", params)
+        before = _c_heap_in_use()
+        for _ in range(20_000):
+            answer = runtime.call("on-command", "echo", params)
+        grown = _c_heap_in_use() - before
+        missing = runtime.call("on-command", "no-such-command", "{}")
+    finally:
+        runtime.close()
+    assert (answer.tag, json.loads(answer.payload)) == ("ok", json.loads(params))
+    assert missing.tag == "err"
+    assert grown < 2 * 20_000, f"the C heap grew {grown} bytes over 20 000 calls"

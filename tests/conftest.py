@@ -406,6 +406,7 @@ def _watchdog(request: pytest.FixtureRequest) -> Iterator[None]:
 #: early, spread over the workers, and the short ones fill in after them, instead of the
 #: run ending on one long test. Only the order changes: a file missing here starts later.
 LONG_FIRST = (
+    "tests/test_packaging.py",
     "tests/cli/test_serve_options.py",
     "tests/cli/test_ctl_toolchain.py",
     "tests/bench/test_smoke.py",

@@ -15,14 +15,14 @@ import trio
 from actors import ForkServer, ForkServerLaunch, Supervisor, launch_forkserver, open_forkserver
 
 from ._active_wait import DEFAULT_LIMIT
+from ._bundled import install_from_source, install_prebuilt
 from ._bus import EventBus
 from ._ceilings import Ceilings
 from ._compiler import Compiler
 from ._cpu_box import QUARANTINE, CpuBox
-from ._errors import DatabaseMissing, DataDirError, VesselError
-from ._install import install_from_dir
+from ._errors import DatabaseMissing, DataDirError
 from ._manager import ModuleManager, SupervisionPolicy
-from ._paths import database_path, modules_dir, repo_root
+from ._paths import bundled_modules_dir, database_path, modules_dir
 from ._storage import Storage
 from ._tls import load_trusted_certificates
 from ._wasm_module import HOST_PRELOAD, START_TIMEOUT
@@ -42,9 +42,10 @@ def forkserver_default() -> bool:
 @dataclass(frozen=True)
 class DaemonConfig:
     data_dir: Path
-    #: Install the example modules shipped with Vessel when the data dir is new.
+    #: Install the example modules shipped with Vessel when the data dir is new
+    #: (vessel/_bundled.py).
     install_bundled: bool = True
-    bundled_dir: Path = field(default_factory=lambda: repo_root() / "modules")
+    bundled_dir: Path = field(default_factory=bundled_modules_dir)
     policy: SupervisionPolicy = field(default_factory=SupervisionPolicy)
     #: Start module processes from a pre-imported fork server (much faster, less
     #: memory); off, each is a fresh ``python -m vessel.host``. For debugging.
@@ -87,6 +88,8 @@ class Daemon:
     cpu_box: CpuBox | None = None
     #: Set once every enabled module has started, failed or been refused.
     modules_started: trio.Event = field(default_factory=trio.Event)
+    #: The bundled module being built from source, if one is (vessel/_bundled.py).
+    building: str | None = None
 
 
 def token_path(data_dir: Path) -> Path:
@@ -108,22 +111,6 @@ def ensure_token(data_dir: Path) -> str:
         f.write(token + "\n")
     log.info("created admin token in %s", path)
     return token
-
-
-def _install_bundled(config: DaemonConfig) -> None:
-    """A fresh data dir gets the bundled example modules, so there is something live."""
-    for src in sorted(config.bundled_dir.iterdir()) if config.bundled_dir.is_dir() else []:
-        if not (src / "manifest.json").is_file():
-            continue
-        if not ((src / "build" / "module.wasm").is_file() or (src / "module.wasm").is_file()):
-            log.warning("bundled module %s is not built; run scripts/build-modules", src.name)
-            continue
-        try:
-            # Uncompiled: the daemon compiles it before it starts it, out of its way.
-            install_from_dir(config.data_dir, src, compile=None)
-            log.info("installed bundled module %s", src.name)
-        except VesselError as exc:
-            log.error("bundled module %s not installed: %s", src.name, exc)
 
 
 def installed_module_folders(modules: Path) -> list[str]:
@@ -228,11 +215,15 @@ async def open_daemon(
         ran_before = token_path(data_dir).exists()
         installed = [] if fresh else installed_module_folders(modules_dir(data_dir))
         storage = _open_storage(config, ran_before=ran_before, installed=installed)
+        #: Bundled modules carried as source only: built and installed once modules start.
+        unbuilt: list[Path] = []
         try:
             token = ensure_token(data_dir)
             if fresh and config.install_bundled:
                 modules_dir(data_dir).mkdir(parents=True)
-                await trio.to_thread.run_sync(_install_bundled, config)
+                unbuilt = await trio.to_thread.run_sync(
+                    install_prebuilt, data_dir, config.bundled_dir
+                )
         except BaseException:
             storage.close()
             raise
@@ -288,8 +279,16 @@ async def open_daemon(
 
             await manager.discover()
 
+            def building(module_id: str | None) -> None:
+                daemon.building = module_id
+
             async def start_all() -> None:
-                await manager.start_all()
+                async with trio.open_nursery() as starting:
+                    starting.start_soon(manager.start_all)
+                    if unbuilt:
+                        starting.start_soon(
+                            lambda: install_from_source(manager, unbuilt, building=building)
+                        )
                 daemon.modules_started.set()
 
             if config.wait_for_modules:

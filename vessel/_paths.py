@@ -32,9 +32,52 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+#: Where an installed wheel carries ``wit/``, ``web/`` and ``modules/``: setup.py copies
+#: them from the top of the repository into the package when it builds the wheel.
+PACKAGED_DATA = Path(__file__).resolve().parent / "_data"
+
+
+def _shipped(name: str) -> Path:
+    """The folder ``name`` of the repository's top as this Vessel has it: inside the
+    installed package (a wheel), else in the checkout (an editable install, a clone).
+
+    A plain path, not ``importlib.resources``: componentize-py and the gateway need
+    real files, and a wheel is always installed unpacked."""
+    packaged = PACKAGED_DATA / name
+    return packaged if packaged.is_dir() else repo_root() / name
+
+
 def wit_dir() -> Path:
     """The folder holding ``vessel-host.wit``, the ABI contract guests are built against."""
-    return repo_root() / "wit"
+    return _shipped("wit")
+
+
+def web_dir() -> Path:
+    """The dashboard's files (``web/``)."""
+    return _shipped("web")
+
+
+def bundled_modules_dir() -> Path:
+    """The bundled modules' sources (``modules/``: one folder each, and the guest SDK)."""
+    return _shipped("modules")
+
+
+def sdk_dir() -> Path:
+    """The guest SDK (``modules/sdk``, the package ``vessel_sdk``) every build imports."""
+    return bundled_modules_dir() / "sdk"
+
+
+def cache_dir() -> Path:
+    """Where Vessel keeps what it can always make again (bundled modules built from
+    source): systemd's ``$CACHE_DIRECTORY`` (the unit's ``CacheDirectory=``), else
+    ``$XDG_CACHE_HOME/vessel``, else ``~/.cache/vessel``."""
+    systemd = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "vessel"
+    return Path.home() / ".cache" / "vessel"
 
 
 def modules_dir(data_dir: Path) -> Path:

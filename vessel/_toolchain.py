@@ -11,8 +11,9 @@ Python sources, the SDK's sources, the WIT files, the componentize-py version) i
 beside the output as ``module.wasm.key``; an unchanged key with the output present skips
 the ~10 s build.
 
-Run as ``python -m vessel._toolchain [--force] DIR...`` to build folders from a shell
-(``scripts/build-modules`` does that for every folder under ``modules/``).
+Run as ``python -m vessel._toolchain [--force] [--out FILE] DIR...`` to build folders
+from a shell (``scripts/build-modules`` does that for every folder under ``modules/``; the
+daemon, for a bundled module it carries as source only: vessel/_bundled.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._errors import VesselError
+from ._paths import sdk_dir, wit_dir
 
 __all__ = [
     "WORLD",
@@ -93,17 +95,14 @@ class BuildResult:
 
 
 def default_wit_dir() -> Path:
-    """The repo's ``wit/`` folder, which holds the contract this host speaks."""
-    import vessel
-
-    return Path(vessel.__file__).resolve().parents[1] / "wit"
+    """The ``wit/`` folder this Vessel carries (the installed package's, or the
+    checkout's), which holds the contract this host speaks."""
+    return wit_dir()
 
 
 def default_sdk_dir() -> Path:
-    """The repo's ``modules/sdk`` folder, which holds the guest SDK package ``vessel_sdk``."""
-    import vessel
-
-    return Path(vessel.__file__).resolve().parents[1] / "modules" / "sdk"
+    """The ``modules/sdk`` folder this Vessel carries, the guest SDK package ``vessel_sdk``."""
+    return sdk_dir()
 
 
 def build_module(
@@ -192,7 +191,7 @@ def _componentize_py_version(src_dir: Path) -> str:
     except importlib.metadata.PackageNotFoundError:
         raise BuildError(
             f"{src_dir}: componentize-py is not installed in {sys.prefix}; "
-            "install the build extra: pip install 'vessel[build]'"
+            "it is a dependency of Vessel: pip install 'componentize-py>=0.25,<0.26'"
         ) from None
 
 
@@ -377,11 +376,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="module folder")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    parser.add_argument(
+        "--out", type=Path, metavar="FILE", help="write the component here (one DIR only)"
+    )
     args = parser.parse_args(argv)
+    if args.out is not None and len(args.dirs) != 1:
+        parser.error("--out takes one DIR")
     failed = 0
     for src in args.dirs:
         try:
-            result = build_module(src, force=args.force)
+            result = build_module(src, out=args.out, force=args.force)
         except BuildError as exc:
             print(f"{src}: FAILED\n{exc}", file=sys.stderr, flush=True)
             failed += 1

@@ -42,7 +42,7 @@ _NO_GUEST_HINT = (
     "(see docs/modules.md, the tutorial)"
 )
 
-_INSTALL_BUILD_EXTRA = "pip install 'vessel[build]'"
+_INSTALL_BUILD_EXTRA = "it is a dependency of Vessel: pip install 'componentize-py>=0.25,<0.26'"
 
 
 def shown(path: Path) -> str:

@@ -102,9 +102,9 @@ vessel-ctl build $module_id
 ```
 
 This checks `manifest.json`, then builds `build/module.wasm` with componentize-py (about
-ten seconds; an unchanged module is not rebuilt: `up to date`). It needs Vessel's build
-extra (`pip install 'vessel[build]'`) but no running daemon. A Python error in `app.py`
-fails the build with its file and line.
+ten seconds; an unchanged module is not rebuilt: `up to date`). It needs no running
+daemon (componentize-py comes with Vessel). A Python error in `app.py` fails the build
+with its file and line.
 
 ## Install and call
 

@@ -22,10 +22,11 @@ from quart.blueprints import BlueprintSetupState
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import BaseConverter
 
-#: Where the dashboard lives: ``web/`` of the source tree, or ``$VESSEL_WEB_DIR``.
-WEB_DIR: Final = Path(
-    os.environ.get("VESSEL_WEB_DIR") or Path(__file__).resolve().parents[2] / "web"
-)
+from .._paths import web_dir
+
+#: Where the dashboard lives: ``$VESSEL_WEB_DIR``, else the ``web/`` this Vessel carries
+#: (the installed package's, or the checkout's: vessel._paths).
+WEB_DIR: Final = Path(os.environ.get("VESSEL_WEB_DIR") or web_dir())
 
 #: The extensions served, with their content type (not the platform's mimetypes table:
 #: browsers refuse ES modules that are not served as JavaScript).

@@ -1,0 +1,259 @@
+"""Vessel as a normal package: a wheel built from the repository, installed into a fresh
+venv outside the checkout, runs ``vessel serve`` with its bundled modules and
+``vessel-ctl new``, as ``pipx install <wheel>`` would on a fresh machine.
+
+Honest and fast: the wheel is built from a copy of the working tree (what a clone holds,
+not the checkout's build leftovers) by pip in an isolated build environment, and
+installed with its dependencies into a venv that sees nothing of the checkout or of the
+test's own venv (no ``--system-site-packages``, no ``.pth``). The dependencies come from
+a local wheelhouse, ``.cache/wheelhouse/<key>``: the wheels of the versions this test's
+venv runs, downloaded once (``pip download``) and reused by every later session.
+
+The bundled modules are built by the installed Vessel from the sources the wheel carries,
+through the toolchain's own cache: the cache is seeded with the components the session
+built from the repository's sources, and the toolchain uses them only if its key over
+the sources it reads from the installed package (the module, the SDK, the WIT, the
+componentize-py version) equals the repository's; the daemon's log must say "up to
+date" for each. So the ~20 s componentize-py builds are skipped only if the wheel carries
+those sources byte for byte; the compiles to native code still run (~15 s each).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from packaging.requirements import Requirement
+
+from tests.cli._support import (
+    MODULES_STARTED,
+    RUNNING,
+    LineReader,
+    Result,
+    base_env,
+    stop_daemon_process,
+)
+from vessel._toolchain import locked_file
+
+REPO = Path(__file__).resolve().parents[1]
+WHEELHOUSE = REPO / ".cache" / "wheelhouse"
+
+#: The folders the wheel must carry, as vessel/_paths.py finds them.
+SHIPPED = ("wit", "web", "modules")
+BUNDLED = ("example", "home-assistant")
+
+#: Downloading the wheelhouse the first time (~150 MiB), building and installing: bounds
+#: generous for a slow network and a loaded machine.
+DOWNLOAD_TIMEOUT = 900.0
+STEP_TIMEOUT = 300.0
+#: Two bundled modules compiled to native code, ~15 s of CPU each, on a busy machine.
+MODULES_TIMEOUT = 300.0
+
+
+def _pins() -> list[str]:
+    """Vessel's dependencies at the versions this venv runs, and the build backend."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    pins = [
+        f"{Requirement(dep).name}=={importlib.metadata.version(Requirement(dep).name)}"
+        for dep in project["project"]["dependencies"]
+    ]
+    backend = project["build-system"]["requires"]
+    return sorted(pins) + sorted(backend) + ["wheel"]
+
+
+def _run(argv: list[str], *, cwd: Path, env: Mapping[str, str], timeout: float) -> Result:
+    done = subprocess.run(
+        argv,
+        cwd=cwd,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    result = Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+    assert result.returncode == 0, f"{' '.join(argv)}: {result}"
+    return result
+
+
+async def _run_async(argv: list[str]) -> Result:
+    """``_run`` in a thread, in the test's environment (the checkout's venv's pip)."""
+    return await trio.to_thread.run_sync(
+        lambda: _run(argv, cwd=REPO, env=os.environ, timeout=STEP_TIMEOUT)
+    )
+
+
+@pytest.fixture(scope="session")
+def wheelhouse() -> Path:
+    """Wheels of Vessel's dependencies (and of setuptools, to build it), downloaded once."""
+    pins = _pins()
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+    key = hashlib.sha256("\n".join([tag, *pins]).encode()).hexdigest()[:16]
+    folder = WHEELHOUSE / key
+    folder.mkdir(parents=True, exist_ok=True)
+    with locked_file(WHEELHOUSE / f"{key}.lock"):  # pytest-xdist workers share it
+        if not (folder / "complete").is_file():
+            _run(
+                [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "-q",
+                 "--dest", str(folder), *pins],
+                cwd=REPO, env=os.environ, timeout=DOWNLOAD_TIMEOUT,
+            )  # fmt: skip
+            (folder / "complete").write_text("\n".join(pins) + "\n")
+    return folder
+
+
+def _working_tree(dest: Path) -> None:
+    """Copy what a clone of the repository holds (with uncommitted work, without ignored
+    files: no .venv, no build output) to ``dest``."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, check=True, timeout=60,
+    ).stdout.decode()  # fmt: skip
+    for rel in filter(None, listed.split("\0")):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def _tracked(folder: str) -> set[str]:
+    """The files git keeps under ``folder`` of the repository (tracked or new)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", folder],
+        cwd=REPO, capture_output=True, check=True, timeout=60,
+    ).stdout.decode()  # fmt: skip
+    return {rel for rel in listed.split("\0") if rel and (REPO / rel).is_file()}
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """The environment of a shell on a fresh machine: nothing that points at the checkout
+    or the test's venv."""
+    env = base_env(**extra)
+    for name in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "PYTHONSTARTUP"):
+        env.pop(name, None)
+    env["PATH"] = os.pathsep.join(
+        p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(str(REPO))
+    )
+    return env
+
+
+@pytest.mark.watchdog(900)
+async def test_a_wheel_installed_outside_the_checkout_serves_its_bundled_modules(
+    tmp_path: Path, wheelhouse: Path, built_guests: Mapping[str, Path]
+) -> None:
+    """``pip install <wheel>`` into a fresh venv, then ``vessel serve`` from it in a new
+    data dir: /healthz and the dashboard answer, both bundled modules are built from the
+    sources the wheel carries (the toolchain's cache matches them), installed and run,
+    and ``vessel-ctl new`` writes a module; nothing is read from the checkout."""
+    # Build the wheel from a copy of the working tree, as pip does for `pipx install PATH`.
+    source = tmp_path / "src"
+    dist = tmp_path / "dist"
+    await trio.to_thread.run_sync(_working_tree, source)
+    offline = ["--no-index", "--find-links", str(wheelhouse)]
+    pip = [sys.executable, "-m", "pip"]
+    await _run_async([*pip, "wheel", "-q", "--no-deps", *offline, "-w", str(dist), str(source)])
+    (wheel,) = dist.glob("vessel-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for folder in SHIPPED:
+        missing = {f"vessel/_data/{rel}" for rel in _tracked(folder)} - names
+        assert not missing, f"the wheel does not carry {sorted(missing)}"
+    assert not [n for n in names if "__pycache__" in n or n.endswith((".wasm", ".cwasm"))]
+    assert not [n for n in names if "/build/" in n], "build output in the wheel"
+
+    # A fresh venv that sees nothing of this one, the wheel and its dependencies in it.
+    venv = tmp_path / "venv"
+    await _run_async([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    await _run_async([*pip, "--python", str(venv / "bin" / "python"), "install", "-q", *offline,
+                      str(wheel)])  # fmt: skip
+    home = tmp_path / "home"
+    work = tmp_path / "work"
+    for made in (home, work):
+        made.mkdir()
+    cache = tmp_path / "cache"
+    env = _clean_env(
+        HOME=str(home),
+        XDG_CACHE_HOME=str(cache),
+        XDG_DATA_HOME=str(tmp_path / "share"),
+        VESSEL_LOG_LEVEL="INFO",
+    )
+    where = _run(
+        [str(venv / "bin" / "python"), "-c",
+         "import vessel, vessel._paths as p; "
+         "print(vessel.__file__, p.wit_dir(), p.web_dir(), p.sdk_dir(), sep='\\n')"],
+        cwd=work, env=env, timeout=STEP_TIMEOUT,
+    ).stdout.split()  # fmt: skip
+    for path in where:
+        assert Path(path).is_relative_to(venv), f"{path} is not in the installed package"
+
+    # The toolchain's cache, seeded with what the session built from the repo's sources.
+    for name in BUNDLED:
+        built = cache / "vessel" / "bundled" / name
+        built.mkdir(parents=True)
+        wasm = built_guests[name]
+        shutil.copyfile(wasm, built / "module.wasm")
+        shutil.copyfile(wasm.with_name("module.wasm.key"), built / "module.wasm.key")
+
+    data = tmp_path / "share" / "vessel"  # the XDG default: no --data-dir given
+    process = await trio.lowlevel.open_process(
+        [str(venv / "bin" / "vessel"), "serve", "--port", "0"],
+        cwd=work,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert process.stderr is not None
+    stderr = LineReader(process.stderr)
+    code: int | None = None
+    try:
+        line = await stderr.wait_for(lambda s: RUNNING.search(s) is not None, timeout=60)
+        match = RUNNING.search(line)
+        assert match is not None
+        url = match.group(1)
+        await stderr.wait_for(lambda s: MODULES_STARTED in s, timeout=MODULES_TIMEOUT)
+        for name in BUNDLED:
+            assert re.search(rf"bundled module {name}: up to date", stderr.text), (
+                f"{name} was not taken from the toolchain's cache: the wheel's sources "
+                f"differ from the repository's\n{stderr.text}"
+            )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stderr.drain)  # a full pipe would block the daemon
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                assert (await client.get("/healthz")).status_code == 200
+                page = await client.get("/")
+                assert page.status_code == 200
+                assert "<html" in page.text.lower()
+
+            def ctl(*args: str) -> Result:
+                ctl_env = {**env, "VESSEL_URL": url, "VESSEL_DATA_DIR": str(data)}
+                return _run(
+                    [str(venv / "bin" / "vessel-ctl"), *args],
+                    cwd=work, env=ctl_env, timeout=STEP_TIMEOUT,
+                )  # fmt: skip
+
+            listed = await trio.to_thread.run_sync(ctl, "list")
+            for name in BUNDLED:
+                assert re.search(rf"^{re.escape(name)}\s+running\b", listed.stdout, re.M), listed
+            called = await trio.to_thread.run_sync(ctl, "call", "example", "get")
+            assert "count" in called.stdout, called
+            new = await trio.to_thread.run_sync(ctl, "new", "hello")
+            assert (work / "hello" / "manifest.json").is_file(), new
+            assert "from vessel_sdk import" in (work / "hello" / "app.py").read_text()
+            code = await stop_daemon_process(process)  # the drain ends at its EOF
+    finally:
+        with trio.CancelScope(shield=True):
+            await stop_daemon_process(process)
+    assert code == 0, stderr.text
+    assert "Traceback" not in stderr.text, stderr.text

@@ -8,6 +8,7 @@ then exit. Every module process is reaped before the command returns.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ from .._daemon import (
 from .._errors import VesselError
 from .._open_files import raise_open_file_limit
 from .._paths import default_data_dir
+from .._systemd import Notifier
 
 if TYPE_CHECKING:
     from ..gateway import GatewayConfig
@@ -45,11 +47,20 @@ log = logging.getLogger("vessel")
 
 
 async def serve(
-    config: DaemonConfig, gateway: GatewayConfig, forkserver: ForkServerLaunch | None = None
+    config: DaemonConfig,
+    gateway: GatewayConfig,
+    forkserver: ForkServerLaunch | None = None,
+    notifier: Notifier | None = None,
 ) -> None:
+    """``notifier``: systemd's (vessel/_systemd.py): READY=1 once the gateway listens,
+    then STATUS= lines and the watchdog's pings from this trio loop, STOPPING=1 at the
+    stop (systemd watches a service only while it runs: not during its start or stop)."""
     # Not at the top of the file: main() starts the fork server before these imports.
     from ..gateway import serve_gateway
 
+    if notifier is not None:
+        notifier.send("STATUS=starting: opening the data dir")
+    notifying = trio.CancelScope()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with (
             open_daemon(config, forkserver=forkserver) as daemon,
@@ -61,6 +72,10 @@ async def serve(
                     daemon, gateway, shutdown=shutdown, task_status=task_status
                 )
             )
+            if notifier is not None:
+                status = functools.partial(describe_status, daemon, binds)
+                notifier.send("READY=1", f"STATUS={status()}")
+                nursery.start_soon(_notify, notifier, status, notifying)
             ids = daemon.manager.ids()
             log.info(
                 "vessel running on %s: data dir %s, %d module(s): %s",
@@ -74,8 +89,32 @@ async def serve(
                 log.info("received %s; shutting down", signal.Signals(signum).name)
                 break
             shutdown.set()
+            if notifier is not None:
+                notifying.cancel()
+                notifier.send("STOPPING=1", "STATUS=stopping: unloading the modules")
         # Leaving open_daemon stopped every module (on-unload, then the process).
     log.info("vessel stopped")
+
+
+async def _notify(notifier: Notifier, status: Callable[[], str], scope: trio.CancelScope) -> None:
+    """The watchdog's pings and the STATUS= lines, until ``scope`` is cancelled."""
+    with scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(notifier.serve_watchdog)
+            nursery.start_soon(notifier.serve_status, status)
+
+
+def describe_status(daemon: Daemon, binds: list[str]) -> str:
+    """What the daemon is doing, in one line for ``systemctl status``."""
+    states: dict[str, int] = {}
+    for info in daemon.manager.list_modules():
+        states[str(info["state"])] = states.get(str(info["state"]), 0) + 1
+    modules = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none"
+    doing = f"; building {daemon.building} from source" if daemon.building else ""
+    installing = [i for i in daemon.manager.installs.all() if i.under_way]
+    if installing:
+        doing += "; installing " + ", ".join(f"{i.module_id} ({i.state})" for i in installing)
+    return f"serving on {', '.join(binds)}; modules: {modules}{doing}"
 
 
 async def _say_when_started(daemon: Daemon) -> None:
@@ -289,6 +328,9 @@ def main(argv: list[str] | None = None) -> None:
         # The gateway answers while the modules start (and compile): see serve().
         wait_for_modules=False,
     )
+    # Read (and removed from the environment) before any child starts: module processes
+    # must not speak for the daemon.
+    notifier = Notifier.from_environ()
     # Started before the gateway's imports (Quart, Hypercorn: the bulk of this
     # command's start), so the fork server imports on another core meanwhile and is
     # ready when the first module starts.
@@ -302,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         allowed_hosts=frozenset(args.allowed_host),
     )
     try:
-        trio.run(serve, config, gateway, forkserver)
+        trio.run(serve, config, gateway, forkserver, notifier)
     except VesselError as exc:
         print(f"vessel: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

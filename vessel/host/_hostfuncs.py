@@ -87,6 +87,7 @@ class HostFunctions:
             "call": self.call,
             "http-fetch": self.http_fetch,
             "websocket-connect": self.websocket_connect,
+            "websocket-open": self.websocket_open,
             "websocket-send": self.websocket_send,
             "websocket-close": self.websocket_close,
             "storage-get": self.storage_get,
@@ -224,6 +225,18 @@ class HostFunctions:
             return str(exc)
         return handle
 
+    def websocket_open(self, url: str) -> int | str:
+        # Returns at once: the handshake goes on in the background (WebSocketService).
+        try:
+            self._caps.check_websocket()
+        except CapabilityDenied as exc:
+            return self._denied(exc)
+        try:
+            handle: int = self._portal.run_sync(self._websockets.connect_nowait, url)
+        except HostCallError as exc:
+            return str(exc)
+        return handle
+
     def websocket_send(self, handle: int, message: str) -> str | None:
         try:
             self._caps.check_websocket()
@@ -237,7 +250,9 @@ class HostFunctions:
     def websocket_close(self, handle: int) -> str | None:
         try:
             self._caps.check_websocket()
-            self._portal.run(self._websockets.close, handle)
+            # Never waits for the peer: a frozen one would hold the guest for the close
+            # timeout (WebSocketService.close_nowait).
+            self._portal.run_sync(self._websockets.close_nowait, handle)
         except CapabilityDenied as exc:
             return self._denied(exc)
         except HostCallError as exc:

@@ -7,6 +7,27 @@ called exactly once and the handle is forgotten. A close the host asked for (``c
 behalf of the guest, ``close_all``, shutdown) is never reported through ``on_closed``:
 whoever asked knows.
 
+Never holding the guest
+-----------------------
+
+The guest runs one export at a time, and a host function holds it until it returns: a
+``connect`` to a server that accepts TCP and never answers held the module for the whole
+connect timeout (10 s), and a ``close`` to a frozen peer for the close timeout (5 s), so
+its commands (Home Assistant's ``status``) waited that long (issue 24). So the guest has
+two calls that never wait on the peer:
+
+* ``connect_nowait`` (``websocket-open``) hands out the handle at once and connects in the
+  background; a connection that cannot be opened is reported through ``on_closed`` like
+  any other end, and messages sent meanwhile are queued (at most ``max_message_size``
+  bytes in all) and sent in order once it is open.
+* ``close_nowait`` (``websocket-close``) forgets the handle for the guest at once and lets
+  the close handshake (bounded by ``close_timeout``) run in the background. A closing
+  connection still counts towards ``max_connections`` until it is gone, so a module that
+  opens and closes in a loop cannot pile up sockets.
+
+``connect`` (``websocket-connect``) keeps its contract: it returns once the connection is
+open, or fails.
+
 Why not ``open_websocket_url``
 ------------------------------
 
@@ -102,6 +123,18 @@ class _Connection:
     """``on_closed`` has been called."""
     failure: str | None = None
     """Why the host dropped the connection on its own (a send timed out)."""
+    background: bool = False
+    """Opened by ``connect_nowait``: the guest holds its handle during the handshake, and
+    a failure to open is reported through ``on_closed``."""
+    queued: list[str] | None = None
+    """Messages sent before the connection was open (``connect_nowait``), to send once it
+    is; None once they are sent (then ``send`` writes directly)."""
+    queued_bytes: int = 0
+
+    @property
+    def function(self) -> str:
+        """The host function that opened it, for error messages."""
+        return "websocket-open" if self.background else "websocket-connect"
 
 
 class WebSocketService:
@@ -143,7 +176,8 @@ class WebSocketService:
 
     @property
     def live(self) -> int:
-        """Connections that count towards ``max_connections``: open or still connecting."""
+        """Connections that count towards ``max_connections``: open, still connecting, or
+        still closing (``close_nowait``)."""
         return len(self._connections)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -162,37 +196,79 @@ class WebSocketService:
 
     async def connect(self, url: str) -> int:
         """Open a connection to ``url`` (``ws://`` or ``wss://``); its handle once open."""
+        nursery, conn = self._register("websocket-connect", url)
+        await nursery.start(self._serve_connection, conn)
+        return conn.handle
+
+    def connect_nowait(self, url: str) -> int:
+        """Start opening a connection to ``url`` and return its handle at once. Raises
+        HostCallError only for what is known at once (a bad url, the limit, shutdown);
+        a connection that cannot be opened is reported through ``on_closed``."""
+        nursery, conn = self._register("websocket-open", url)
+        conn.background = True
+        conn.queued = []
+        nursery.start_soon(self._serve_in_background, conn)
+        return conn.handle
+
+    def _register(self, function: str, url: str) -> tuple[trio.Nursery, _Connection]:
         target = _parse_url(url)
         nursery = self._nursery
         if nursery is None:
             raise HostCallError(
-                f"websocket-connect {url} failed: websockets are stopped "
-                "(the module is shutting down)"
+                f"{function} {url} failed: websockets are stopped (the module is shutting down)"
             )
         if len(self._connections) >= self._max_connections:
+            closing = sum(c.closed_by_host for c in self._connections.values())
+            still = f", {closing} of them still closing" if closing else ""
             raise HostCallError(
-                f"websocket-connect {url} failed: too many websocket connections: "
+                f"{function} {url} failed: too many websocket connections{still}: "
                 f"limit is {self._max_connections} (limits.max_websockets)"
             )
         if self._last_handle >= _MAX_HANDLE:
-            raise HostCallError(f"websocket-connect {url} failed: handles exhausted")
+            raise HostCallError(f"{function} {url} failed: handles exhausted")
         self._last_handle += 1
         conn = _Connection(self._last_handle, url, target)
         # Registered before the handshake so that parallel connects respect the limit.
         self._connections[conn.handle] = conn
-        await nursery.start(self._serve_connection, conn)
-        return conn.handle
+        return nursery, conn
+
+    async def _serve_in_background(self, conn: _Connection) -> None:
+        try:
+            await self._serve_connection(conn)
+        except HostCallError as exc:
+            self._report_closed(conn, str(exc))
+        except Exception as exc:
+            # Whatever the handshake raised (trio-websocket wraps some failures in an
+            # ExceptionGroup): the guest is told, and this module's other sockets go on.
+            log.debug("websocket %d (%s): connect failed", conn.handle, conn.url, exc_info=True)
+            self._report_closed(conn, f"{conn.function} {conn.url} failed: {describe_failure(exc)}")
 
     async def send(self, handle: int, message: str) -> None:
-        """Send one text message; returns once it is handed to the OS."""
+        """Send one text message; returns once it is handed to the OS (or queued, on a
+        connection from ``connect_nowait`` that is not open yet)."""
         conn = self._open_connection("websocket-send", handle)
-        assert conn.ws is not None
         size = len(message.encode("utf-8"))
         if size > self._max_message_size:
             raise HostCallError(
                 f"websocket-send {handle}: message is {size} bytes, "
                 f"the limit is {self._max_message_size} bytes"
             )
+        if conn.queued is not None:
+            if conn.queued_bytes + size > self._max_message_size:
+                raise HostCallError(
+                    f"websocket-send {handle}: the connection is still opening and "
+                    f"{conn.queued_bytes} bytes wait to be sent; at most "
+                    f"{self._max_message_size} may wait: send the rest once the server answers"
+                )
+            conn.queued.append(message)
+            conn.queued_bytes += size
+            return
+        assert conn.ws is not None
+        await self._send_frame(conn, message)
+
+    async def _send_frame(self, conn: _Connection, message: str) -> None:
+        handle = conn.handle
+        assert conn.ws is not None
         with trio.move_on_after(self._send_timeout) as scope:
             try:
                 await conn.ws.send_message(message)
@@ -212,9 +288,30 @@ class WebSocketService:
             raise HostCallError(f"websocket-send {handle}: {conn.failure}")
 
     async def close(self, handle: int) -> None:
-        """Close the connection cleanly (code 1000). ``on_closed`` is not called for it."""
+        """Close the connection cleanly (code 1000) and wait for it (bounded by
+        ``close_timeout``). ``on_closed`` is not called for it."""
         conn = self._open_connection("websocket-close", handle)
         await self._close_connections([conn], _NORMAL_CLOSURE)
+
+    def close_nowait(self, handle: int) -> None:
+        """``close`` without waiting: the handle is unknown from now on, and the close
+        handshake (or the connect, if it is still opening) ends in the background within
+        ``close_timeout``; the connection counts towards the limit until it has."""
+        conn = self._open_connection("websocket-close", handle)
+        conn.closed_by_host = True
+        conn.queued = None
+        if conn.ws is None:
+            conn.scope.cancel()  # still opening: nothing to say goodbye to
+            return
+        assert self._nursery is not None  # the connection's task runs in it
+        self._nursery.start_soon(self._close_in_background, conn)
+
+    async def _close_in_background(self, conn: _Connection) -> None:
+        try:
+            with trio.move_on_after(self._close_timeout):
+                await self._goodbye(conn, _NORMAL_CLOSURE)
+        finally:
+            conn.scope.cancel()
 
     async def close_all(self) -> None:
         """Close every connection (code 1001), e.g. when the instance is replaced."""
@@ -224,8 +321,9 @@ class WebSocketService:
 
     def _open_connection(self, function: str, handle: int) -> _Connection:
         conn = self._connections.get(handle)
-        # A connection still in its handshake has a handle the guest has not seen yet.
-        if conn is None or conn.ws is None:
+        # A connection still in its handshake has a handle the guest has not seen yet,
+        # unless it came from connect_nowait; a closing one, a handle it gave up.
+        if conn is None or conn.closed_by_host or (conn.ws is None and not conn.background):
             raise HostCallError(
                 f"{function}: unknown websocket handle {handle} (never opened, or closed)"
             )
@@ -274,7 +372,7 @@ class WebSocketService:
                     if conn.closed_by_host
                     else f"timed out after {self._connect_timeout:g} s"
                 )
-                raise HostCallError(f"websocket-connect {conn.url} failed: {why}")
+                raise HostCallError(f"{conn.function} {conn.url} failed: {why}")
             if conn.scope.cancelled_caught:
                 self._report_closed(conn, conn.failure or "connection lost: dropped by the host")
         finally:
@@ -295,7 +393,7 @@ class WebSocketService:
                 stream = await trio.open_tcp_stream(target.host, target.port)
         except OSError as exc:
             raise HostCallError(
-                f"websocket-connect {conn.url} failed: {describe_failure(exc)}"
+                f"{conn.function} {conn.url} failed: {describe_failure(exc)}"
             ) from None
         async with stream:
             if isinstance(stream, trio.SSLStream):
@@ -305,7 +403,7 @@ class WebSocketService:
                     await stream.do_handshake()
                 except trio.BrokenResourceError as exc:
                     raise HostCallError(
-                        f"websocket-connect {conn.url} failed: {describe_failure(exc)}"
+                        f"{conn.function} {conn.url} failed: {describe_failure(exc)}"
                     ) from None
             try:
                 # The nursery holds trio-websocket's reader task for this connection.
@@ -327,6 +425,7 @@ class WebSocketService:
                     conn.scope.deadline = math.inf
                     conn.scope.shield = True
                     task_status.started()
+                    await self._send_queued(conn)
                     await self._read(conn, ws)
                     # The reader task still has work after get_message reports the close:
                     # completing a close handshake we started, then waiting for the peer
@@ -336,9 +435,21 @@ class WebSocketService:
                 rejected = next(e for e in group.exceptions if isinstance(e, ConnectionRejected))
                 status = rejected.status_code
                 raise HostCallError(
-                    f"websocket-connect {conn.url} failed: the server refused the "
+                    f"{conn.function} {conn.url} failed: the server refused the "
                     f"websocket handshake with HTTP {status}"
                 ) from None
+
+    async def _send_queued(self, conn: _Connection) -> None:
+        """Send, in order, what the guest sent while the connection was opening. Until
+        the queue is empty, ``send`` keeps queueing, so nothing overtakes it."""
+        while conn.queued:
+            message = conn.queued.pop(0)
+            conn.queued_bytes -= len(message.encode("utf-8"))
+            try:
+                await self._send_frame(conn, message)
+            except HostCallError:
+                break  # the connection is closed or dropped: _read or the scope reports it
+        conn.queued = None
 
     async def _read(self, conn: _Connection, ws: WebSocketConnection) -> None:
         while True:

@@ -653,6 +653,8 @@ class ModuleManager:
             "missing_settings": self.missing_settings(module_id),
             "compiling_for": self.compiling_for(module_id),
             "log_lines_dropped": module.log_lines_dropped,
+            # The module's own word on its health, for its running process (vessel._health).
+            "health": module.health.to_json() if running and module.health else None,
         }
 
     def compiling_for(self, module_id: str) -> float | None:

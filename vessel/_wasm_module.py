@@ -40,6 +40,7 @@ from ._cpu_box import CpuBox
 from ._emit_rules import DAEMON_RATE_SLACK, RateLimit, emit_problem, rate_exceeded
 from ._errors import CallError, CapabilityDenied
 from ._events import Event, now_ms
+from ._health import HEALTH_EVENT, Health, parse_health
 from ._log_rules import (
     DAEMON_LINE_SLACK,
     LEVELS,
@@ -126,6 +127,9 @@ class WasmModule:
         self.pid: int | None = None
         self.last_start: _ipc.StartResult | None = None
         self.started_at: float | None = None
+        #: What the module last said of its health (``vessel._health``), for its current
+        #: process only: a new process has said nothing yet.
+        self.health: Health | None = None
         #: Seconds from starting the process to on-load done, at the last start.
         self.start_seconds: float | None = None
         self.logs: deque[LogLine] = deque(maxlen=LOG_LINES_KEPT)
@@ -168,6 +172,7 @@ class WasmModule:
         )
         begun = trio.current_time()
         self._fatal = None
+        self.health = None
         subscription = self._bus.subscribe(name=f"module:{self.id}", queue_size=EVENT_QUEUE)
         self._subscription = subscription
         try:
@@ -234,6 +239,7 @@ class WasmModule:
             self._subscription = None
             self.proc = None
             self.started_at = None
+            self.health = None
 
     async def _pump_events(self, proc: ProcessActor, subscription: Subscription) -> None:
         async for event in subscription:
@@ -386,6 +392,28 @@ class WasmModule:
         )
         self.events_emitted += 1
         self._bus.publish(event, retain=emit.retained)
+        if emit.name == HEALTH_EVENT:
+            self._take_health(event)
+
+    def _take_health(self, event: Event) -> None:
+        report = parse_health(event.data, event.timestamp)
+        if isinstance(report, str):
+            self._module_line(
+                "warning",
+                f"its {HEALTH_EVENT!r} event is not a health report ({report}); ignored: "
+                'emit {"status": "ok" | "degraded" | "error", "message": "..."}, '
+                "as the SDK's set_health does",
+                "daemon",
+            )
+            return
+        before = self.health
+        self.health = report
+        if before is None or before.status != report.status:
+            # The module's log says when its health changes, not every report (a module
+            # that reconnects reports a new message at every attempt).
+            level = {"ok": "info", "degraded": "warning"}.get(report.status, "error")
+            text = f"health {report.status}" + (f": {report.message}" if report.message else "")
+            self._record(level, text, "daemon")
 
     async def _on_notify(self, method: str, body: msgspec.Raw) -> None:
         if method == _ipc.BUS_EMIT:

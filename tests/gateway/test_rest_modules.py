@@ -36,6 +36,7 @@ INFO_FIELDS = {
     "missing_settings",
     "compiling_for",
     "log_lines_dropped",
+    "health",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +244,103 @@ async def test_websocket_messages_and_peer_close_reach_the_callbacks(
         error = await call_error(daemon, "sdkkit", "ws_send", {"text": "again"})
         assert "the connection is closed" in error.message
         nursery.cancel_scope.cancel()
+
+
+async def test_websocket_open_never_holds_the_module(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
+    """websocket_open returns before the server answers: against a server that accepts TCP
+    and never answers, the module answers its next command while that handshake is still
+    pending (the server still holds the connection), and close() ends it without an
+    on_close. Against a real server, text sent before the socket opened arrives first, in
+    order."""
+    accepted = trio.Event()
+    ended = trio.Event()
+
+    async def mute(stream: trio.SocketStream) -> None:
+        accepted.set()
+        try:
+            while await stream.receive_some():
+                pass
+        except trio.BrokenResourceError:
+            pass
+        ended.set()
+
+    received: list[str] = []
+
+    async def echo(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        while True:
+            text = str(await ws.get_message())
+            received.append(text)
+            await ws.send_message(f"echo: {text}")
+
+    make_module_dir(tmp_path, "sdkkit", permissions=FULL)
+    async with running_daemon(tmp_path) as daemon, trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, mute, 0, host="127.0.0.1"))
+        silent = f"ws://127.0.0.1:{listeners[0].socket.getsockname()[1]}/"
+        with trio.fail_after(10):
+            assert await call(daemon, "sdkkit", "ws_open", {"url": silent}) >= 1
+            await accepted.wait()
+            assert await call(daemon, "sdkkit", "ws_seen") == {"messages": [], "closed": []}
+            assert not ended.is_set()  # answered while the handshake was still pending
+            await call(daemon, "sdkkit", "ws_close")
+            await ended.wait()
+        assert (await call(daemon, "sdkkit", "ws_seen"))["closed"] == []
+
+        server = await nursery.start(serve_websocket, echo, "127.0.0.1", 0, None)
+        url = f"ws://127.0.0.1:{server.port}/"
+        await call(daemon, "sdkkit", "ws_open", {"url": url, "send": ["a", "b"]})
+        await call(daemon, "sdkkit", "ws_send", {"text": "c"})
+        with trio.fail_after(10):
+            while len((seen := await call(daemon, "sdkkit", "ws_seen"))["messages"]) < 3:
+                await trio.sleep(0.02)
+        assert seen["messages"] == ["echo: a", "echo: b", "echo: c"]
+        assert received == ["a", "b", "c"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_set_health_is_what_the_daemon_shows_and_a_bad_report_is_ignored(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
+    """set_health publishes the retained event <id>.health and the daemon shows it as the
+    module's health (with when it was reported); a bad status is the caller's error, not
+    an event; a 'health' event of another shape is delivered but not taken as a report,
+    and the module's log says why; a restarted module has said nothing yet."""
+    make_module_dir(tmp_path, "sdkkit", permissions=FULL)
+    async with running_daemon(tmp_path) as daemon:
+        assert daemon.manager.describe("sdkkit")["health"] is None
+        sub = daemon.bus.subscribe("sdkkit.health", name="test")
+        await call(daemon, "sdkkit", "health", {"status": "degraded", "message": "reconnecting"})
+        event = await next_event(sub, lambda e: True)
+        assert data(event) == {"status": "degraded", "message": "reconnecting"}
+        assert daemon.manager.describe("sdkkit")["health"] == {
+            "status": "degraded",
+            "message": "reconnecting",
+            "since": event.timestamp,
+        }
+        late = daemon.bus.subscribe("sdkkit.health", name="late")
+        assert data(await next_event(late, lambda e: True))["status"] == "degraded"
+
+        error = await call_error(daemon, "sdkkit", "health", {"status": "fine"})
+        assert error.message == (
+            "health: ValueError: health status must be one of ('ok', 'degraded', 'error'), "
+            "got 'fine'"
+        )
+        await call(daemon, "sdkkit", "emit", {"name": "health", "data": {"status": "great"}})
+        await next_event(sub, lambda e: data(e) == {"status": "great"})
+        logged = await wait_until(
+            lambda: [m for m in _logs(daemon, "sdkkit") if "not a health report" in m]
+        )
+        assert logged[0].startswith(
+            "its 'health' event is not a health report (status must be one of ok, degraded, "
+            "error, not 'great'); ignored"
+        )
+        assert daemon.manager.describe("sdkkit")["health"]["status"] == "degraded"
+        assert any(m == "health degraded: reconnecting" for m in _logs(daemon, "sdkkit"))
+
+        await call(daemon, "sdkkit", "health", {"status": "ok"})
+        await next_event(sub, lambda e: data(e)["status"] == "ok")
+        assert daemon.manager.describe("sdkkit")["health"]["status"] == "ok"
+        await daemon.manager.restart("sdkkit")
+        assert daemon.manager.describe("sdkkit")["health"] is None

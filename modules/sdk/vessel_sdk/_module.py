@@ -31,6 +31,15 @@ __all__ = ["Event", "Log", "Module", "Reply", "Socket", "Storage"]
 Params = dict[str, Any]
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: The event a module's health is reported as (``Module.set_health``): retained, so the
+#: daemon and late subscribers always have the latest; the daemon reads it
+#: (vessel/_health.py) and shows it in ``vessel-ctl list``/``info``, the API, the dashboard
+#: and ``/healthz``.
+HEALTH_EVENT = "health"
+HEALTH_STATUSES = ("ok", "degraded", "error")
+#: The longest health message the daemon takes (characters).
+MAX_HEALTH_MESSAGE = 500
+
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
 _TIMERS_REFUSED = (
@@ -163,8 +172,9 @@ class Socket:
         _host_call(host.websocket_send, self.handle, text)
 
     def close(self) -> None:
-        """Close the connection (code 1000). Idempotent: closing a socket that is already
-        closed, by you or by the peer, does nothing."""
+        """Close the connection (code 1000). Returns at once (the close handshake ends in
+        the host, bounded); ``on_close`` is not called. Idempotent: closing a socket that
+        is already closed, by you or by the peer, does nothing."""
         if self.closed:
             return
         self.closed = True
@@ -244,6 +254,7 @@ class Module:
         self._timers: dict[int, _Timer] = {}
         self._sockets: dict[int, Socket] = {}
         self._loaded = False
+        self._health: tuple[str, str] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -314,6 +325,28 @@ class Module:
         )
         _host_call(host.emit_retained if retained else host.emit, event)
 
+    def set_health(self, status: str, message: str = "") -> None:
+        """Say how the module is doing, for the operator: ``"ok"``, ``"degraded"`` (it
+        works, but not fully: reconnecting, a slow peer) or ``"error"`` (it cannot do its
+        job until someone acts: not configured, credentials refused). ``message`` says
+        why in plain words, and what to do (at most 500 characters).
+
+        Published as the retained event ``<module>.health`` ``{"status", "message"}``
+        (only when it changes); the daemon shows it in ``vessel-ctl list`` and ``info``,
+        the API, the dashboard and ``/healthz``. A module that never calls it is shown
+        without a health. Needs no permission."""
+        if status not in HEALTH_STATUSES:
+            raise ValueError(f"health status must be one of {HEALTH_STATUSES}, got {status!r}")
+        _check_str("health message", message)
+        if len(message) > MAX_HEALTH_MESSAGE:
+            raise ValueError(
+                f"health message is {len(message)} characters; at most {MAX_HEALTH_MESSAGE}"
+            )
+        if self._health == (status, message):
+            return
+        self.emit(HEALTH_EVENT, {"status": status, "message": message}, retained=True)
+        self._health = (status, message)
+
     def call(self, module: str, name: str, params: Any = None, version: int = 1) -> Any:
         """Call command ``name`` of ``module`` and return its decoded answer. Needs
         ``"module.name@version"`` in ``permissions.call``; a failure raises HostError."""
@@ -363,6 +396,25 @@ class Module:
         Needs ``permissions.network.websocket``; a refused or failed connect raises
         HostError. Blocks this module (not the host) during the handshake."""
         handle = _host_call(host.websocket_connect, _check_str("url", url))
+        socket = Socket(self, handle, url, on_message, on_close)
+        self._sockets[handle] = socket
+        return socket
+
+    def websocket_open(
+        self,
+        url: str,
+        *,
+        on_message: Callable[[str], Any],
+        on_close: Callable[[str], Any] | None = None,
+    ) -> Socket:
+        """``websocket_connect`` without waiting: returns the Socket at once and connects
+        in the background, so the module goes on answering its commands meanwhile (a
+        server that accepts TCP and never answers would otherwise hold it for 10 s).
+        Text sent before the connection is open is queued by the host (1 MiB at most)
+        and sent in order once it is. A connection that cannot be opened calls
+        ``on_close(reason)``, as any later end does. Raises HostError only for what is
+        known at once: no permission, a bad url, ``limits.max_websockets``."""
+        handle = _host_call(host.websocket_open, _check_str("url", url))
         socket = Socket(self, handle, url, on_message, on_close)
         self._sockets[handle] = socket
         return socket

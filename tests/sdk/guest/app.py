@@ -89,6 +89,12 @@ def call(params: Params) -> Any:
     return app.call(params["module"], params["name"], params.get("params"))
 
 
+@app.command("health")
+def health(params: Params) -> Any:
+    app.set_health(params["status"], params.get("message", ""))
+    return None
+
+
 # -- deferred commands -----------------------------------------------------------------------
 
 
@@ -161,6 +167,16 @@ def ws_connect(params: Params) -> Any:
     STATE.socket = app.websocket_connect(
         params["url"], on_message=STATE.messages.append, on_close=STATE.closed.append
     )
+    return STATE.socket.handle
+
+
+@app.command("ws_open")
+def ws_open(params: Params) -> Any:
+    STATE.socket = app.websocket_open(
+        params["url"], on_message=STATE.messages.append, on_close=STATE.closed.append
+    )
+    for text in params.get("send", []):
+        STATE.socket.send(text)  # queued by the host until the socket is open
     return STATE.socket.handle
 
 

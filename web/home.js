@@ -32,6 +32,8 @@ const SETTLE_MS = 5000;
 const STATUS_TEXT = {
   connected: "Connected",
   disconnected: "Disconnected",
+  connecting: "Connecting",
+  authenticating: "Logging in",
   unconfigured: "Not configured",
   auth_invalid: "Token refused",
   starting: "Starting",

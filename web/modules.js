@@ -241,6 +241,7 @@ function moduleCard(client, first, changed) {
   const heading = h("h3");
   const meta = h("p.muted");
   const reason = h("p.reason", { hidden: true });
+  const health = h("p.health", { hidden: true }); // the module's own word (docs/modules.md)
   const needs = h("p.alert.needs", { hidden: true });
   const message = h("p.note", { "aria-live": "polite", hidden: true });
   const restartButton = h("button", { type: "button", dataset: { action: "restart" } }, "Restart");
@@ -263,6 +264,7 @@ function moduleCard(client, first, changed) {
       h("div", {}, h("dt", {}, "Memory"), facts.memory),
     ),
     reason,
+    health,
     needs,
     h("div.actions", {}, restartButton, enableButton, logsButton, configButton),
     message,
@@ -328,6 +330,11 @@ function moduleCard(client, first, changed) {
     facts.uptime.textContent = formatDuration(info.uptime);
     reason.hidden = !info.last_reason || info.state === "running";
     reason.textContent = info.last_reason ? `Last stop: ${info.last_reason}` : "";
+    health.hidden = !info.health;
+    health.dataset.health = info.health?.status ?? "";
+    health.textContent = info.health
+      ? `Health: ${info.health.status}${info.health.message ? ` — ${info.health.message}` : ""}`
+      : "";
     const missing = info.missing_settings ?? [];
     needs.hidden = !missing.length;
     needs.textContent = missing.length ? `Needs configuration: ${missing.join(", ")}` : "";

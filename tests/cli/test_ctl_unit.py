@@ -23,7 +23,9 @@ from vessel.cli._ctl_format import (
     format_duration,
     format_event,
     format_log_line,
+    format_module_info,
     format_module_list,
+    format_not_ok,
     format_table,
     shown_value,
 )
@@ -278,8 +280,9 @@ def test_sizes(size: object, shown: str) -> None:
 
 
 def test_module_list_has_the_columns_and_refused_modules() -> None:
-    """`list` shows ID STATE PID RESTARTS UPTIME MEMORY VERSION, then what a module still
-    needs configured, then refused modules with their reason."""
+    """`list` shows ID STATE HEALTH PID RESTARTS UPTIME MEMORY VERSION, then what the
+    modules that are not ok say of their health, what a module still needs configured,
+    then refused modules with their reason."""
     doc = {
         "modules": [
             {
@@ -290,6 +293,7 @@ def test_module_list_has_the_columns_and_refused_modules() -> None:
                 "uptime": 65.2,
                 "memory": 3 * 1024 * 1024,
                 "version": "0.1.0",
+                "health": {"status": "ok", "message": "fine", "since": 1},
             },
             {"id": "off", "state": "disabled", "pid": None, "restarts": 0, "version": "2.0.0"},
             {
@@ -299,18 +303,51 @@ def test_module_list_has_the_columns_and_refused_modules() -> None:
                 "restarts": 0,
                 "version": "0.3.0",
                 "missing_settings": ["token", "pin"],
+                "health": {"status": "error", "message": "not configured", "since": 1},
             },
         ],
         "refused": [{"id": "bad", "reason": "hash mismatch", "dir": "/d/modules/bad"}],
     }
     lines = format_module_list(doc).splitlines()
-    assert lines[0].split() == ["ID", "STATE", "PID", "RESTARTS", "UPTIME", "MEMORY", "VERSION"]
-    assert lines[1].split() == ["kit", "running", "4242", "1", "1m05s", "3.0", "MiB", "0.1.0"]
-    assert lines[2].split() == ["off", "disabled", "-", "0", "-", "-", "2.0.0"]
+    assert lines[0].split() == [
+        "ID", "STATE", "HEALTH", "PID", "RESTARTS", "UPTIME", "MEMORY", "VERSION"
+    ]  # fmt: skip
+    assert lines[1].split() == ["kit", "running", "ok", "4242", "1", "1m05s", "3.0", "MiB", "0.1.0"]
+    assert lines[2].split() == ["off", "disabled", "-", "-", "0", "-", "-", "2.0.0"]
+    assert lines[3].split()[:3] == ["ha", "running", "error"]
+    assert "ha reports error: not configured" in lines
+    assert not any(line.startswith(("kit reports", "off reports")) for line in lines)
     hint = "ha needs configuration: token, pin (vessel-ctl config ha --stdin KEY, for each)"
     assert hint in lines
     assert not any(line.startswith(("kit needs", "off needs")) for line in lines)
-    assert any("bad: hash mismatch" in line for line in lines[5:])
+    assert any("bad: hash mismatch" in line for line in lines[7:])
+
+
+def test_health_in_info_and_status() -> None:
+    """`info` has a health line (the status and the module's message, "-" without a
+    report); `status` prints each entry of /healthz's not_ok on one line."""
+    info = {"id": "ha", "health": {"status": "degraded", "message": "reconnecting", "since": 1}}
+    assert "health:" in format_module_info(info)
+    assert any(
+        line.split(None, 1) == ["health:", "degraded: reconnecting"]
+        for line in format_module_info(info).splitlines()
+    )
+    assert any(
+        line.split(None, 1) == ["health:", "-"]
+        for line in format_module_info({"id": "kit"}).splitlines()
+    )
+    assert (
+        format_not_ok(
+            {"id": "ha", "state": "running", "health": "error", "message": "token refused"}
+        )
+        == "ha: running, health error: token refused"
+    )
+    assert (
+        format_not_ok(
+            {"id": "kit", "state": "crashed", "health": None, "message": "killed by SIGKILL"}
+        )
+        == "kit: crashed: killed by SIGKILL"
+    )
 
 
 def test_event_and_log_lines() -> None:

@@ -109,6 +109,7 @@ async def test_list_shows_running_module_refusals_and_health(
             assert health.json() == {
                 "status": "ok",
                 "modules": {"total": 1, "running": 1, "failed": 0},
+                "not_ok": [],
             }
 
 

@@ -18,6 +18,7 @@ from ._ctl_format import (
     format_log_line,
     format_module_info,
     format_module_list,
+    format_not_ok,
     pretty_json,
 )
 
@@ -105,6 +106,11 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             f"modules: {counts.get('total', '?')} installed, {counts.get('running', '?')} "
             f"running, {counts.get('failed', '?')} failed"
         )
+        not_ok = health.get("not_ok") or []
+        if not_ok:
+            out(f"modules not ok ({len(not_ok)}):")
+            for entry in not_ok:
+                out(f"  {format_not_ok(entry)}")
     if problem is not None:
         raise problem
     if not healthy:

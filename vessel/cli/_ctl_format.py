@@ -21,7 +21,7 @@ MASK = "********"
 #: A key containing one of these (case-insensitive) holds a credential.
 SECRET_WORDS = ("token", "password", "secret", "key")
 
-MODULE_COLUMNS = ("ID", "STATE", "PID", "RESTARTS", "UPTIME", "MEMORY", "VERSION")
+MODULE_COLUMNS = ("ID", "STATE", "HEALTH", "PID", "RESTARTS", "UPTIME", "MEMORY", "VERSION")
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -89,6 +89,7 @@ def module_row(info: Mapping[str, Any]) -> list[str]:
     return [
         _cell(info.get("id")),
         _cell(info.get("state")),
+        _cell(_health(info).get("status")),
         _cell(info.get("pid")),
         _cell(info.get("restarts")),
         format_duration(info.get("uptime")),
@@ -97,12 +98,41 @@ def module_row(info: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _health(info: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The module's own health report (``{}``: none, or a daemon older than it)."""
+    health = info.get("health")
+    return health if isinstance(health, Mapping) else {}
+
+
+def format_health(info: Mapping[str, Any]) -> str:
+    """``error: Home Assistant refused the token ...`` / ``ok`` / ``-``."""
+    health = _health(info)
+    if not health:
+        return EMPTY
+    message = health.get("message")
+    return f"{health.get('status')}: {message}" if message else str(health.get("status"))
+
+
+def format_not_ok(problem: Mapping[str, Any]) -> str:
+    """One entry of ``/healthz``'s ``not_ok``: ``ha: running, health error: ...`` or
+    ``kit: crashed: killed by SIGKILL``."""
+    state, health = problem.get("state"), problem.get("health")
+    what = f"{state}, health {health}" if health else str(state)
+    message = problem.get("message")
+    return f"{problem.get('id')}: {what}" + (f": {message}" if message else "")
+
+
 def format_module_list(doc: Mapping[str, Any]) -> str:
     """The answer of ``GET /api/modules`` as a table, refused modules below it."""
     modules = doc.get("modules") or []
     lines = [format_table(MODULE_COLUMNS, [module_row(m) for m in modules])]
     if not modules:
         lines = ["no modules installed"]
+    unwell = [m for m in modules if _health(m).get("status") not in (None, "ok")]
+    if unwell:
+        lines.append("")
+        for m in unwell:
+            lines.append(f"{m.get('id')} reports {format_health(m)}")
     unconfigured = [m for m in modules if m.get("missing_settings")]
     if unconfigured:
         lines.append("")
@@ -148,6 +178,7 @@ def format_module_info(info: Mapping[str, Any]) -> str:
         ("description", _cell(info.get("description"))),
         ("kind", _cell(info.get("kind"))),
         ("state", _cell(info.get("state"))),
+        ("health", format_health(info)),
         ("enabled", "yes" if info.get("enabled", True) else "no"),
         ("pid", _cell(info.get("pid"))),
         ("restarts", _cell(info.get("restarts"))),

@@ -48,6 +48,7 @@ from ._rest_support import (
     module_detail,
     module_info,
     module_info_live,
+    modules_not_ok,
     query_bool,
     query_lines,
     query_version,
@@ -82,7 +83,11 @@ async def _body() -> bytes:
 
 @rest.get("/healthz")
 async def healthz() -> Response:
-    return _json({"status": "ok", "modules": health_counts(_manager())})
+    # 200 whenever the daemon answers: a module's trouble is detail, not the daemon's.
+    manager = _manager()
+    return _json(
+        {"status": "ok", "modules": health_counts(manager), "not_ok": modules_not_ok(manager)}
+    )
 
 
 @rest.get("/api/modules")

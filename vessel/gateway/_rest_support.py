@@ -215,6 +215,34 @@ def module_detail(manager: ModuleManager, module_id: str, memory: int | None) ->
     return info
 
 
+#: States of an enabled module that is down when it should run.
+_DOWN = (ModuleState.FAILED, ModuleState.CRASHED, ModuleState.RESTARTING)
+
+
+def modules_not_ok(manager: ModuleManager) -> list[dict[str, Any]]:
+    """``/healthz``'s detail: each module that is not doing its job, and why in its own
+    words: down (failed, crashed, restarting), running with a health report that is not
+    ``ok`` (``vessel._health``), or running without its required settings."""
+    problems: list[dict[str, Any]] = []
+    for module_id in manager.ids():
+        try:
+            info = manager.describe(module_id)
+        except UnknownModule:
+            continue
+        state, health = info["state"], info["health"]
+        entry: dict[str, Any] = {"id": module_id, "state": state, "health": None}
+        if state in {s.value for s in _DOWN}:
+            entry["message"] = info["last_reason"] or state
+        elif health is not None and health["status"] != "ok":
+            entry.update(health=health["status"], message=health["message"])
+        elif state == ModuleState.RUNNING.value and info["missing_settings"]:
+            entry["message"] = "needs configuration: " + ", ".join(info["missing_settings"])
+        else:
+            continue
+        problems.append(entry)
+    return problems
+
+
 def health_counts(manager: ModuleManager) -> dict[str, int]:
     states = [_state(manager, m) for m in manager.ids()]
     return {

@@ -14,8 +14,12 @@ change reconnects at once.
 
 Published (``home-assistant.<name>``):
 
-* ``status`` (retained): ``{"state": "unconfigured" | "connected" | "disconnected" |
-  "auth_invalid", "url", "message"?, "ha_version"?, "retry_in_ms"?}``;
+* ``health`` (retained, the SDK's ``set_health``): ``error`` when not configured or the
+  token is refused, ``degraded`` while connecting or reconnecting, ``ok`` when connected;
+  the daemon shows it in ``vessel-ctl list``/``info``, the dashboard and ``/healthz``;
+* ``status`` (retained): ``{"state": "unconfigured" | "connecting" | "authenticating" |
+  "connected" | "disconnected" | "auth_invalid", "url", "message"?, "ha_version"?,
+  "retry_in_ms"?}``;
 * ``state.<entity_id>`` (retained): HA's state object of the entity (null once removed),
   so a new subscriber to ``home-assistant.state.*`` gets every entity at once;
 * ``state_changed``: HA's event data ``{entity_id, old_state, new_state}``;
@@ -24,11 +28,25 @@ Published (``home-assistant.<name>``):
 Commands: ``call_service {domain, service, service_data?, target?, return_response?}``
 and ``get_states`` answer with HA's own result (an HA error fails the call with
 ``"<code>: <message>"``); ``get_state {entity_id}`` answers from the cache; ``status``.
+
+Never blocked by the connection: the socket is opened with ``websocket_open`` (returns at
+once, connects in the background) and closed without waiting for the peer, so ``status``
+and ``get_state`` answer at once from what the module knows, even while HA is frozen or
+a server accepts TCP and never answers.
+
+Reconnecting: after a connection that was up ends (HA restarting closes it with 1001),
+retries come quickly: 0.5 s, then every 2 s for 2 minutes, as a restarting HA is back
+soon; otherwise, and after those 2 minutes, they back off from 1 s, doubling up to 15 s.
+Every delay gets +-20 % jitter, so modules (or Vessels) that lost HA together do not
+retry in step. A connection attempt is one TCP connect: a dead host sees at most one
+every 1.6 s, and an unresponsive one one every 10 s (the host's connect timeout).
 """
 
 from __future__ import annotations
 
 import json
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,13 +58,23 @@ DEFAULT_URL = "ws://homeassistant.local:8123/api/websocket"
 DEFAULT_PING_MS = 30_000
 MIN_PING_MS = 10
 BACKOFF_INITIAL_MS = 1_000
-BACKOFF_MAX_MS = 60_000
+BACKOFF_MAX_MS = 15_000
+#: After a connection that was up ends: the first retry, then the pace, for how long.
+QUICK_FIRST_MS = 500
+QUICK_RETRY_MS = 2_000
+QUICK_WINDOW_S = 120.0
+#: Each delay is multiplied by a random factor in [1 - JITTER, 1 + JITTER].
+JITTER = 0.2
+#: A connection not logged in by then is given up (a server that completes the WebSocket
+#: handshake and then says nothing); the host bounds the handshake itself at 10 s.
+LOGIN_TIMEOUT_MS = 20_000
 CONFIG_KEYS = frozenset({"url", "token", "ping_interval_ms"})
 NOT_CONFIGURED = (
     "not configured: set its token with `vessel-ctl config home-assistant --stdin token` "
     "(and its url, unless HA is at ws://homeassistant.local:8123)"
 )
 CONNECTION_LOST = "Home Assistant connection lost"
+TOKEN_HINT = "set a new one with `vessel-ctl config home-assistant --stdin token`"
 
 app = Module()
 
@@ -119,9 +147,11 @@ class HomeAssistant:
         self.pending: dict[int, _Pending] = {}
         self.ha_version: str | None = None
         self.entities: dict[str, Any] = {}
-        self.backoff_ms = BACKOFF_INITIAL_MS
+        self.failures = 0  # connection attempts failed since the last login
+        self.quick_until: float | None = None  # monotonic end of the quick retries
         self.retry_timer: int | None = None
         self.retry_in_ms: int | None = None
+        self.login_timer: int | None = None
         self.ping_timer: int | None = None
         self.awaiting_pong: int | None = None
         self.warned_unconfigured = False
@@ -152,7 +182,9 @@ class HomeAssistant:
         generation = self.generation
         self._set_state("connecting", f"connecting to {self.url}")
         try:
-            self.socket = app.websocket_connect(
+            # Returns at once: the handshake goes on in the host, and HA speaks first
+            # (auth_required), so nothing is sent before the connection is open.
+            self.socket = app.websocket_open(
                 self.url,
                 on_message=lambda text: self._on_message(generation, text),
                 on_close=lambda reason: self._on_close(generation, reason),
@@ -161,7 +193,21 @@ class HomeAssistant:
             self._retry_later(exc.message)
             return
         self.next_id = 1
-        self._set_state("authenticating", "authenticating")
+        try:
+            self.login_timer = app.set_timeout(
+                LOGIN_TIMEOUT_MS, lambda: self._login_timed_out(generation)
+            )
+        except HostError as exc:
+            app.log.warning(f"cannot bound the login: {exc.message}")
+        self.publish_status()
+
+    def _login_timed_out(self, generation: int) -> None:
+        self.login_timer = None
+        if generation == self.generation and self.state in ("connecting", "authenticating"):
+            self._lost(
+                f"{self.url} did not complete Home Assistant's login within "
+                f"{LOGIN_TIMEOUT_MS / 1000:g} s"
+            )
 
     def teardown(self, failure: str) -> None:
         """Close the connection, stop its timers and fail every pending command."""
@@ -172,10 +218,11 @@ class HomeAssistant:
                 socket.close()
             except HostError as exc:
                 app.log.debug(f"closing the connection: {exc.message}")
-        for timer in (self.ping_timer, self.retry_timer):
+        for timer in (self.ping_timer, self.retry_timer, self.login_timer):
             if timer is not None:
                 app.clear_timer(timer)
-        self.ping_timer = self.retry_timer = self.retry_in_ms = self.awaiting_pong = None
+        self.ping_timer = self.retry_timer = self.login_timer = None
+        self.retry_in_ms = self.awaiting_pong = None
         pending, self.pending = self.pending, {}
         for entry in pending.values():
             if entry.reply is not None and not entry.reply.done:
@@ -185,12 +232,29 @@ class HomeAssistant:
                     app.log.debug(f"{entry.reply!r}: {exc.message}")
 
     def _lost(self, reason: str) -> None:
+        if self.state == "connected":
+            # It was up a moment ago: most likely HA is restarting, and back soon.
+            self.quick_until = time.monotonic() + QUICK_WINDOW_S
+            self.failures = 0
         self.teardown(CONNECTION_LOST)
         self._retry_later(reason)
 
+    def reset_backoff(self) -> None:
+        self.failures = 0
+        self.quick_until = None
+
+    def _next_delay(self) -> int:
+        """Milliseconds until the next attempt (see the module docstring)."""
+        quick = self.quick_until is not None and time.monotonic() < self.quick_until
+        if quick:
+            base = QUICK_FIRST_MS if self.failures == 0 else QUICK_RETRY_MS
+        else:
+            base = min(BACKOFF_INITIAL_MS << min(self.failures, 16), BACKOFF_MAX_MS)
+        self.failures += 1
+        return round(base * random.uniform(1 - JITTER, 1 + JITTER))
+
     def _retry_later(self, reason: str) -> None:
-        delay = self.backoff_ms
-        self.backoff_ms = min(delay * 2, BACKOFF_MAX_MS)
+        delay = self._next_delay()
         self._set_state("disconnected", reason)
         try:
             self.retry_timer = app.set_timeout(delay, self.connect)
@@ -234,8 +298,26 @@ class HomeAssistant:
             data["retry_in_ms"] = self.retry_in_ms
         return data
 
+    def health(self) -> tuple[str, str]:
+        """(status, message) for ``set_health``: what an operator reads and acts on."""
+        if self.state == "connected":
+            return "ok", f"connected to Home Assistant {self.ha_version or ''} at {self.url}"
+        if self.state == "unconfigured":
+            return "error", NOT_CONFIGURED
+        if self.state == "auth_invalid":
+            return "error", f"{self.reason}; {TOKEN_HINT}"
+        if self.retry_in_ms is not None:
+            retry = f"; retrying in {self.retry_in_ms / 1000:.1f} s"
+            return "degraded", f"not connected: {self.reason}{retry}"
+        return "degraded", f"{self.reason}"
+
     def publish_status(self) -> None:
         _emit("status", self.status(), retained=True)
+        status, message = self.health()
+        try:
+            app.set_health(status, message[:500])
+        except HostError as exc:
+            app.log.warning(f"cannot report health: {exc.message}")
 
     # -- sending -----------------------------------------------------------------------
 
@@ -274,7 +356,11 @@ class HomeAssistant:
         if generation != self.generation:
             return
         self.socket = None
-        self._lost(f"connection to {self.url} closed: {reason}")
+        if self.state == "connecting":
+            # "websocket-open <url> failed: connection refused": say it once, plainly.
+            self._lost(f"cannot connect to {self.url}: {reason.split(' failed: ', 1)[-1]}")
+        else:
+            self._lost(f"connection to {self.url} closed: {reason}")
 
     def _on_message(self, generation: int, text: str) -> None:
         if generation != self.generation:
@@ -288,6 +374,7 @@ class HomeAssistant:
             return
         kind = msg.get("type")
         if kind == "auth_required":
+            self._set_state("authenticating", "authenticating")
             self._send_auth()
         elif kind == "auth_ok":
             self._authenticated(msg)
@@ -310,7 +397,10 @@ class HomeAssistant:
     def _authenticated(self, msg: Message) -> None:
         version = msg.get("ha_version")
         self.ha_version = version if isinstance(version, str) else None
-        self.backoff_ms = BACKOFF_INITIAL_MS
+        self.reset_backoff()
+        if self.login_timer is not None:
+            app.clear_timer(self.login_timer)
+            self.login_timer = None
         self._set_state("connected", "connected")
         app.log.info(f"connected to Home Assistant {self.ha_version} at {self.url}")
         try:
@@ -408,7 +498,7 @@ def config_changed(event: Event) -> None:
     if HA.config() == (HA.url, HA.token, HA.ping_ms) and HA.state != "unconfigured":
         return  # e.g. the second of two keys set together: the first event applied both
     app.log.info(f"configuration {data['key']!r} changed; reconnecting")
-    HA.backoff_ms = BACKOFF_INITIAL_MS
+    HA.reset_backoff()
     HA.start()
 
 

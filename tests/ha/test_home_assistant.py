@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from vessel._storage import Storage
 
 from ..runtime.harness import call, call_error, data, next_event, running_daemon, wait_until
 from .fake_ha import FakeHomeAssistant, Frame, open_fake_ha
+from .frozen import FreezableProxy
 
 HA = "home-assistant"
 TOKEN = "secret-token"
@@ -198,13 +201,22 @@ async def test_wrong_token_reports_once_and_never_retries_until_reconfigured(
         assert fake.connections == 2
 
 
+def jittered(ms: int) -> range:
+    """The delays a retry of ``ms`` may get with the module's +-20 % jitter."""
+    return range(round(ms * 0.8), round(ms * 1.2) + 1)
+
+
 async def test_reconnects_and_resubscribes_after_ha_restarts(
     tmp_path: Path, make_module_dir: MakeModuleDir
 ) -> None:
     """When HA goes away, pending calls fail with "connection lost", new calls fail at
-    once (not after a timeout), retries back off (1 s, 2 s, ...), and once HA is back the
-    module reconnects within its backoff, subscribes again and serves calls on the new
-    connection (ids from 1); the backoff starts over after a successful auth."""
+    once (not after a timeout), and as HA was up a moment ago the retries come quickly
+    (0.5 s, then every 2 s, jittered) rather than backing off; once HA is back the module
+    reconnects, subscribes again and serves calls on the new connection (ids from 1); the
+    next loss starts the quick schedule over.
+
+    (Before issue 24 the retries backed off 1 s, 2 s, 4 s ... up to 60 s, so a restart of
+    HA could leave the module disconnected for a minute after HA was back.)"""
     async with open_fake_ha(token=TOKEN) as fake, running_ha(tmp_path, make_module_dir, fake) as d:
         status = d.bus.subscribe(f"{HA}.status", name="status")
         await next_event(status, status_is("connected"))
@@ -222,15 +234,18 @@ async def test_reconnects_and_resubscribes_after_ha_restarts(
             await fake.stop()
         assert outcome[0].message == "Home Assistant connection lost"
         lost = data(await next_event(status, status_is("disconnected")))
-        assert lost["retry_in_ms"] == 1000
+        assert lost["retry_in_ms"] in jittered(500)
+        assert lost["message"].startswith(f"connection to {fake.url} closed: ")
 
         with trio.fail_after(2):
             error = await call_error(d, HA, "call_service", LIGHT_ON)
         assert error.message.startswith("not connected to Home Assistant: ")
 
         refused = data(await next_event(status, status_is("disconnected")))
-        assert refused["retry_in_ms"] == 2000  # the 1 s retry found nobody: doubled
-        assert "refused" in refused["message"]
+        assert refused["retry_in_ms"] in jittered(2000)  # quick, not doubling
+        assert refused["message"] == f"cannot connect to {fake.url}: connection refused"
+        again_refused = data(await next_event(status, status_is("disconnected")))
+        assert again_refused["retry_in_ms"] in jittered(2000)
 
         fake.answer_services = True
         await fake.start()
@@ -251,7 +266,159 @@ async def test_reconnects_and_resubscribes_after_ha_restarts(
 
         await fake.drop_all()
         dropped = data(await next_event(status, status_is("disconnected")))
-        assert dropped["retry_in_ms"] == 1000  # the backoff starts over after an auth_ok
+        assert dropped["retry_in_ms"] in jittered(500)  # the quick schedule starts over
+
+
+async def test_a_host_that_never_answered_is_retried_with_a_growing_backoff(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
+    """A Home Assistant that was never reached (nothing listens) is not hammered: the
+    retries back off from 1 s, doubling (jittered), up to a cap of 15 s, and the module
+    says it is degraded meanwhile, with the reason and when it retries."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"ws://127.0.0.1:{sock.getsockname()[1]}/api/websocket"
+    make_module_dir(tmp_path, HA)
+    configure(tmp_path, url=url, token=TOKEN)
+    async with running_daemon(tmp_path) as d:
+        status = d.bus.subscribe(f"{HA}.status", name="status")
+        delays = []
+        for _ in range(3):
+            refused = data(await next_event(status, status_is("disconnected")))
+            assert refused["message"] == f"cannot connect to {url}: connection refused"
+            delays.append(refused["retry_in_ms"])
+        assert delays[0] in jittered(1000)
+        assert delays[1] in jittered(2000)
+        assert delays[2] in jittered(4000)
+        health = d.manager.describe(HA)["health"]
+        assert health["status"] == "degraded"
+        assert health["message"].startswith(
+            f"not connected: cannot connect to {url}: connection refused; retrying in "
+        )
+
+
+async def test_status_answers_at_once_while_a_silent_server_holds_the_handshake(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
+    """A server that accepts TCP and never answers (a frozen HA, a wrong port): the
+    module's commands answer at once from what it knows while the handshake is still
+    pending, status saying "connecting" and get_state answering from the cache; the
+    module reports itself degraded. (Before issue 24 the handshake held the module: status
+    waited up to 10 s, then said "disconnected".)"""
+    accepted = trio.Event()
+    ended = trio.Event()
+
+    async def silent(stream: trio.SocketStream) -> None:
+        accepted.set()
+        try:
+            while await stream.receive_some():
+                pass
+        except trio.BrokenResourceError:
+            pass
+        ended.set()
+
+    make_module_dir(tmp_path, HA)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+        url = f"ws://127.0.0.1:{listeners[0].socket.getsockname()[1]}/api/websocket"
+        configure(tmp_path, url=url, token=TOKEN)
+        async with running_daemon(tmp_path) as d:
+            with trio.fail_after(10):
+                await accepted.wait()
+            with trio.fail_after(3):  # far under the 10 s the handshake may take
+                answer = await call(d, HA, "status")
+                error = await call_error(d, HA, "get_state", {"entity_id": "light.kitchen"})
+            assert not ended.is_set()  # answered while the server still held it
+            assert answer["state"] == "connecting"
+            assert answer["message"] == f"connecting to {url}"
+            assert error.message == "unknown entity: light.kitchen"
+            health = await wait_until(lambda: d.manager.describe(HA)["health"])
+            assert health["status"] == "degraded"
+            assert health["message"] == f"connecting to {url}"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_frozen_home_assistant_never_holds_the_module(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
+    """HA frozen (nothing read or answered, connections still accepted): the missing pong
+    drops the connection and the module reconnects; while the new handshake hangs on the
+    frozen HA, status and get_state answer at once from what the module knows (the cached
+    entity included). Once HA thaws, the module is connected again."""
+    async with open_fake_ha(token=TOKEN) as fake, trio.open_nursery() as nursery:
+        proxy = FreezableProxy(fake.port)
+        await proxy.start(nursery)
+        make_module_dir(tmp_path, HA)
+        configure(tmp_path, url=proxy.url, token=TOKEN, ping_interval_ms=300)
+        async with running_daemon(tmp_path) as d:
+            status = d.bus.subscribe(f"{HA}.status", name="status")
+            await next_event(status, status_is("connected"))
+            await fake.wait_frame(lambda f: f.msg.get("type") == "get_states")
+            await wait_until(lambda: (d.manager.describe(HA)["health"] or {}).get("status") == "ok")
+
+            proxy.freeze()
+            lost = data(await next_event(status, status_is("disconnected")))
+            assert lost["message"] == "no pong from Home Assistant within 300 ms"
+            with trio.fail_after(10):
+                await proxy.wait_accepted(2)  # the reconnect, which the frozen HA holds
+            with trio.fail_after(3):
+                answer = await call(d, HA, "status")
+                kitchen = await call(d, HA, "get_state", {"entity_id": "light.kitchen"})
+            assert answer["state"] == "connecting"
+            assert proxy.accepted == 2  # still the same attempt: its handshake is pending
+            assert kitchen == fake.states["light.kitchen"]
+            assert d.manager.describe(HA)["health"]["status"] == "degraded"
+
+            proxy.thaw()
+            await next_event(status, status_is("connected"), timeout=30)
+        nursery.cancel_scope.cancel()
+
+
+async def test_health_follows_configuration_and_connection(
+    tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
+    """The module's health, as the daemon shows it: error while not configured (saying
+    how to configure it) and while HA refuses the token (saying how to set a new one), ok
+    once connected, degraded while HA is away, ok again once it is back."""
+
+    def health() -> dict[str, Any]:
+        return d.manager.describe(HA)["health"] or {}
+
+    async with open_fake_ha(token=TOKEN) as fake, running_ha(tmp_path, make_module_dir, None) as d:
+        unconfigured = await wait_until(lambda: health().get("status") == "error" and health())
+        assert unconfigured["message"].startswith(
+            "not configured: set its token with `vessel-ctl config home-assistant --stdin token`"
+        )
+        d.manager.config_set(HA, "url", fake.url)
+        d.manager.config_set(HA, "token", "wrong-token")
+        refused = await wait_until(lambda: "refused" in health().get("message", "") and health())
+        assert refused == {
+            "status": "error",
+            "message": "Home Assistant refused the token: Invalid access token or password; "
+            "set a new one with `vessel-ctl config home-assistant --stdin token`",
+            "since": refused["since"],
+        }
+        d.manager.config_set(HA, "token", TOKEN)
+        ok = await wait_until(lambda: health().get("status") == "ok" and health())
+        assert ok["message"] == f"connected to Home Assistant 2025.1.0 at {fake.url}"
+
+        await fake.stop()
+        degraded = await wait_until(lambda: health().get("status") == "degraded" and health())
+        assert degraded["message"].startswith("not connected: ")
+        await fake.start()
+        await wait_until(lambda: health().get("status") == "ok")
+        lines = [line.message for line in d.manager.logs(HA) if line.source == "daemon"]
+        changes = [m.split(":")[0] for m in lines if m.startswith("health ")]
+        # Connecting is degraded too, on the way to the refusal and to ok.
+        assert changes == [
+            "health error",
+            "health degraded",
+            "health error",
+            "health degraded",
+            "health ok",
+            "health degraded",
+            "health ok",
+        ]
 
 
 async def test_missing_pong_reconnects(tmp_path: Path, make_module_dir: MakeModuleDir) -> None:

@@ -38,6 +38,7 @@ from ._errors import (
     VesselError,
 )
 from ._events import Event, now_ms
+from ._history import History
 from ._install import (
     Staged,
     cleanup_staging,
@@ -137,6 +138,8 @@ class ModuleManager:
         self.refused: list[Refusal] = []
         #: Installs under way or recently ended (``vessel._installs``).
         self.installs = Installs()
+        #: Each module's lifecycle history, in the database (``vessel._history``).
+        self.history = History(storage)
         self._background: trio.Nursery | None = None
         self.add_native(BuiltinModule(self.list_modules))
 
@@ -290,6 +293,7 @@ class ModuleManager:
         # Re-read the folder: a restart is how an operator picks up a fixed module.
         source = await trio.to_thread.run_sync(load_module_dir, entry.module.source.dir)
         self.ceilings.check(source.manifest)
+        self._record("restart_requested", module_id)
         await self.stop(module_id)
         entry.module = self._new_module(source)
         entry.restarts = 0
@@ -299,6 +303,7 @@ class ModuleManager:
         entry = self._entry(module_id)
         self._storage.set_module_enabled(module_id, True)
         if entry.state is ModuleState.DISABLED:
+            self._record("enabled", module_id)
             await self._start(module_id)
 
     async def disable(self, module_id: str) -> None:
@@ -314,8 +319,21 @@ class ModuleManager:
         way is killed, its staging folder deleted)."""
         async with trio.open_nursery() as nursery:
             self._background = nursery
+            nursery.start_soon(self._record_replacements)
             task_status.started()
             await trio.sleep_forever()
+
+    async def _record_replacements(self) -> None:
+        """A trap replaces a module's instance without a lifecycle change the manager
+        sees: its process announces it on the bus, and the history takes it from there."""
+        with self._bus.subscribe(
+            "vessel.module.instance_replaced", name="module history", replay=False
+        ) as sub:
+            async for event in sub:
+                fields = msgspec.json.decode(event.data)
+                module_id = fields.get("module")
+                if isinstance(module_id, str) and module_id in self._entries:
+                    self.history.record(module_id, "instance_replaced", event.timestamp, fields)
 
     async def install(self, manifest: bytes, wasm: bytes | Path, *, replace: bool = False) -> str:
         """Install (or replace) a module and start it, and wait for that; returns its id.
@@ -433,6 +451,7 @@ class ModuleManager:
         del self._entries[module_id]
         await trio.to_thread.run_sync(remove_module, self.data_dir, module_id)
         self._storage.forget_module(module_id)
+        self.history.forget(module_id)
         if not keep_storage:
             self._storage.drop_namespace(module_id)
         self._bus.forget_retained(module_id)
@@ -472,14 +491,21 @@ class ModuleManager:
 
     def _lifecycle(self, name: str, module_id: str, **fields: Any) -> None:
         data = {"module": module_id, **fields}
+        timestamp = now_ms()
         self._bus.publish(
             Event(
                 module="vessel",
                 name=f"module.{name}",
                 data=msgspec.json.encode(data).decode(),
-                timestamp=now_ms(),
+                timestamp=timestamp,
             )
         )
+        if module_id in self._entries:  # not a new id's failed install, nor a refused one
+            self.history.record(module_id, name, timestamp, fields)
+
+    def _record(self, name: str, module_id: str, **fields: Any) -> None:
+        """A history entry that is no lifecycle event (an admin's request)."""
+        self.history.record(module_id, name, now_ms(), fields)
 
     # -- calls -----------------------------------------------------------------------
 
@@ -581,6 +607,18 @@ class ModuleManager:
             }
             for key, setting in settings.items()
         ]
+
+    def storage_listing(self, module_id: str) -> dict[str, Any]:
+        """The module's storage apart from its declared settings: each key with the bytes
+        it counts against the quota (never a value), the bytes used and the quota."""
+        entry = self._entry(module_id)
+        settings = entry.module.manifest.settings
+        rows = self._storage.entries(module_id)
+        return {
+            "keys": [{"key": key, "size": size} for key, size in rows if key not in settings],
+            "used": sum(size for _, size in rows),
+            "quota": entry.module.manifest.limits.storage_quota_kb * 1024,
+        }
 
     def missing_settings(self, module_id: str) -> list[str]:
         """Required settings of the module that are not set: it cannot work yet."""

@@ -36,6 +36,20 @@ CREATE TABLE module_state (
 ) WITHOUT ROWID;
 """
 
+# Each module's lifecycle history (vessel/_history.py). Added after schema version 1 as a
+# table of its own, created when missing: a Vessel that predates it ignores it, so this
+# needs no new schema version (which an older Vessel would refuse to open).
+_HISTORY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS module_history (
+    seq       INTEGER PRIMARY KEY,  -- insertion order
+    module_id TEXT NOT NULL,
+    timestamp INTEGER NOT NULL,     -- ms since the epoch
+    event     TEXT NOT NULL,
+    data      TEXT NOT NULL         -- a JSON object: pid, reason, restarts, ...
+);
+CREATE INDEX IF NOT EXISTS module_history_by_module ON module_history (module_id, seq);
+"""
+
 
 def _utf8_size(module_id: str, text: str, what: str) -> int:
     try:
@@ -145,6 +159,9 @@ class Storage:
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
+            for statement in _HISTORY_SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
             return bool(version == 0)
         except sqlite3.DatabaseError as exc:
             raise StorageError(
@@ -278,3 +295,45 @@ class Storage:
         """Delete the module's state (it reads as enabled again). Its namespace is kept:
         uninstalling may keep the user's configuration; ``drop_namespace`` deletes it."""
         self._execute(module_id, "DELETE FROM module_state WHERE module_id = ?", (module_id,))
+
+    # ── module lifecycle history ───────────────────────────────────────────
+    def history_append(
+        self, module_id: str, timestamp: int, event: str, data: str, *, keep: int, total: int
+    ) -> None:
+        """Add one entry; then keep the module's newest ``keep`` entries and the newest
+        ``total`` of all modules (ids no longer installed age out that way)."""
+        with self._transaction(module_id) as conn:
+            conn.execute(
+                "INSERT INTO module_history (module_id, timestamp, event, data) "
+                "VALUES (?, ?, ?, ?)",
+                (module_id, timestamp, event, data),
+            )
+            conn.execute(
+                "DELETE FROM module_history WHERE module_id = ? AND seq <= (SELECT seq FROM "
+                "module_history WHERE module_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (module_id, module_id, keep),
+            )
+            conn.execute(
+                "DELETE FROM module_history WHERE seq <= (SELECT seq FROM module_history "
+                "ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (total,),
+            )
+
+    def history(self, module_id: str) -> list[tuple[int, str, str]]:
+        """The module's entries, oldest first: (timestamp, event, data)."""
+        rows = self._execute(
+            module_id,
+            "SELECT timestamp, event, data FROM module_history WHERE module_id = ? ORDER BY seq",
+            (module_id,),
+        ).fetchall()
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def forget_history(self, module_id: str) -> None:
+        self._execute(module_id, "DELETE FROM module_history WHERE module_id = ?", (module_id,))
+
+    def entries(self, module_id: str) -> list[tuple[str, int]]:
+        """Every key of the namespace with the bytes it counts against the quota, sorted."""
+        rows = self._execute(
+            module_id, "SELECT key, size FROM kv WHERE module_id = ? ORDER BY key", (module_id,)
+        ).fetchall()
+        return [(str(r[0]), int(r[1])) for r in rows]

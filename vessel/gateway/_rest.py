@@ -332,6 +332,38 @@ async def config_delete(module_id: str, key: str) -> Response:
     return _no_content()
 
 
+# -- storage and history ---------------------------------------------------------------
+
+
+@rest.get("/api/modules/<module_id>/storage")
+async def storage_keys(module_id: str) -> Response:
+    # The module's own keys, apart from its declared settings (its configuration): read
+    # only here, since what they mean is the module's business.
+    return _json(_manager().storage_listing(module_id))
+
+
+@rest.get("/api/modules/<module_id>/storage/<path:key>")
+async def storage_get(module_id: str, key: str) -> Response:
+    manager = _manager()
+    value = manager.config_get(module_id, key)
+    if key in manager.get(module_id).manifest.settings:  # configuration, not storage
+        raise ApiError(
+            "not_found",
+            f"{key!r} is a setting of module {module_id!r}, not storage: read it at "
+            f"/api/modules/{module_id}/config/{key}",
+        )
+    if value is None:
+        raise ApiError("not_found", f"module {module_id!r} has no storage key {key!r}")
+    return _json({"key": key, "value": value})
+
+
+@rest.get("/api/modules/<module_id>/history")
+async def history(module_id: str) -> Response:
+    manager = _manager()
+    manager.state(module_id)  # 404 for an id that is not installed
+    return _json({"history": manager.history.entries(module_id)})
+
+
 # -- calls -----------------------------------------------------------------------------
 
 

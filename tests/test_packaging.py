@@ -25,6 +25,8 @@ import importlib.metadata
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tomllib
@@ -40,11 +42,13 @@ from packaging.requirements import Requirement
 from tests.cli._support import (
     MODULES_STARTED,
     RUNNING,
+    SERVE,
     LineReader,
     Result,
     base_env,
     stop_daemon_process,
 )
+from tests.procs import Proc, alive, cmdline, descendants_of
 from vessel._toolchain import locked_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,8 +159,9 @@ async def test_a_wheel_installed_outside_the_checkout_serves_its_bundled_modules
 ) -> None:
     """``pip install <wheel>`` into a fresh venv, then ``vessel serve`` from it in a new
     data dir: /healthz and the dashboard answer, both bundled modules are built from the
-    sources the wheel carries (the toolchain's cache matches them), installed and run,
-    and ``vessel-ctl new`` writes a module; nothing is read from the checkout."""
+    sources the wheel carries (the toolchain's cache matches them), installed and run
+    (systemd's STATUS= says so meanwhile), and ``vessel-ctl new`` writes a module; nothing
+    is read from the checkout."""
     # Build the wheel from a copy of the working tree, as pip does for `pipx install PATH`.
     source = tmp_path / "src"
     dist = tmp_path / "dist"
@@ -206,13 +211,18 @@ async def test_a_wheel_installed_outside_the_checkout_serves_its_bundled_modules
         shutil.copyfile(wasm.with_name("module.wasm.key"), built / "module.wasm.key")
 
     data = tmp_path / "share" / "vessel"  # the XDG default: no --data-dir given
+    # As systemd runs it (Type=notify): what it says it does while it installs them.
+    notify_path = str(tmp_path / "notify")
+    notify_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify_socket.bind(notify_path)
+    notify = trio.socket.from_stdlib_socket(notify_socket)
     process = await trio.lowlevel.open_process(
         [str(venv / "bin" / "vessel"), "serve", "--port", "0"],
         cwd=work,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env=env,
+        env={**env, "NOTIFY_SOCKET": notify_path},
     )
     assert process.stderr is not None
     stderr = LineReader(process.stderr)
@@ -230,6 +240,12 @@ async def test_a_wheel_installed_outside_the_checkout_serves_its_bundled_modules
             )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stderr.drain)  # a full pipe would block the daemon
+            said: list[str] = []
+            with trio.fail_after(60):
+                while not any(re.search(r"modules: 2 running$", line) for line in said):
+                    said += (await notify.recv(65536)).decode().split("\n")
+            assert "READY=1" in said, said
+            assert [line for line in said if "installing example (compiling)" in line], said
             async with httpx.AsyncClient(base_url=url, timeout=60) as client:
                 assert (await client.get("/healthz")).status_code == 200
                 page = await client.get("/")
@@ -255,5 +271,51 @@ async def test_a_wheel_installed_outside_the_checkout_serves_its_bundled_modules
     finally:
         with trio.CancelScope(shield=True):
             await stop_daemon_process(process)
+        notify.close()
     assert code == 0, stderr.text
     assert "Traceback" not in stderr.text, stderr.text
+
+
+async def test_a_stop_while_a_bundled_module_builds_leaves_no_process(tmp_path: Path) -> None:
+    """A fresh data dir without built bundled modules (and an empty cache) builds them
+    from source in the background; SIGTERM meanwhile stops the daemon at once, cleanly
+    (exit 0), and the build (the toolchain and the componentize-py it runs) is killed
+    with it rather than left running."""
+    env = base_env(
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+        HOME=str(tmp_path),
+        VESSEL_LOG_LEVEL="INFO",
+    )
+    env.pop("CACHE_DIRECTORY", None)
+    process = await trio.lowlevel.open_process(
+        [*SERVE, "--data-dir", str(tmp_path / "data"), "--port", "0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert process.stderr is not None
+    stderr = LineReader(process.stderr)
+    code: int | None = None
+    try:
+        await stderr.wait_for(lambda s: "building it from source" in s, timeout=60)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stderr.drain)
+            with trio.fail_after(60):  # no event says a process started: look for it
+                while not (builds := _toolchain_processes(process.pid)):
+                    await trio.sleep(0.05)
+            build_tree = builds | {p for pid, _ in builds for p in descendants_of(pid)}
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(60):
+                code = await process.wait()
+    finally:
+        with trio.CancelScope(shield=True):
+            await stop_daemon_process(process)
+    assert code == 0, stderr.text
+    assert not alive(build_tree), [cmdline(pid) for pid in alive(build_tree)]
+    assert "Traceback" not in stderr.text, stderr.text
+
+
+def _toolchain_processes(pid: int) -> set[Proc]:
+    """The descendants of ``pid`` that run vessel's toolchain (a bundled module's build)."""
+    return {p for p in descendants_of(pid) if "vessel._toolchain" in cmdline(p[0])}

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,7 +60,8 @@ async def serve(
 
     if notifier is not None:
         notifier.send("STATUS=starting: opening the data dir")
-    notifying = trio.CancelScope()
+    #: The tasks that end when the daemon stops (a stop does not wait for them).
+    background = trio.CancelScope()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with (
             open_daemon(config, forkserver=forkserver) as daemon,
@@ -72,10 +73,13 @@ async def serve(
                     daemon, gateway, shutdown=shutdown, task_status=task_status
                 )
             )
+            tasks: list[Callable[[], Awaitable[None]]] = [
+                functools.partial(_say_when_started, daemon)
+            ]
             if notifier is not None:
                 status = functools.partial(describe_status, daemon, binds)
                 notifier.send("READY=1", f"STATUS={status()}")
-                nursery.start_soon(_notify, notifier, status, notifying)
+                tasks += [notifier.serve_watchdog, functools.partial(notifier.serve_status, status)]
             ids = daemon.manager.ids()
             log.info(
                 "vessel running on %s: data dir %s, %d module(s): %s",
@@ -84,24 +88,26 @@ async def serve(
                 len(ids),
                 ", ".join(ids) or "none",
             )
-            nursery.start_soon(_say_when_started, daemon)
+            nursery.start_soon(_run_until_cancelled, background, tasks)
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
                 break
             shutdown.set()
+            background.cancel()
             if notifier is not None:
-                notifying.cancel()
                 notifier.send("STOPPING=1", "STATUS=stopping: unloading the modules")
         # Leaving open_daemon stopped every module (on-unload, then the process).
     log.info("vessel stopped")
 
 
-async def _notify(notifier: Notifier, status: Callable[[], str], scope: trio.CancelScope) -> None:
-    """The watchdog's pings and the STATUS= lines, until ``scope`` is cancelled."""
+async def _run_until_cancelled(
+    scope: trio.CancelScope, tasks: list[Callable[[], Awaitable[None]]]
+) -> None:
+    """Run ``tasks`` until they end or ``scope`` is cancelled."""
     with scope:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(notifier.serve_watchdog)
-            nursery.start_soon(notifier.serve_status, status)
+            for task in tasks:
+                nursery.start_soon(task)
 
 
 def describe_status(daemon: Daemon, binds: list[str]) -> str:

@@ -3,7 +3,7 @@
 // enable and disable; install from an upload; each module's configuration (keys only:
 // values are write-only unless the user asks to read one) and its followed log.
 
-import { fill, formatBytes, formatClock, formatDuration, h } from "./dom.js";
+import { fill, formatBytes, formatClock, formatDuration, h, withCode } from "./dom.js";
 
 export const title = "Modules";
 
@@ -332,9 +332,9 @@ function moduleCard(client, first, changed) {
     reason.textContent = info.last_reason ? `Last stop: ${info.last_reason}` : "";
     health.hidden = !info.health;
     health.dataset.health = info.health?.status ?? "";
-    health.textContent = info.health
-      ? `Health: ${info.health.status}${info.health.message ? ` — ${info.health.message}` : ""}`
-      : "";
+    // A command in the module's message shows as code, as on the Home tile.
+    const said = info.health?.message ? [" — ", ...withCode(info.health.message)] : [];
+    fill(health, ...(info.health ? [`Health: ${info.health.status}`, ...said] : []));
     const missing = info.missing_settings ?? [];
     needs.hidden = !missing.length;
     needs.textContent = missing.length ? `Needs configuration: ${missing.join(", ")}` : "";

@@ -93,7 +93,7 @@ async def test_install_list_restart_and_lifecycle_events(
         old_pid = int(out.rsplit(" ", 1)[1])
 
         row = table_row(await run_ok(daemon, "list"), "uploaded")
-        assert row[:3] == ["uploaded", "running", str(old_pid)]
+        assert row[:4] == ["uploaded", "running", "-", str(old_pid)]  # "-": no health report
 
         again = await ctl("install", str(src), env=daemon.env, timeout=INSTALL_TIMEOUT)
         assert again.returncode == 1

@@ -115,6 +115,10 @@ def wheelhouse() -> Path:
                 cwd=REPO, env=os.environ, timeout=DOWNLOAD_TIMEOUT,
             )  # fmt: skip
             (folder / "complete").write_text("\n".join(pins) + "\n")
+            for stale in WHEELHOUSE.iterdir():  # the wheels of versions no longer pinned
+                if stale.is_dir() and stale.name != key:
+                    shutil.rmtree(stale, ignore_errors=True)
+                    (WHEELHOUSE / f"{stale.name}.lock").unlink(missing_ok=True)
     return folder
 
 

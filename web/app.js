@@ -9,14 +9,17 @@ import { Vessel } from "./vessel.js";
 import * as home from "./home.js";
 import * as modules from "./modules.js";
 import * as events from "./events.js";
+import * as logs from "./logs.js";
+import { startAlerts } from "./alerts.js";
 
-const VIEWS = { home, modules, events };
+const VIEWS = { home, modules, events, logs };
 const TOKEN_KEY = "vessel.token";
 
 const $ = (id) => document.getElementById(id);
 let client = null;
 let view = null; // {name, arg, unmount}
 let countdown = null;
+let stopAlerts = null; // the crash/failure toasts and badge follow the signed-in client
 
 function route() {
   // "#/modules/home-assistant?x=y" -> {name: "modules", arg: "home-assistant", query}
@@ -108,7 +111,9 @@ function showApp() {
 /** Connect with `token`; `saved` says whether it came from localStorage. */
 function start(token, saved) {
   client?.stop();
+  stopAlerts?.();
   client = new Vessel(token);
+  stopAlerts = startAlerts(client);
   client.addEventListener("status", renderStatus);
   client.addEventListener("ready", () => {
     localStorage.setItem(TOKEN_KEY, token);
@@ -126,6 +131,8 @@ function start(token, saved) {
 function signOut() {
   localStorage.removeItem(TOKEN_KEY);
   client?.stop();
+  stopAlerts?.();
+  stopAlerts = null;
   client = null;
   renderStatus();
   showSignIn(null);

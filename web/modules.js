@@ -1,9 +1,15 @@
 // Modules: every installed module (GET api/modules) with its live figures, refetched
 // when a `vessel.module.*` lifecycle event arrives (and every 10 s for memory); restart,
-// enable and disable; install from an upload; each module's configuration (keys only:
-// values are write-only unless the user asks to read one) and its followed log.
+// enable and disable; install from an upload (one pick of the folder's two files, or a
+// drop); each module's configuration (its declared settings: values are write-only
+// unless the user asks to read one) and its followed log.
+//
+// "#/modules/<id>" is the module's page: the same card with everything open (settings,
+// history, a command call, its storage read only, its log) and Uninstall.
 
+import { acknowledge, describeProblem, onChange, problem } from "./alerts.js";
 import { fill, formatBytes, formatClock, formatDuration, h, withCode } from "./dom.js";
+import { callPanel, historyPanel, path, storagePanel, uninstallBox } from "./panels.js";
 
 export const title = "Modules";
 
@@ -11,17 +17,18 @@ const REFRESH_MS = 10000;
 const LIFECYCLE_DEBOUNCE_MS = 150;
 const LOG_LINES = 200;
 const FOLLOW_MS = 1000; // how often a followed install is asked about
-const SECRET_KEY = /token|password|secret|key/i;
 
-const path = (id, ...rest) =>
-  ["api/modules", encodeURIComponent(id), ...rest.map((p) => encodeURIComponent(p))].join("/");
+let flash = null; // what the list says first ("Uninstalled example."), once
 
 export function mount(root, client, route) {
+  if (route.arg) return mountPage(root, client, route.arg);
   const cards = new Map(); // id -> card controller
   const list = h("div.modules");
   const refusedBox = h("section.refused", { hidden: true });
   const installsBox = h("section.installs", { hidden: true, "aria-live": "polite" });
   const listError = h("p.alert", { role: "alert", hidden: true });
+  const flashNote = h("p.note.flash", { "aria-live": "polite", hidden: !flash }, flash ?? "");
+  flash = null;
   const install = installForm(client, () => refresh());
   let fetchedAt = performance.now();
   let debounce = null;
@@ -47,6 +54,7 @@ export function mount(root, client, route) {
       ),
     ),
     install,
+    flashNote,
     listError,
     installsBox,
     list,
@@ -71,8 +79,6 @@ export function mount(root, client, route) {
     return inFlight;
   }
 
-  let openFirst = route.arg; // "#/modules/<id>": open that module's configuration
-
   function render(body) {
     const ids = new Set(body.modules.map((info) => info.id));
     for (const [id, card] of cards) {
@@ -94,10 +100,6 @@ export function mount(root, client, route) {
       // a node would take the focus away from a field the user is typing in.
       const at = list.children[i];
       if (at !== card.el) list.insertBefore(card.el, at ?? null);
-      if (openFirst === info.id) {
-        openFirst = null;
-        card.open("config");
-      }
     });
     if (body.modules.length === 0) {
       list.append(h("p.card.empty", {}, "No modules installed. Install one with the button above."));
@@ -139,9 +141,11 @@ export function mount(root, client, route) {
     const elapsed = (performance.now() - fetchedAt) / 1000;
     for (const card of cards.values()) card.tick(elapsed);
   }, 1000);
+  const stopDrop = acceptDrops(root, install);
 
   return () => {
     unsubscribe();
+    stopDrop();
     clearTimeout(debounce);
     clearInterval(poll);
     clearInterval(clock);
@@ -149,25 +153,157 @@ export function mount(root, client, route) {
   };
 }
 
+/** The module's page: its card with every section open, followed like the list. */
+function mountPage(root, client, id) {
+  const error = h("p.alert", { role: "alert", hidden: true });
+  const holder = h("div.module-page");
+  let card = null;
+  let fetchedAt = performance.now();
+  let debounce = null;
+  root.append(h("div.toolbar", {}, h("a.back", { href: "#/modules" }, "← All modules")), error, holder);
+  acknowledge(id); // its crash or failure is seen now
+
+  async function refresh() {
+    try {
+      const info = await client.api("GET", path(id));
+      fetchedAt = performance.now();
+      error.hidden = true;
+      if (!card) {
+        card = moduleCard(client, info, refresh, { page: true });
+        holder.append(card.el);
+        document.title = `${info.name || info.id} · Vessel`;
+      }
+      card.update(info);
+    } catch (err) {
+      error.hidden = false;
+      error.textContent =
+        err.code === "unknown_module" ? `No module ${id} is installed (any more).` : `Cannot read ${id}: ${err.message}`;
+    }
+  }
+  const unsubscribe = client.subscribe("vessel.module.*", {
+    onEvent(event) {
+      if (event.data?.module !== id) return;
+      acknowledge(id); // shown here as it happens
+      clearTimeout(debounce);
+      debounce = setTimeout(refresh, LIFECYCLE_DEBOUNCE_MS);
+    },
+    onSynced: () => refresh(),
+  });
+  refresh();
+  const poll = setInterval(refresh, REFRESH_MS);
+  const clock = setInterval(() => card?.tick((performance.now() - fetchedAt) / 1000), 1000);
+  return () => {
+    unsubscribe();
+    clearTimeout(debounce);
+    clearInterval(poll);
+    clearInterval(clock);
+    card?.close();
+  };
+}
+
+/** Files dropped anywhere on the view go to the install form (opened for them). */
+function acceptDrops(root, install) {
+  let depth = 0; // dragenter/dragleave pairs of the children
+  const carriesFiles = (e) => [...(e.dataTransfer?.types ?? [])].includes("Files");
+  const enter = (e) => {
+    if (!carriesFiles(e)) return;
+    depth += 1;
+    root.classList.add("dropping");
+  };
+  const leave = () => {
+    depth = Math.max(0, depth - 1);
+    if (!depth) root.classList.remove("dropping");
+  };
+  const over = (e) => {
+    if (!carriesFiles(e)) return;
+    e.preventDefault(); // else the browser opens the file
+    e.dataTransfer.dropEffect = "copy";
+  };
+  const drop = (e) => {
+    if (!carriesFiles(e)) return;
+    e.preventDefault();
+    depth = 0;
+    root.classList.remove("dropping");
+    install.take(e.dataTransfer.files);
+  };
+  root.addEventListener("dragenter", enter);
+  root.addEventListener("dragleave", leave);
+  root.addEventListener("dragover", over);
+  root.addEventListener("drop", drop);
+  return () => {
+    for (const [name, fn] of [["dragenter", enter], ["dragleave", leave], ["dragover", over], ["drop", drop]]) {
+      root.removeEventListener(name, fn);
+    }
+  };
+}
+
 function installForm(client, done) {
   const message = h("p.note", { "aria-live": "polite" });
+  const picker = h("input", { type: "file", name: "files", multiple: true, accept: ".wasm,.json,application/wasm,application/json" });
+  const chosen = h("p.muted.chosen", { "aria-live": "polite" }, "");
   const form = h(
     "form.card.install",
     { hidden: true },
     h("h3", {}, "Install a module"),
-    h("label", {}, "Component (.wasm)", h("input", { type: "file", name: "wasm", accept: ".wasm,application/wasm", required: true })),
-    h("label", {}, "Manifest (manifest.json)", h("input", { type: "file", name: "manifest", accept: ".json,application/json", required: true })),
+    h("label", {}, "Module files: manifest.json and module.wasm", picker),
+    h("p.muted.drop-hint", {}, "Pick both at once, or drop them here (from the module's folder; a built module's component is in build/)."),
+    chosen,
     h("label.check", {}, h("input", { type: "checkbox", name: "replace" }), "Replace an installed module with the same id"),
     h("div.actions", {}, h("button.primary", { type: "submit" }, "Install")),
     message,
   );
+  let files = null; // {manifest, wasm} once both are known
+
+  function say(text, bad = false) {
+    message.className = bad ? "alert" : "note";
+    message.textContent = text;
+  }
+  /** Sort picked or dropped files into the manifest and the component, or say why not. */
+  function take(list) {
+    const all = [...list];
+    const manifests = all.filter((f) => f.name.toLowerCase().endsWith(".json"));
+    const wasms = all.filter((f) => f.name.toLowerCase().endsWith(".wasm"));
+    const others = all.filter((f) => !manifests.includes(f) && !wasms.includes(f));
+    files = null;
+    form.hidden = false;
+    fill(chosen, all.map((f) => `${f.name} (${formatBytes(f.size)})`).join(" + "));
+    const problems = [];
+    if (others.length) problems.push(`not a module's file: ${others.map((f) => f.name || "a folder").join(", ")}`);
+    if (manifests.length !== 1) problems.push(manifests.length ? "more than one .json file" : "manifest.json is missing");
+    if (wasms.length !== 1) problems.push(wasms.length ? "more than one .wasm file" : "module.wasm is missing");
+    if (problems.length) {
+      say(`Pick the module's two files together, manifest.json and module.wasm: ${problems.join("; ")}.`, true);
+      return;
+    }
+    files = { manifest: manifests[0], wasm: wasms[0] };
+    say("Ready: press Install.");
+  }
+  form.take = (list) => {
+    // A drop fills the picker too, so what is shown is what is sent.
+    try {
+      const transfer = new DataTransfer();
+      for (const f of list) transfer.items.add(f);
+      picker.files = transfer.files;
+    } catch {
+      // an older browser: the picker keeps its own files; `files` holds the dropped ones
+    }
+    take(list);
+  };
+  picker.addEventListener("change", () => take(picker.files));
+
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
+    if (!files) {
+      if (!message.textContent || message.className !== "alert") {
+        say("Pick the module's two files first: manifest.json and module.wasm.", true);
+      }
+      return;
+    }
     const replace = form.elements.replace.checked;
-    const manifestFile = form.elements.manifest.files[0];
+    const manifestFile = files.manifest;
     const data = new FormData();
     data.append("manifest", manifestFile); // first: the daemon checks it before the rest
-    data.append("wasm", form.elements.wasm.files[0]);
+    data.append("wasm", files.wasm);
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;
     message.className = "note";
@@ -179,8 +315,9 @@ function installForm(client, done) {
       }
       message.textContent = "Uploading…";
       let status = await client.api("POST", `api/modules?wait=false${replace ? "&replace=true" : ""}`, { form: data });
-      form.elements.wasm.value = "";
-      form.elements.manifest.value = "";
+      picker.value = "";
+      files = null;
+      chosen.textContent = "";
       done();
       // The daemon compiles it now (seconds to minutes at a low priority): say how it goes.
       while (status.state === "compiling" || status.state === "starting") {
@@ -233,25 +370,35 @@ function describeInstall(install) {
   return install.state;
 }
 
-function moduleCard(client, first, changed) {
+/**
+ * A module's card. In the list: its figures, Restart, Disable/Enable, and its log and
+ * configuration on demand. With `page` (its own page): everything open, and Uninstall.
+ */
+function moduleCard(client, first, changed, { page = false } = {}) {
   let info = first;
   const field = (name) => h("dd", { dataset: { field: name } });
   const facts = { pid: field("pid"), restarts: field("restarts"), uptime: field("uptime"), memory: field("memory") };
   const state = h("span.badge");
-  const heading = h("h3");
+  const name = page ? h("span") : h("a", { href: `#/modules/${encodeURIComponent(first.id)}` });
+  const heading = h(page ? "h2" : "h3", {}, name);
   const meta = h("p.muted");
   const reason = h("p.reason", { hidden: true });
   const health = h("p.health", { hidden: true }); // the module's own word (docs/modules.md)
   const needs = h("p.alert.needs", { hidden: true });
+  const alertText = h("span");
+  const dismiss = h("button.small", { type: "button" }, "Dismiss");
+  const alertLine = h("p.alert.problem", { hidden: true }, alertText, dismiss);
   const message = h("p.note", { "aria-live": "polite", hidden: true });
   const restartButton = h("button", { type: "button", dataset: { action: "restart" } }, "Restart");
   const enableButton = h("button", { type: "button", dataset: { action: "enable" } });
   const logsButton = h("button", { type: "button", "aria-expanded": "false", dataset: { action: "logs" } }, "Logs");
   const configButton = h("button", { type: "button", "aria-expanded": "false", dataset: { action: "config" } }, "Configure");
+  const uninstallButton = h("button.danger", { type: "button", dataset: { action: "uninstall" } }, "Uninstall…");
   const panels = { logs: null, config: null };
+  const sections = []; // the page's other sections
 
   const el = h(
-    "article.card.module",
+    `article.card.module${page ? ".page" : ""}`,
     { dataset: { module: first.id } },
     h("header", {}, heading, state),
     meta,
@@ -266,9 +413,28 @@ function moduleCard(client, first, changed) {
     reason,
     health,
     needs,
-    h("div.actions", {}, restartButton, enableButton, logsButton, configButton),
+    alertLine,
+    h(
+      "div.actions",
+      {},
+      restartButton,
+      enableButton,
+      page ? null : logsButton,
+      page ? null : configButton,
+      page ? h("span.spacer") : null,
+      page ? uninstallButton : null,
+    ),
     message,
   );
+
+  // A crash or failure the user has not looked at yet (alerts.js): said on the card.
+  function showProblem() {
+    const p = problem(info.id);
+    alertLine.hidden = !p || page;
+    alertText.textContent = p ? `${describeProblem(p)} ` : "";
+  }
+  dismiss.addEventListener("click", () => acknowledge(info.id));
+  const stopProblems = onChange(showProblem);
 
   async function act(action, button) {
     button.disabled = true;
@@ -297,19 +463,42 @@ function moduleCard(client, first, changed) {
   restartButton.addEventListener("click", () => act("restart", restartButton));
   enableButton.addEventListener("click", () => act(info.enabled ? "disable" : "enable", enableButton));
 
+  let confirmBox = null;
+  uninstallButton.addEventListener("click", () => {
+    if (confirmBox) return confirmBox.querySelector("button[type=submit]").focus();
+    confirmBox = uninstallBox(client, info, (said) => {
+      confirmBox.remove();
+      confirmBox = null;
+      if (said === null) return uninstallButton.focus(); // cancelled
+      flash = said;
+      location.hash = "#/modules";
+    });
+    el.insertBefore(confirmBox, message);
+    confirmBox.querySelector("button[type=submit]").focus();
+  });
+
   function toggle(which) {
     if (panels[which]) {
       panels[which].close();
       panels[which] = null;
     } else {
-      panels[which] = (which === "logs" ? logPanel : configPanel)(client, info.id);
-      el.insertBefore(panels[which].el, message);
+      panels[which] = (which === "logs" ? logPanel : configPanel)(client, info.id, page);
+      // In the list: above the card's message. On the page: the settings first, the
+      // log last, the other sections between.
+      const before = !page ? message : which === "config" ? (sections[0]?.el ?? null) : null;
+      el.insertBefore(panels[which].el, before);
     }
     logsButton.setAttribute("aria-expanded", String(Boolean(panels.logs)));
     configButton.setAttribute("aria-expanded", String(Boolean(panels.config)));
   }
   logsButton.addEventListener("click", () => toggle("logs"));
   configButton.addEventListener("click", () => toggle("config"));
+  if (page) {
+    toggle("config");
+    for (const make of [historyPanel, callPanel, storagePanel]) sections.push(make(client, first.id));
+    el.append(...sections.map((section) => section.el));
+    toggle("logs");
+  }
 
   let baseUptime = null;
   // "compiling · 12s": how long its compile has waited or run, counted on between fetches.
@@ -319,7 +508,7 @@ function moduleCard(client, first, changed) {
       : info.state;
   function update(next) {
     info = next;
-    heading.textContent = info.name || info.id;
+    name.textContent = info.name || info.id;
     state.textContent = stateText(0);
     state.dataset.state = info.state;
     meta.textContent = `${info.id} · ${info.version}${info.description ? ` — ${info.description}` : ""}`;
@@ -341,6 +530,7 @@ function moduleCard(client, first, changed) {
     enableButton.textContent = info.enabled ? "Disable" : "Enable";
     restartButton.disabled = !info.enabled;
     restartButton.title = info.enabled ? "" : "A disabled module is not restarted: enable it";
+    showProblem();
   }
 
   return {
@@ -352,12 +542,10 @@ function moduleCard(client, first, changed) {
         facts.uptime.textContent = formatDuration(baseUptime + elapsed);
       }
     },
-    open(which) {
-      if (!panels[which]) toggle(which);
-      el.scrollIntoView({ block: "start" });
-    },
     close() {
+      stopProblems();
       for (const p of Object.values(panels)) p?.close();
+      for (const section of sections) section.close();
     },
   };
 }
@@ -433,13 +621,13 @@ function settingState(s) {
   return s.required ? "(required, not set)" : "(not set)";
 }
 
-function configPanel(client, id) {
-  const keysList = h("ul.keys");
+function configPanel(client, id, onPage = false) {
   const message = h("p.note", { "aria-live": "polite", hidden: true });
-  // The settings the module's manifest declares become a form (filled in once they are
-  // known); a module that declares none takes any key=value.
+  // The settings the module's manifest declares are its configuration: a form, filled
+  // in once they are known. What else its storage holds is the module's own data,
+  // listed read only under Storage on its page.
   const settingsBox = h("div.settings-box");
-  const generic = h("div.generic");
+  const secretNote = h("p.muted", { hidden: true }, "Values are write-only here: they may hold secrets, so they are shown only when you ask.");
   let formShown = false;
 
   function say(text, bad = false) {
@@ -448,55 +636,43 @@ function configPanel(client, id) {
     message.textContent = text;
   }
 
-  async function loadKeys() {
+  async function load() {
     try {
-      const { keys, settings = [] } = await client.api("GET", path(id, "config"));
-      fill(keysList, keys.length ? keys.map(keyRow) : h("li.muted", {}, "No keys set."));
+      const { settings = [] } = await client.api("GET", path(id, "config"));
       if (!formShown) {
         formShown = true;
-        if (settings.length) fill(settingsBox, settingsForm(settings));
-        fill(generic, settings.length ? [] : keyValueForm());
+        secretNote.hidden = !settings.length;
+        fill(
+          settingsBox,
+          settings.length
+            ? settingsForm(settings)
+            : h(
+                "p.muted.no-settings",
+                {},
+                `${id} declares no settings: there is nothing to configure. What it keeps for itself is listed under Storage `,
+                onPage ? "below." : h("a", { href: `#/modules/${encodeURIComponent(id)}` }, "on its page"),
+                onPage ? null : ".",
+              ),
+        );
       }
       for (const s of settings) {
-        const state = settingsBox.querySelector(`[data-setting="${CSS.escape(s.key)}"] .state`);
-        if (state) state.textContent = settingState(s);
+        const row = settingsBox.querySelector(`[data-setting="${CSS.escape(s.key)}"]`);
+        if (!row) continue;
+        row.querySelector(".state").textContent = settingState(s);
+        row.dataset.set = String(s.set);
+        for (const b of row.querySelectorAll(".setting-actions button")) b.hidden = !s.set;
+        if (!s.set) hideValue(row);
       }
     } catch (err) {
-      say(`Cannot list the keys: ${err.message}`, true);
+      say(`Cannot read the settings: ${err.message}`, true);
     }
   }
 
-  function keyRow(key) {
-    const value = h("output.value", { hidden: true });
-    const show = h("button.small", { type: "button" }, "Show value");
-    show.addEventListener("click", async () => {
-      if (!value.hidden) {
-        value.hidden = true;
-        value.textContent = "";
-        show.textContent = "Show value";
-        return;
-      }
-      try {
-        const body = await client.api("GET", path(id, "config", key));
-        value.textContent = body.value;
-        value.hidden = false;
-        show.textContent = "Hide";
-      } catch (err) {
-        say(`Cannot read ${key}: ${err.message}`, true);
-      }
-    });
-    const remove = h("button.small.danger", { type: "button" }, "Delete");
-    remove.addEventListener("click", async () => {
-      if (!window.confirm(`Delete ${id} configuration key "${key}"?`)) return;
-      try {
-        await client.api("DELETE", path(id, "config", key));
-        say(`Deleted ${key}.`);
-        loadKeys();
-      } catch (err) {
-        say(`Cannot delete ${key}: ${err.message}`, true);
-      }
-    });
-    return h("li", { dataset: { key } }, h("code", {}, key), h("span.spacer"), show, remove, value);
+  function hideValue(row) {
+    const value = row.querySelector("output.value");
+    value.hidden = true;
+    value.textContent = "";
+    row.querySelector("button[data-action=show]").textContent = "Show value";
   }
 
   async function put(key, value) {
@@ -512,12 +688,39 @@ function configPanel(client, id) {
         autocomplete: s.secret ? "new-password" : "off",
         spellcheck: "false",
       });
-      return h(
+      const value = h("output.value", { hidden: true });
+      const show = h("button.small", { type: "button", hidden: !s.set, dataset: { action: "show" } }, "Show value");
+      const clear = h("button.small.danger", { type: "button", hidden: !s.set, dataset: { action: "clear" } }, "Clear");
+      const row = h(
         "div.setting",
-        { dataset: { setting: s.key } },
+        { dataset: { setting: s.key, set: String(s.set) } },
         h("label", {}, h("span.label", {}, s.label, " ", h("span.state.muted", {}, settingState(s))), input),
         s.description ? h("small.muted", {}, s.description) : null,
+        h("div.setting-actions", {}, show, clear),
+        value,
       );
+      show.addEventListener("click", async () => {
+        if (!value.hidden) return hideValue(row);
+        try {
+          value.textContent = (await client.api("GET", path(id, "config", s.key))).value;
+          value.hidden = false;
+          show.textContent = "Hide";
+        } catch (err) {
+          say(`Cannot read ${s.label}: ${err.message}`, true);
+        }
+      });
+      clear.addEventListener("click", async () => {
+        const then = s.default != null ? `it is then ${s.default} (its default)` : s.required ? "the module cannot work without it" : "it is then not set";
+        if (!window.confirm(`Clear the setting "${s.label}" of ${id}? ${then[0].toUpperCase()}${then.slice(1)}.`)) return;
+        try {
+          await client.api("DELETE", path(id, "config", s.key));
+          say(`Cleared ${s.key}. The module is told and applies it.`);
+          load();
+        } catch (err) {
+          say(`Cannot clear ${s.key}: ${err.message}`, true);
+        }
+      });
+      return row;
     };
     const form = h(
       "form.settings",
@@ -539,38 +742,9 @@ function configPanel(client, id) {
           form.elements[s.key].placeholder = "unchanged";
         }
         say(`Saved ${changed.map((s) => s.key).join(" and ")}. The module is told and applies them.`);
-        loadKeys();
+        load();
       } catch (err) {
         say(`Cannot save: ${err.message}`, true);
-      }
-    });
-    return form;
-  }
-
-  function keyValueForm() {
-    const keyInput = h("input", { name: "key", required: true, placeholder: "key", spellcheck: "false", autocomplete: "off" });
-    const valueInput = h("input", { name: "value", placeholder: "value", spellcheck: "false", autocomplete: "off" });
-    keyInput.addEventListener("input", () => {
-      valueInput.type = SECRET_KEY.test(keyInput.value) ? "password" : "text";
-    });
-    const form = h(
-      "form.keyvalue",
-      { autocomplete: "off" },
-      h("label", {}, "Key", keyInput),
-      h("label", {}, "Value", valueInput),
-      h("div.actions", {}, h("button", { type: "submit" }, "Set")),
-    );
-    form.addEventListener("submit", async (e) => {
-      e.preventDefault();
-      try {
-        await put(keyInput.value, valueInput.value);
-        say(`Set ${keyInput.value}.`);
-        keyInput.value = "";
-        valueInput.value = "";
-        valueInput.type = "text";
-        loadKeys();
-      } catch (err) {
-        say(`Cannot set ${keyInput.value}: ${err.message}`, true);
       }
     });
     return form;
@@ -580,12 +754,10 @@ function configPanel(client, id) {
     "section.panel.config",
     {},
     h("header", {}, h("h4", {}, "Configuration")),
-    h("p.muted", {}, "Values are write-only here: they may hold secrets, so they are shown only when you ask."),
+    secretNote,
     settingsBox,
-    keysList,
-    generic,
     message,
   );
-  loadKeys();
+  load();
   return { el, close: () => el.remove() };
 }

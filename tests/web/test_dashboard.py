@@ -95,11 +95,15 @@ def test_home_shows_entities_and_a_click_toggles_the_light(
         expect(fan).to_have_attribute("aria-busy", "false")
         screenshot(page, "home-failed-call")
 
-        # The status tile links to the module's settings: url and a masked token.
+        # The status tile links to the module's page and its settings: url, a masked token.
         status.get_by_role("link", name="Configure").click()
         card = page.locator(f"[data-module={HA}]")
-        expect(card.locator("li[data-key=url]")).to_be_visible()
-        expect(card.locator("li[data-key=token]")).to_be_visible()
+        expect(card.locator("[data-setting=url]")).to_be_visible()
+        expect(card.locator("[data-setting=token]")).to_be_visible()
+        url_row = card.locator("[data-setting=url]")
+        url_row.get_by_role("button", name="Show value").click()
+        expect(url_row.locator("output")).to_have_text(fake.url)
+        url_row.get_by_role("button", name="Hide").click()
         # The form is the manifest's settings: labels, what each is for, whether set.
         expect(card.get_by_label("Home Assistant URL")).to_have_attribute("type", "text")
         expect(card.locator("[data-setting=url]")).to_contain_text("(set)")
@@ -107,18 +111,37 @@ def test_home_shows_entities_and_a_click_toggles_the_light(
         expect(card).to_contain_text("Create one in Home Assistant under your profile")
         token = card.get_by_label("Long-lived access token")
         expect(token).to_have_attribute("type", "password")
-        # Without its token the module cannot work: its card says what it needs.
-        with daemon.api() as api:
-            api.delete(f"/api/modules/{HA}/config/token").raise_for_status()
+        # Clear the token (confirmed: the question names the setting and the module);
+        # without it the module cannot work: its card says what it needs.
+        asked: list[str] = []
+
+        def confirm(dialog: Any) -> None:
+            asked.append(dialog.message)
+            dialog.accept()
+
+        page.once("dialog", confirm)
+        card.locator("[data-setting=token]").get_by_role("button", name="Clear").click()
         expect(card.locator(".needs")).to_have_text("Needs configuration: token")
-        assert fake.url not in card.inner_text()
+        assert asked == [
+            f'Clear the setting "Long-lived access token" of {HA}? The module cannot work '
+            "without it."
+        ]
+        expect(
+            card.locator("[data-setting=token]").get_by_role("button", name="Clear")
+        ).to_be_hidden()
+        with daemon.api() as api:
+            gone = api.get(f"/api/modules/{HA}/config/token")
+        assert gone.status_code == 404
+        # (The page's log says where the module connects; the settings show no value.)
+        settings = card.locator("section.config")
+        assert fake.url not in settings.inner_text()
         token.fill("new-token")
         card.get_by_role("button", name="Save settings").click()
         expect(card).to_contain_text("Saved token")
         with daemon.api() as api:
             saved = api.get(f"/api/modules/{HA}/config/token").raise_for_status().json()
         assert saved["value"] == "new-token"
-        assert "new-token" not in card.inner_text()
+        assert "new-token" not in card.inner_text()  # nor in the log
         expect(card.locator(".needs")).to_be_hidden()
         screenshot(page, "modules-home-assistant")
 
@@ -169,34 +192,34 @@ def test_modules_view_shows_pids_restarts_configures_and_reads_logs(
         expect(testkit).to_contain_text("Enabled: running, pid")
         expect(testkit.locator("[data-field=pid]")).to_have_text(str(_pid(api, "testkit")))
 
-        # Configuration: set a secret-looking key; its value is not shown until asked.
+        # A module that declares no settings has nothing to configure: its storage is
+        # not offered as configuration (no key/value form, no Delete).
+        api.put("/api/modules/testkit/config/api_token", json={"value": "s3cret"})
         testkit.get_by_role("button", name="Configure").click()
-        testkit.get_by_label("Key").fill("api_token")
-        value = testkit.get_by_label("Value", exact=True)
-        expect(value).to_have_attribute("type", "password")
-        value.fill("s3cret")
-        testkit.get_by_role("button", name="Set", exact=True).click()
-        row = testkit.locator("li[data-key=api_token]")
-        expect(row).to_be_visible()
-        expect(row.locator("output")).to_be_hidden()
-        assert "s3cret" not in testkit.inner_text()
-        config = api.get("/api/modules/testkit/config/api_token").raise_for_status().json()
-        assert config["value"] == "s3cret"
-        row.get_by_role("button", name="Show value").click()
-        expect(row.locator("output")).to_have_text("s3cret")
+        expect(testkit.locator(".no-settings")).to_contain_text(
+            "testkit declares no settings: there is nothing to configure"
+        )
+        expect(testkit.locator("form")).to_have_count(0)
+        expect(testkit.get_by_role("button", name="Delete")).to_have_count(0)
+        assert "api_token" not in testkit.inner_text()
 
         card.get_by_role("button", name="Logs").click()
         expect(card.locator("pre.log")).to_contain_text("example counter loaded")
         screenshot(page, "modules", dark=True)
 
-        # An upload the daemon refuses says why.
+        # An upload the daemon refuses says why. Both files come in one pick.
         manifest = tmp_path / "manifest.json"
         manifest.write_text(json.dumps({"id": "Bad Id", "version": "1"}))
         wasm = tmp_path / "module.wasm"
         wasm.write_bytes(b"\0asm")
         page.get_by_role("button", name="Install…").click()
-        page.get_by_label("Component (.wasm)").set_input_files(wasm)
-        page.get_by_label("Manifest (manifest.json)").set_input_files(manifest)
+        files = page.get_by_label("Module files: manifest.json and module.wasm")
+        files.set_input_files(wasm)  # one of the two: said at once
+        expect(page.locator("form.install .alert")).to_contain_text("manifest.json is missing")
+        files.set_input_files([wasm, manifest])
+        expect(page.locator("form.install .chosen")).to_contain_text(
+            "module.wasm (4 B) + manifest.json"
+        )
         page.get_by_role("button", name="Install", exact=True).click()
         expect(page.locator("form.install .alert")).to_contain_text(
             "Install failed (invalid_module)"
@@ -206,8 +229,7 @@ def test_modules_view_shows_pids_restarts_configures_and_reads_logs(
         posts: list[str] = []
         page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
         manifest.write_text(json.dumps({"id": "example", "version": "9"}))
-        page.get_by_label("Manifest (manifest.json)").set_input_files(manifest)
-        page.get_by_label("Component (.wasm)").set_input_files(wasm)
+        files.set_input_files([manifest, wasm])
         page.get_by_role("button", name="Install", exact=True).click()
         expect(page.locator("form.install .alert")).to_contain_text(
             'module example is already installed; tick "Replace"'
@@ -218,8 +240,7 @@ def test_modules_view_shows_pids_restarts_configures_and_reads_logs(
         doc = json.loads((data_dir / "modules" / "testkit" / "manifest.json").read_text())
         manifest.write_text(json.dumps({**doc, "id": "broken"}))
         wasm.write_bytes(NOT_OUR_COMPONENT)
-        page.get_by_label("Manifest (manifest.json)").set_input_files(manifest)
-        page.get_by_label("Component (.wasm)").set_input_files(wasm)
+        files.set_input_files([manifest, wasm])
         page.get_by_role("button", name="Install", exact=True).click()
         expect(page.locator("form.install .alert")).to_contain_text(
             "Install failed (install_failed): module 'broken'", timeout=60_000

@@ -155,7 +155,11 @@ async def test_call_config_logs_and_errors(
         await run_ok(daemon, "config", "kit", "greeting=hello = world")
         read = await run_ok(daemon, "call", "kit", "storage_get", '{"key": "greeting"}')
         assert json.loads(read) == {"value": "hello = world"}
-        assert (await run_ok(daemon, "config", "kit")).split() == ["greeting"]
+        listed = await ctl("config", "kit", env=daemon.env)
+        assert listed.returncode == 0, listed
+        assert listed.stdout.split() == ["greeting"]
+        # Its keys are its storage, not settings it declares: said beside the list.
+        assert listed.stderr == "kit declares no settings; the keys of its storage:\n"
         assert await run_ok(daemon, "config", "kit", "greeting") == "hello = world\n"
         await run_ok(daemon, "config", "kit", "api_token=s3cret")
         listing = await run_ok(daemon, "config", "kit", "--values")

@@ -160,12 +160,12 @@ def _config_list(client: Client, settings: Settings, module_id: str, *, with_val
         _settings_table(declared, keys, shown if with_values else None)
     elif not keys:
         note(f"{module_id} has no configuration")
-    elif with_values:
-        for key in keys:
-            out(f"{key}={shown_value(key, values.get(key))}")
     else:
+        # Without declared settings nothing tells an admin's keys from the module's own
+        # data (the example's count): say so, on stderr, so the listing stays a list.
+        note(f"{module_id} declares no settings; the keys of its storage:")
         for key in keys:
-            out(key)
+            out(f"{key}={shown_value(key, values.get(key))}" if with_values else key)
     return 0
 
 
@@ -191,4 +191,4 @@ def _settings_table(
     out(format_table(headers, rows))
     others = [key for key in keys if key not in {str(s["key"]) for s in declared}]
     if others:
-        out(f"other keys: {', '.join(others)}")
+        out(f"its own storage (not settings): {', '.join(others)}")

@@ -148,6 +148,7 @@ class HomeAssistant:
         self.ha_version: str | None = None
         self.entities: dict[str, Any] = {}
         self.failures = 0  # connection attempts failed since the last login
+        self.warned: str | None = None  # the failure last logged at warning level
         self.quick_until: float | None = None  # monotonic end of the quick retries
         self.retry_timer: int | None = None
         self.retry_in_ms: int | None = None
@@ -262,7 +263,14 @@ class HomeAssistant:
             app.log.error(f"{reason}; cannot schedule a reconnect: {exc.message}")
         else:
             self.retry_in_ms = delay
-            app.log.warning(f"{reason}; reconnecting in {delay / 1000:g} s")
+            line = f"{reason}; reconnecting in {delay / 1000:.1f} s"
+            if reason != self.warned:
+                app.log.warning(line)
+                self.warned = reason
+            else:
+                # The same failure again (HA still restarting: every 2 s): the log said
+                # it once, and the module's health says it now.
+                app.log.debug(line)
         self.publish_status()
 
     def _set_state(self, state: str, reason: str, message: str | None = None) -> None:
@@ -397,12 +405,14 @@ class HomeAssistant:
     def _authenticated(self, msg: Message) -> None:
         version = msg.get("ha_version")
         self.ha_version = version if isinstance(version, str) else None
+        attempts = f" after {self.failures + 1} attempts" if self.failures else ""
         self.reset_backoff()
+        self.warned = None
         if self.login_timer is not None:
             app.clear_timer(self.login_timer)
             self.login_timer = None
         self._set_state("connected", "connected")
-        app.log.info(f"connected to Home Assistant {self.ha_version} at {self.url}")
+        app.log.info(f"connected to Home Assistant {self.ha_version} at {self.url}{attempts}")
         try:
             self.request({"type": "subscribe_events", "event_type": "state_changed"}, _subscribed)
             self.request({"type": "get_states"}, self._states_loaded)

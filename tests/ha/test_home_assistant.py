@@ -250,6 +250,14 @@ async def test_reconnects_and_resubscribes_after_ha_restarts(
         fake.answer_services = True
         await fake.start()
         await next_event(status, status_is("connected"), timeout=10)
+        logged = [(line.level, line.message) for line in d.manager.logs(HA)]
+        warned = [m for level, m in logged if level == "warning" and "refused" in m]
+        assert len(warned) == 1, logged  # once, not at every retry: the health says it
+        assert any(
+            level == "info"
+            and m.startswith(f"connected to Home Assistant 2025.1.0 at {fake.url} after ")
+            for level, m in logged
+        ), logged
         again: Frame = await fake.wait_frame(
             lambda f: f.conn == 1 and f.msg.get("type") == "subscribe_events"
         )

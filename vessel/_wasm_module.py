@@ -239,7 +239,7 @@ class WasmModule:
             self._subscription = None
             self.proc = None
             self.started_at = None
-            self.health = None
+            self._health_gone()
 
     async def _pump_events(self, proc: ProcessActor, subscription: Subscription) -> None:
         async for event in subscription:
@@ -394,6 +394,17 @@ class WasmModule:
         self._bus.publish(event, retain=emit.retained)
         if emit.name == HEALTH_EVENT:
             self._take_health(event)
+
+    def _health_gone(self) -> None:
+        """The process that reported a health is gone: its report no longer holds, so its
+        retained ``health`` becomes null (no report) for whoever subscribes later, as an
+        entity HA removed becomes null; the next process reports anew."""
+        if self.health is None:
+            return
+        self.health = None
+        self._bus.publish(
+            Event(module=self.id, name=HEALTH_EVENT, data="null", timestamp=now_ms()), retain=True
+        )
 
     def _take_health(self, event: Event) -> None:
         report = parse_health(event.data, event.timestamp)

@@ -306,7 +306,8 @@ async def test_set_health_is_what_the_daemon_shows_and_a_bad_report_is_ignored(
     """set_health publishes the retained event <id>.health and the daemon shows it as the
     module's health (with when it was reported); a bad status is the caller's error, not
     an event; a 'health' event of another shape is delivered but not taken as a report,
-    and the module's log says why; a restarted module has said nothing yet."""
+    and the module's log says why; a restarted module has said nothing yet, and the
+    retained report of its former process is null."""
     make_module_dir(tmp_path, "sdkkit", permissions=FULL)
     async with running_daemon(tmp_path) as daemon:
         assert daemon.manager.describe("sdkkit")["health"] is None
@@ -344,3 +345,6 @@ async def test_set_health_is_what_the_daemon_shows_and_a_bad_report_is_ignored(
         assert daemon.manager.describe("sdkkit")["health"]["status"] == "ok"
         await daemon.manager.restart("sdkkit")
         assert daemon.manager.describe("sdkkit")["health"] is None
+        # The report of the process that is gone no longer holds: replayed as null.
+        after = daemon.bus.subscribe("sdkkit.health", name="after the restart")
+        assert data(await next_event(after, lambda e: True)) is None

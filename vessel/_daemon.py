@@ -21,6 +21,7 @@ from ._ceilings import Ceilings
 from ._compiler import Compiler
 from ._cpu_box import QUARANTINE, CpuBox
 from ._errors import DatabaseMissing, DataDirError
+from ._logbook import logs_dir, open_logbook
 from ._manager import ModuleManager, SupervisionPolicy
 from ._paths import bundled_modules_dir, database_path, modules_dir
 from ._storage import Storage
@@ -246,7 +247,9 @@ async def open_daemon(
         supervisor = Supervisor("modules", on_event=on_event)
         # Outside the supervisor's nursery: it outlives every module process, and it
         # preloads while the modules are discovered.
+        # The logbook first: it outlives everything that logs, and writes the last lines.
         async with (
+            open_logbook(logs_dir(data_dir)) as logbook,
             _open_forkserver(config, forkserver) as forkserver_in_use,
             trio.open_nursery() as nursery,
         ):
@@ -263,6 +266,7 @@ async def open_daemon(
                 storage=storage,
                 bus=bus,
                 supervisor=supervisor,
+                logbook=logbook,
                 policy=config.policy,
                 forkserver=forkserver_in_use,
                 active_wait=config.active_wait,

@@ -42,8 +42,10 @@ LEVELS: dict[str, int] = {
 }
 #: What any other level becomes: the line is kept, at the level most lines have.
 UNKNOWN_LEVEL = "info"
-#: Where a line came from: the ``log`` host function, the guest's stdout or stderr.
-SOURCES = frozenset({"host", "stdout", "stderr"})
+#: Where a line came from: the ``log`` host function, the guest's stdout or stderr, or
+#: the module process's last word (why it ends). The daemon's own lines about a module
+#: are ``daemon``, which no line from the module process may claim.
+SOURCES = frozenset({"host", "stdout", "stderr", "process"})
 
 # A module's line in the daemon's own log is one line: a newline must not start a line
 # that looks like the daemon's, nor a terminal escape reach the operator's terminal.

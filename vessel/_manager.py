@@ -12,7 +12,7 @@ import enum
 import logging
 import os
 from collections.abc import Coroutine, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from ._install import (
 from ._installs import Install, Installs
 from ._ipc import GuestStats
 from ._json_check import depth_problem
+from ._logbook import Book, Logbook, LogLine
 from ._manifest import (
     Manifest,
     ModuleSource,
@@ -61,13 +62,10 @@ from ._manifest import (
 from ._native import BuiltinModule, NativeModule
 from ._paths import modules_dir
 from ._storage import Storage
-from ._wasm_module import START_TIMEOUT, LogLine, WasmModule
+from ._wasm_module import START_TIMEOUT, WasmModule
 from .host._engine import artifact_is_current
 
 log = logging.getLogger("vessel.manager")
-
-#: Log lines a follower may fall behind by before lines are dropped for it.
-FOLLOW_QUEUE = 1000
 
 
 class ModuleState(enum.Enum):
@@ -110,6 +108,7 @@ class ModuleManager:
         storage: Storage,
         bus: EventBus,
         supervisor: Supervisor,
+        logbook: Logbook,
         policy: SupervisionPolicy | None = None,
         forkserver: ForkServer | None = None,
         active_wait: float = DEFAULT_LIMIT,
@@ -134,7 +133,8 @@ class ModuleManager:
         self._policy = policy or SupervisionPolicy()
         self._entries: dict[str, _Entry] = {}
         self._native: dict[str, NativeModule] = {}
-        self._followers: dict[str, set[trio.MemorySendChannel[LogLine]]] = {}
+        #: Each module's log, kept across its restarts and the daemon's (vessel._logbook).
+        self.logbook = logbook
         self.refused: list[Refusal] = []
         #: Installs under way or recently ended (``vessel._installs``).
         self.installs = Installs()
@@ -166,6 +166,8 @@ class ModuleManager:
                 self._refuse(Refusal(source.dir, source.id, str(exc)))
                 continue
             self._add(source)
+        # Their logs as the last run left them: a restart of the daemon loses no line.
+        await self.logbook.load(list(self._entries))
 
     async def start_all(self) -> None:
         """Start the enabled modules :meth:`discover` found (compiling those that need
@@ -418,6 +420,10 @@ class ModuleManager:
             with trio.CancelScope(shield=True):
                 if source.id in self._entries:
                     await self.stop(source.id)
+                else:
+                    # A new module starts with an empty log, whatever files an old one
+                    # of that id left (its folder deleted by hand, not removed).
+                    await self.logbook.forget(source.id)
                 self.refused = [r for r in self.refused if r.module_id != source.id]
                 self._add(source)
                 self._storage.set_module_enabled(source.id, True)
@@ -450,6 +456,7 @@ class ModuleManager:
         await self.stop(module_id)
         del self._entries[module_id]
         await trio.to_thread.run_sync(remove_module, self.data_dir, module_id)
+        await self.logbook.forget(module_id)
         self._storage.forget_module(module_id)
         self.history.forget(module_id)
         if not keep_storage:
@@ -479,14 +486,27 @@ class ModuleManager:
         elif kind == "restarting":
             entry.state = ModuleState.RESTARTING
             entry.restarts += 1
+            self._log_line(
+                module.id,
+                "info",
+                f"restarting in {event.delay or 0:.1f} s (restart {entry.restarts} of at most "
+                f"{self._policy.max_restarts} within {self._policy.period:g} s)",
+            )
             self._lifecycle("restarting", module.id, delay=event.delay, restarts=entry.restarts)
         elif kind == "failed":
             entry.state = ModuleState.FAILED
             log.error("module %s failed: %s; not restarting", module.id, event.reason)
+            self._log_line(
+                module.id,
+                "error",
+                f"failed: not restarting ({event.reason}); once fixed: vessel-ctl restart "
+                f"{module.id}",
+            )
             self._lifecycle("failed", module.id, reason=event.reason, restarts=entry.restarts)
         elif kind == "stopped":
             if entry.state is not ModuleState.DISABLED:
                 entry.state = ModuleState.STOPPED
+            self._log_line(module.id, "info", "its process was stopped")
             self._lifecycle("stopped", module.id, pid=module.pid)
 
     def _lifecycle(self, name: str, module_id: str, **fields: Any) -> None:
@@ -557,27 +577,26 @@ class ModuleManager:
     # -- logs ------------------------------------------------------------------------
 
     def _fan_out(self, module_id: str, line: LogLine) -> None:
-        for send in self._followers.get(module_id, ()):
-            # A follower that cannot keep up misses lines; the module never waits.
-            with suppress(trio.WouldBlock, trio.BrokenResourceError):
-                send.send_nowait(line)
+        self.logbook.module(module_id).append(line)
+
+    def _log_line(self, module_id: str, level: str, message: str) -> None:
+        """The daemon's own line in a module's log (its supervision: a restart, a stop)."""
+        self.logbook.module(module_id).append(LogLine(now_ms(), level, "daemon", message))
+
+    def log_book(self, module_id: str) -> Book:
+        """The module's log (raises UnknownModule)."""
+        self._entry(module_id)
+        return self.logbook.module(module_id)
 
     def log_followers(self, module_id: str) -> int:
         """How many live log followers a module has (released when they go away)."""
-        return len(self._followers.get(module_id, ()))
+        return self.log_book(module_id).followers
 
     @contextmanager
     def follow_logs(self, module_id: str) -> Iterator[trio.MemoryReceiveChannel[LogLine]]:
         """Live log lines of a module (after the ones ``logs`` already returns)."""
-        self._entry(module_id)
-        send, receive = trio.open_memory_channel[LogLine](FOLLOW_QUEUE)
-        followers = self._followers.setdefault(module_id, set())
-        followers.add(send)
-        try:
-            yield receive
-        finally:
-            followers.discard(send)
-            send.close()
+        with self.log_book(module_id).follow() as lines:
+            yield lines
 
     # -- configuration (the user's side of a module's storage) -------------------------
 
@@ -667,7 +686,8 @@ class ModuleManager:
         return {m: e.module.proc.pid for m, e in self._entries.items() if e.module.proc is not None}
 
     def logs(self, module_id: str) -> list[LogLine]:
-        return list(self._entry(module_id).module.logs)
+        """The module's newest log lines, oldest first, across its restarts."""
+        return self.log_book(module_id).lines()
 
     def describe(self, module_id: str) -> dict[str, Any]:
         entry = self._entry(module_id)

@@ -11,11 +11,11 @@ and every event it emits is stamped with its own module id.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -51,6 +51,7 @@ from ._log_rules import (
     level_of,
     one_line,
 )
+from ._logbook import LogLine
 from ._manifest import ModuleSource
 from ._storage import Storage
 
@@ -74,14 +75,6 @@ HOST_PRELOAD = ("vessel.host._process", "argparse", "httpcore", "httpcore._backe
 
 class ModuleCrashed(Exception):
     """The module process ended without being asked to; the message says why."""
-
-
-@dataclass(frozen=True)
-class LogLine:
-    timestamp: int
-    level: str
-    source: str
-    message: str
 
 
 class WasmModule:
@@ -200,7 +193,13 @@ class WasmModule:
                     raw = await proc.request(_ipc.GUEST_START, params, timeout=self._start_timeout)
                 except RemoteError as exc:
                     raise ModuleCrashed(f"start failed: {exc.message}") from None
-                except (ChannelBroken, trio.TooSlowError):
+                except trio.TooSlowError:
+                    raise ModuleCrashed(
+                        self._fatal
+                        or f"did not start within {self._start_timeout:g} s (loading its "
+                        "code and running its on-load)"
+                    ) from None
+                except ChannelBroken:
                     ended = await _exit_info(proc)
                     raise ModuleCrashed(self._fatal or f"start failed: {ended}") from None
                 self.last_start = _ipc.decode(raw, _ipc.StartResult)
@@ -224,6 +223,9 @@ class WasmModule:
                 raise ModuleCrashed(self._fatal or info.reason)
         except Exception as exc:
             self._crashed = True
+            # In its own log, where whoever reads why it restarted looks (source
+            # "daemon": no line of the module's can claim it).
+            self._record("error", f"its process ended: {_crash_words(exc, self.proc)}", "daemon")
             if self._box is not None:
                 self._box.occupied(self.id, False)  # whatever it last said, it is gone
                 self._box.misbehaved(self.id, f"its process ended: {exc}")
@@ -434,9 +436,10 @@ class WasmModule:
         elif method == _ipc.LOG:
             entry = _ipc.decode(body, _ipc.Log)
             level = level_of(entry.level)
-            if level == "fatal":
-                # The crash's reason if the process ends now: kept even when the line
-                # itself is dropped for the rate.
+            if entry.source == "process":
+                # The module process's last word: the crash's reason if it ends now,
+                # kept even when the line itself is dropped for the rate. Not a guest's
+                # own log("fatal", ...): the guest's lines are source "host".
                 self._fatal = cut_line(entry.message)
             self._module_line(level, entry.message, entry.source)
         elif method == _ipc.LOG_DROPPED:
@@ -496,6 +499,23 @@ class WasmModule:
             self._logger.log(severity, "%s", one_line(message))
         if self._on_log is not None:
             self._on_log(self.id, line)
+
+
+def _crash_words(exc: Exception, proc: ProcessActor | None) -> str:
+    """Why the process ended, and how when that says more (a signal, an exit code
+    other than 0) and is not the reason already."""
+    words = str(exc)
+    ended = proc.exit_info if proc is not None else None
+    if ended is None or not (ended.signal or ended.returncode):
+        return words
+    if ended.signal:
+        try:
+            how = f"killed by {signal.Signals(ended.signal).name}"
+        except ValueError:
+            how = f"killed by signal {ended.signal}"
+    else:
+        how = f"exited with code {ended.returncode}"
+    return words if how in words else f"{words} ({how})"
 
 
 async def _exit_info(proc: ProcessActor) -> str:

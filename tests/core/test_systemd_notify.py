@@ -181,3 +181,29 @@ async def test_vessel_serve_tells_systemd_ready_watchdog_and_stopping(tmp_path: 
                 await stop_daemon_process(process)
     assert "Traceback" not in stderr.text, stderr.text
     assert "cannot notify systemd" not in stderr.text, stderr.text
+
+
+async def test_the_watchdogs_sigabrt_shows_where_the_daemon_was(tmp_path: Path) -> None:
+    """When the watchdog fires, systemd sends SIGABRT: the daemon dies writing every
+    thread's Python stack to stderr (the journal), the trio loop's among them, so the
+    operator sees where it was stuck; its module processes go with it."""
+    process = await trio.lowlevel.open_process(
+        [*SERVE, "--data-dir", str(tmp_path / "data"), "--port", "0", "--no-bundled"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=base_env(VESSEL_LOG_LEVEL="INFO"),
+    )
+    assert process.stderr is not None
+    stderr = LineReader(process.stderr)
+    try:
+        await stderr.wait_for(lambda s: "vessel running on" in s, timeout=TIMEOUT)
+        process.send_signal(signal.SIGABRT)
+        with trio.fail_after(TIMEOUT):
+            await stderr.drain()
+            assert await process.wait() == -signal.SIGABRT
+    finally:
+        with trio.CancelScope(shield=True):
+            await stop_daemon_process(process)
+    assert "Fatal Python error: Aborted" in stderr.text, stderr.text
+    assert re.search(r'File ".*/trio/_core/_run\.py", line \d+ in run', stderr.text), stderr.text

@@ -8,6 +8,7 @@ then exit. Every module process is reaped before the command returns.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import functools
 import logging
 import os
@@ -311,6 +312,9 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # A fatal signal (the SIGABRT of systemd's watchdog, a crash) writes every thread's
+    # Python stack to stderr (the journal): where the trio loop was stuck.
+    faulthandler.enable()
     before, after = raise_open_file_limit()  # before the fork server: modules inherit it
     if after < LOW_OPEN_FILE_LIMIT:
         logging.getLogger("vessel").warning(

@@ -37,7 +37,7 @@ from .._manifest import HOST_API_VERSION, parse_manifest
 from .._paths import modules_dir
 from ._app import MAX_UPLOAD_BYTES, gateway_state
 from ._rest_hooks import install_hooks
-from ._rest_logs import NDJSON, follow_stream, recent_lines
+from ._rest_logs import log_query, log_response
 from ._rest_support import (
     ApiError,
     call_params,
@@ -50,7 +50,6 @@ from ._rest_support import (
     module_info_live,
     modules_not_ok,
     query_bool,
-    query_lines,
     query_version,
 )
 from ._upload import UPLOAD_HELD, drain, receive_upload
@@ -266,17 +265,14 @@ async def restart(module_id: str) -> Response:
 
 @rest.get("/api/modules/<module_id>/logs")
 async def logs(module_id: str) -> Response:
-    count = query_lines(request.args)
-    follow = query_bool(request.args, "follow")
-    manager = _manager()
-    lines = recent_lines(manager, module_id, count)  # UnknownModule -> 404
-    if not follow:
-        return _json({"lines": lines})
-    stream = follow_stream(manager, module_id, count, gateway_state().shutting_down)
-    response = Response(stream, mimetype=NDJSON)
-    response.timeout = None  # a follow lasts as long as the client wants it
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    query = log_query(request.args)
+    return log_response(_manager().log_book(module_id), query)  # UnknownModule -> 404
+
+
+@rest.get("/api/logs")
+async def daemon_logs() -> Response:
+    """The daemon's own log (its records, not the modules' lines: those are theirs)."""
+    return log_response(_manager().logbook.daemon, log_query(request.args))
 
 
 # -- config ----------------------------------------------------------------------------

@@ -1,19 +1,56 @@
-"""Module logs over REST: recent lines as JSON, and a live NDJSON follow stream."""
+"""Logs over REST, a module's and the daemon's alike: the newest lines as JSON, or those
+and then the live ones as an NDJSON follow stream; ``?level=`` keeps the lines at that
+level or above. The lines come from the daemon's logbook (vessel/_logbook.py), so they
+go on across a module's restarts and the daemon's."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import trio
+from quart import Response
 
-from .._errors import UnknownModule
-from .._manager import ModuleManager
-from .._wasm_module import LogLine
+from .._logbook import Book, LogLine, severity
+from ._app import gateway_state
+from ._rest_support import ApiError, Args, query_bool, query_lines
 
 NDJSON = "application/x-ndjson"
+#: What ``?level=`` takes (``warn`` and ``fatal`` too, as modules name them).
+LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")
+
+
+@dataclass(frozen=True)
+class LogQuery:
+    """``?lines=N&level=L&follow=1``."""
+
+    lines: int
+    #: The least severity kept (0: every line).
+    least: int
+    follow: bool
+
+    def keeps(self, line: LogLine) -> bool:
+        return self.least == 0 or (severity(line.level) or 0) >= self.least
+
+
+def log_query(args: Args) -> LogQuery:
+    """The query of a logs request; a bad one is ApiError(invalid_request)."""
+    lines = query_lines(args)
+    follow = query_bool(args, "follow")
+    raw = args.get("level")
+    least = 0
+    if raw is not None and raw.strip():
+        found = severity(raw.strip()) if len(raw) <= 16 else None
+        if found is None:
+            raise ApiError(
+                "invalid_request",
+                f"query parameter 'level' must be one of {', '.join(LEVEL_NAMES)}",
+            )
+        least = found
+    return LogQuery(lines=lines, least=least, follow=follow)
 
 
 def line_dict(line: LogLine) -> dict[str, Any]:
@@ -25,10 +62,25 @@ def line_dict(line: LogLine) -> dict[str, Any]:
     }
 
 
-def recent_lines(manager: ModuleManager, module_id: str, count: int) -> list[dict[str, Any]]:
-    """The last ``count`` lines, oldest first (raises UnknownModule)."""
-    lines = manager.logs(module_id)
-    return [line_dict(line) for line in (lines[-count:] if count else [])]
+def recent_lines(book: Book, query: LogQuery) -> list[LogLine]:
+    """The last ``query.lines`` lines at the query's level or above, oldest first."""
+    if not query.lines:
+        return []
+    kept = [line for line in book.lines() if query.keeps(line)]
+    return kept[-query.lines :]
+
+
+def log_response(book: Book, query: LogQuery) -> Response:
+    """``{"lines": [...]}``, or with ``follow`` an NDJSON stream that ends when the
+    client goes, the book is closed (its module removed) or the daemon shuts down."""
+    if not query.follow:
+        body = {"lines": [line_dict(line) for line in recent_lines(book, query)]}
+        return Response(msgspec.json.encode(body), mimetype="application/json")
+    stream = follow_stream(book, query, gateway_state().shutting_down)
+    response = Response(stream, mimetype=NDJSON)
+    response.timeout = None  # a follow lasts as long as the client wants it
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _ndjson(line: LogLine) -> bytes:
@@ -58,21 +110,16 @@ async def _next_line(lines: trio.MemoryReceiveChannel[LogLine], stop: trio.Event
     return got[0] if got and not stop.is_set() else None
 
 
-async def follow_stream(
-    manager: ModuleManager, module_id: str, count: int, stop: trio.Event
-) -> AsyncIterator[bytes]:
-    """The last ``count`` lines, then live lines until ``stop`` (daemon shutdown).
+async def follow_stream(book: Book, query: LogQuery, stop: trio.Event) -> AsyncIterator[bytes]:
+    """The last ``query.lines`` lines, then live lines until ``stop`` (daemon shutdown).
 
     A client that goes away cancels the stream (Quart cancels the request) or closes the
-    generator; either way the ``follow_logs`` block exits and the follower is released.
+    generator; either way the ``follow`` block exits and the follower is released.
     """
-    try:
-        with manager.follow_logs(module_id) as lines:
-            # No await between registering and the snapshot: no line lost or repeated.
-            backlog = manager.logs(module_id)[-count:] if count else []
-            for old in backlog:
-                yield _ndjson(old)
-            while (new := await _next_line(lines, stop)) is not None:
+    with book.follow() as lines:
+        # No await between registering and the snapshot: no line lost or repeated.
+        for old in recent_lines(book, query):
+            yield _ndjson(old)
+        while (new := await _next_line(lines, stop)) is not None:
+            if query.keeps(new):
                 yield _ndjson(new)
-    except UnknownModule:  # removed between the request and the first byte
-        return

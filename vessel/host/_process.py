@@ -330,8 +330,10 @@ class ModuleProcess:
 
     def last_word(self, reason: str) -> None:
         """Why this process ends, sent whatever the rate limit says: the daemon names it
-        as the reason of the crash. Once per process, which exits right after."""
-        self._send_log(0, _log_entry("fatal", reason, "host"))
+        as the reason of the crash. Once per process, which exits right after. Source
+        "process": the guest's own lines are "host", so its log("fatal", ...) is not
+        taken for the reason."""
+        self._send_log(0, _log_entry("fatal", reason, "process"))
 
     def report_dropped_lines(self) -> None:
         """Tell the daemon how many lines were dropped since the last report (the guest

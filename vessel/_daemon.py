@@ -23,6 +23,7 @@ from ._cpu_box import QUARANTINE, CpuBox
 from ._errors import DatabaseMissing, DataDirError
 from ._logbook import logs_dir, open_logbook
 from ._manager import ModuleManager, SupervisionPolicy
+from ._memory import keep_trimmed
 from ._paths import bundled_modules_dir, database_path, modules_dir
 from ._storage import Storage
 from ._tls import load_trusted_certificates
@@ -261,6 +262,7 @@ async def open_daemon(
                 quarantine=config.quarantine,
             )
             await nursery.start(box.run)
+            nursery.start_soon(keep_trimmed)
             manager = ModuleManager(
                 data_dir=data_dir,
                 storage=storage,

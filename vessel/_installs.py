@@ -19,6 +19,7 @@ from typing import Any, Literal
 import trio
 
 from ._errors import VesselError
+from ._memory import trim
 
 #: Seconds an ended install stays readable (``GET /api/modules/<id>/install``).
 KEEP_ENDED = 600.0
@@ -110,6 +111,9 @@ class Installs:
         install.ended_at = trio.current_time()
         install.ended.set()
         self._prune()
+        # One-off heavy work (an upload decoded, a compile followed) is over: what it
+        # freed goes back to the machine now, not at the next minute's trim.
+        trim()
 
     def get(self, module_id: str) -> Install | None:
         self._prune()

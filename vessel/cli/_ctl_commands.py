@@ -15,7 +15,6 @@ from typing import Any
 
 from ._ctl_client import ApiError, Client, CtlError, Settings, module_path
 from ._ctl_format import (
-    format_log_line,
     format_module_info,
     format_module_list,
     format_not_ok,
@@ -184,7 +183,7 @@ def cmd_restart(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-# -- calls and logs ----------------------------------------------------------------
+# -- calls ----------------------------------------------------------------
 
 
 def read_params(text: str) -> str:
@@ -229,35 +228,3 @@ def cmd_call(settings: Settings, args: argparse.Namespace) -> int:
     else:
         out(pretty_json(answer.get("data") if isinstance(answer, dict) else answer))
     return 0
-
-
-def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
-    with Client(settings) as client, about_module(args.id):
-        if args.follow:
-            return _follow_logs(client, settings, args.id, args.lines)
-        doc = client.json("GET", module_path(args.id, "logs"), params={"lines": str(args.lines)})
-    if settings.json:
-        out(pretty_json(doc))
-    else:
-        for line in doc.get("lines", []):
-            out(format_log_line(line))
-    return 0
-
-
-def _follow_logs(client: Client, settings: Settings, module_id: str, lines: int) -> int:
-    """Stream until Ctrl-C (``main`` turns the KeyboardInterrupt into exit 0)."""
-    path = module_path(module_id, "logs")
-    with client.stream_lines(path, lines=str(lines), follow="true") as stream:
-        for raw in stream:
-            if not raw.strip():
-                continue
-            if settings.json:
-                out(raw)
-                continue
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                out(raw)
-                continue
-            out(format_log_line(line))
-    raise CtlError(f"the daemon ended the log stream of {module_id} (shut down or removed?)")

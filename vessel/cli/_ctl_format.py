@@ -6,6 +6,7 @@ Pure functions of the API's JSON, so they are tested without a daemon.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -224,11 +225,25 @@ def format_event(event: Mapping[str, Any]) -> str:
 
 
 def format_log_line(line: Mapping[str, Any]) -> str:
-    """``2025-01-31 14:03:07.250 INFO  guest: testkit loaded``."""
+    """``2025-01-31 14:03:07.250 INFO  host: testkit loaded``, its control characters
+    escaped (a guest's line may hold terminal escape sequences)."""
     timestamp = line.get("timestamp")
     when = format_timestamp(timestamp) if isinstance(timestamp, int) else EMPTY
-    level = str(line.get("level", "")).upper()
-    return f"{when} {level:<5} {line.get('source')}: {line.get('message')}"
+    level = printable(str(line.get("level", "")).upper())
+    # A message on several lines (a traceback) stays readable, its lines indented: no
+    # line of it can pass for a line of the log.
+    message = "\n    ".join(printable(part) for part in str(line.get("message")).split("\n"))
+    return f"{when} {level:<5} {printable(str(line.get('source')))}: {message}"
+
+
+#: What a terminal could act on: C0 and C1 controls (ESC, CSI, a newline that would
+#: start a forged line) and the bidirectional overrides that reorder what is shown.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with each control character written as an escape (``\\x1b``, ``\\n``)."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
 def is_secret_key(key: str) -> bool:

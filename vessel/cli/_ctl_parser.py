@@ -96,10 +96,13 @@ COMMANDS: dict[str, _Command] = {
         ),
         _Command(
             "logs",
-            "Show a module's recent log lines; -f follows new ones until Ctrl-C.",
+            "Show a module's log (kept across its restarts and the daemon's), or the "
+            "daemon's own with --daemon; -f follows new lines until Ctrl-C.",
             "logs example",
             "logs example -n 200",
             "logs -f home-assistant",
+            "logs --daemon --level warning",
+            "logs --daemon -f",
         ),
         _Command(
             "call",
@@ -199,6 +202,15 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in ("debug", "info", "warning", "warn", "error", "critical", "fatal"):
+        raise argparse.ArgumentTypeError(
+            f"not a level: {text!r} (debug, info, warning, error or critical)"
+        )
+    return level
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -275,16 +287,25 @@ def build_parser() -> argparse.ArgumentParser:
         add(name).add_argument("id", metavar="ID", help="module id")
 
     p = add("logs")
-    p.add_argument("id", metavar="ID", help="module id")
+    p.add_argument("id", metavar="ID", nargs="?", help="module id (or --daemon)")
+    p.add_argument(
+        "--daemon", action="store_true", help="the daemon's own log instead of a module's"
+    )
     p.add_argument(
         "-n",
         "--lines",
         type=_non_negative_int,
         default=100,
         metavar="N",
-        help="how many recent lines (default 100)",
+        help="how many recent lines (default 100, at most 1000)",
     )
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument(
+        "--level",
+        type=_log_level,
+        metavar="LEVEL",
+        help="only lines at LEVEL or above: debug, info, warning, error or critical",
+    )
 
     p = add("call")
     p.add_argument("module", metavar="MODULE", help="module id")

@@ -33,12 +33,12 @@ from ._ctl_commands import (
     cmd_enable,
     cmd_info,
     cmd_list,
-    cmd_logs,
     cmd_remove,
     cmd_restart,
     cmd_status,
 )
 from ._ctl_config import cmd_config
+from ._ctl_logs import cmd_logs
 from ._ctl_parser import build_parser, resolve_settings, split_pattern, split_setting
 
 __all__ = ["build_parser", "main", "split_pattern", "split_setting"]

@@ -15,7 +15,9 @@ built from the repository's sources, and the toolchain uses them only if its key
 the sources it reads from the installed package (the module, the SDK, the WIT, the
 componentize-py version) equals the repository's; the daemon's log must say "up to
 date" for each. So the ~20 s componentize-py builds are skipped only if the wheel carries
-those sources byte for byte; the compiles to native code still run (~15 s each).
+those sources byte for byte; the compiles to native code still run (~15 s each). The
+second test starts the same install with an empty cache, so that it builds from source
+for real, and stops it meanwhile.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import sys
 import tomllib
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -42,7 +45,6 @@ from packaging.requirements import Requirement
 from tests.cli._support import (
     MODULES_STARTED,
     RUNNING,
-    SERVE,
     LineReader,
     Result,
     base_env,
@@ -90,13 +92,6 @@ def _run(argv: list[str], *, cwd: Path, env: Mapping[str, str], timeout: float) 
     result = Result(done.returncode, done.stdout.decode(), done.stderr.decode())
     assert result.returncode == 0, f"{' '.join(argv)}: {result}"
     return result
-
-
-async def _run_async(argv: list[str]) -> Result:
-    """``_run`` in a thread, in the test's environment (the checkout's venv's pip)."""
-    return await trio.to_thread.run_sync(
-        lambda: _run(argv, cwd=REPO, env=os.environ, timeout=STEP_TIMEOUT)
-    )
 
 
 @pytest.fixture(scope="session")
@@ -157,35 +152,56 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class Installed:
+    """The wheel built from the working tree, and a fresh venv it is installed in."""
+
+    wheel: Path
+    venv: Path
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Installed:
+    """Build the wheel from a copy of the working tree, as pip does for ``pipx install
+    PATH``, and install it with its dependencies into a fresh venv that sees nothing of
+    the test's own (once for this file's tests)."""
+    root = tmp_path_factory.mktemp("wheel")
+    source = root / "src"
+    dist = root / "dist"
+    venv = root / "venv"
+    _working_tree(source)
+    offline = ["--no-index", "--find-links", str(wheelhouse)]
+    pip = [sys.executable, "-m", "pip"]
+    for argv in (
+        [*pip, "wheel", "-q", "--no-deps", *offline, "-w", str(dist), str(source)],
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)],
+    ):
+        _run(argv, cwd=root, env=os.environ, timeout=STEP_TIMEOUT)
+    (wheel,) = dist.glob("vessel-*.whl")
+    _run(
+        [*pip, "--python", str(venv / "bin" / "python"), "install", "-q", *offline, str(wheel)],
+        cwd=root, env=os.environ, timeout=STEP_TIMEOUT,
+    )  # fmt: skip
+    return Installed(wheel, venv)
+
+
 @pytest.mark.watchdog(900)
 async def test_a_wheel_installed_outside_the_checkout_serves_its_bundled_modules(
-    tmp_path: Path, wheelhouse: Path, built_guests: Mapping[str, Path]
+    tmp_path: Path, installed: Installed, built_guests: Mapping[str, Path]
 ) -> None:
     """``pip install <wheel>`` into a fresh venv, then ``vessel serve`` from it in a new
     data dir: /healthz and the dashboard answer, both bundled modules are built from the
     sources the wheel carries (the toolchain's cache matches them), installed and run
     (systemd's STATUS= says so meanwhile), and ``vessel-ctl new`` writes a module; nothing
     is read from the checkout."""
-    # Build the wheel from a copy of the working tree, as pip does for `pipx install PATH`.
-    source = tmp_path / "src"
-    dist = tmp_path / "dist"
-    await trio.to_thread.run_sync(_working_tree, source)
-    offline = ["--no-index", "--find-links", str(wheelhouse)]
-    pip = [sys.executable, "-m", "pip"]
-    await _run_async([*pip, "wheel", "-q", "--no-deps", *offline, "-w", str(dist), str(source)])
-    (wheel,) = dist.glob("vessel-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
+    venv = installed.venv
+    names = set(zipfile.ZipFile(installed.wheel).namelist())
     for folder in SHIPPED:
         missing = {f"vessel/_data/{rel}" for rel in _tracked(folder)} - names
         assert not missing, f"the wheel does not carry {sorted(missing)}"
     assert not [n for n in names if "__pycache__" in n or n.endswith((".wasm", ".cwasm"))]
     assert not [n for n in names if "/build/" in n], "build output in the wheel"
 
-    # A fresh venv that sees nothing of this one, the wheel and its dependencies in it.
-    venv = tmp_path / "venv"
-    await _run_async([sys.executable, "-m", "venv", "--without-pip", str(venv)])
-    await _run_async([*pip, "--python", str(venv / "bin" / "python"), "install", "-q", *offline,
-                      str(wheel)])  # fmt: skip
     home = tmp_path / "home"
     work = tmp_path / "work"
     for made in (home, work):
@@ -280,19 +296,23 @@ async def test_a_wheel_installed_outside_the_checkout_serves_its_bundled_modules
     assert "Traceback" not in stderr.text, stderr.text
 
 
-async def test_a_stop_while_a_bundled_module_builds_leaves_no_process(tmp_path: Path) -> None:
-    """A fresh data dir without built bundled modules (and an empty cache) builds them
-    from source in the background; SIGTERM meanwhile stops the daemon at once, cleanly
-    (exit 0), and the build (the toolchain and the componentize-py it runs) is killed
-    with it rather than left running."""
-    env = base_env(
-        XDG_CACHE_HOME=str(tmp_path / "cache"),
+async def test_a_stop_while_a_bundled_module_builds_leaves_no_process(
+    tmp_path: Path, installed: Installed
+) -> None:
+    """A first start of the installed wheel, with an empty cache, builds the bundled
+    modules from source in the background; SIGTERM meanwhile stops the daemon at once,
+    cleanly (exit 0), and the build (the toolchain and the componentize-py it runs) is
+    killed with it rather than left running."""
+    env = _clean_env(
         HOME=str(tmp_path),
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
         VESSEL_LOG_LEVEL="INFO",
     )
     env.pop("CACHE_DIRECTORY", None)
+    serve = [str(installed.venv / "bin" / "vessel"), "serve", "--port", "0"]
     process = await trio.lowlevel.open_process(
-        [*SERVE, "--data-dir", str(tmp_path / "data"), "--port", "0"],
+        [*serve, "--data-dir", str(tmp_path / "data")],
+        cwd=tmp_path,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -112,10 +112,12 @@ async def _run_until_cancelled(
 
 
 def describe_status(daemon: Daemon, binds: list[str]) -> str:
-    """What the daemon is doing, in one line for ``systemctl status``."""
+    """What the daemon is doing, in one line for ``systemctl status`` (asked every second:
+    from memory only, no database read)."""
     states: dict[str, int] = {}
-    for info in daemon.manager.list_modules():
-        states[str(info["state"])] = states.get(str(info["state"]), 0) + 1
+    for module_id in daemon.manager.ids():
+        state = daemon.manager.state(module_id).value
+        states[state] = states.get(state, 0) + 1
     modules = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none"
     doing = f"; building {daemon.building} from source" if daemon.building else ""
     installing = [i for i in daemon.manager.installs.all() if i.under_way]

@@ -185,7 +185,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Ins
     return Installed(wheel, venv)
 
 
-@pytest.mark.watchdog(900)
+@pytest.mark.watchdog(900)  # the first test of a worker builds and installs the wheel
 async def test_a_wheel_installed_outside_the_checkout_serves_its_bundled_modules(
     tmp_path: Path, installed: Installed, built_guests: Mapping[str, Path]
 ) -> None:
@@ -296,6 +296,7 @@ async def test_a_wheel_installed_outside_the_checkout_serves_its_bundled_modules
     assert "Traceback" not in stderr.text, stderr.text
 
 
+@pytest.mark.watchdog(900)  # the first test of a worker builds and installs the wheel
 async def test_a_stop_while_a_bundled_module_builds_leaves_no_process(
     tmp_path: Path, installed: Installed
 ) -> None:

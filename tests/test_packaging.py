@@ -344,3 +344,26 @@ async def test_a_stop_while_a_bundled_module_builds_leaves_no_process(
 def _toolchain_processes(pid: int) -> set[Proc]:
     """The descendants of ``pid`` that run vessel's toolchain (a bundled module's build)."""
     return {p for p in descendants_of(pid) if "vessel._toolchain" in cmdline(p[0])}
+
+
+def test_the_systemd_unit_verifies_against_a_venv_install(
+    tmp_path: Path, installed: Installed
+) -> None:
+    """``packaging/vessel.service`` passes ``systemd-analyze verify`` without a word, with
+    ``/opt/vessel`` standing for the venv the wheel was installed in: every setting is
+    known to systemd, and ExecStart names the ``vessel`` a venv install has."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed: the unit cannot be checked here")
+    unit = (REPO / "packaging" / "vessel.service").read_text()
+    assert "ExecStart=/opt/vessel/bin/vessel serve" in unit
+    assert re.search(r"^Type=notify$", unit, re.M)
+    assert re.search(r"^WatchdogSec=\d+s?$", unit, re.M)
+    (tmp_path / "vessel.service").write_text(unit.replace("/opt/vessel", str(installed.venv)))
+    checked = subprocess.run(
+        [analyze, "verify", str(tmp_path / "vessel.service")],
+        capture_output=True, timeout=STEP_TIMEOUT, check=False,
+    )  # fmt: skip
+    said = (checked.stdout + checked.stderr).decode()
+    assert checked.returncode == 0, said
+    assert said.strip() == "", said

@@ -182,8 +182,8 @@ class Logbook:
         return book
 
     async def load(self, module_ids: list[str]) -> None:
-        """Read the history of these modules (and of the daemon, the first time) from
-        their files: at the daemon's start, for the modules it found installed."""
+        """Read the history of these modules from their files, before the lines they
+        have now: at the daemon's start, for the modules it found installed."""
         books = [self.module(module_id) for module_id in module_ids]
         read = await trio.to_thread.run_sync(lambda: [read_history(b.path) for b in books])
         for book, lines in zip(books, read, strict=True):
@@ -387,7 +387,14 @@ async def open_logbook(directory: Path) -> AsyncIterator[Logbook]:
     daemon book (the previous runs' lines read first); on exit, everything left is
     written. Enter it before anything that logs, leave it last."""
     logbook = Logbook(directory)
-    logbook.daemon._load(await trio.to_thread.run_sync(read_history, logbook.daemon.path))
+
+    def prepare() -> list[LogLine]:
+        # Made now, not at the first write: the data dir's layout is there from the start.
+        with suppress(OSError):  # the writer says so if it cannot write
+            (directory / "modules").mkdir(parents=True, exist_ok=True)
+        return read_history(logbook.daemon.path)
+
+    logbook.daemon._load(await trio.to_thread.run_sync(prepare))
     handler = DaemonLogHandler(logbook.daemon)
     loggers = [logging.getLogger(name) for name in DAEMON_LOGGERS]
     for logger in loggers:

@@ -1,4 +1,4 @@
-// Logs: the daemon's own log (GET api/logs, docs/api.md), its newest lines then the live
+// Logs: the daemon's own log (GET api/daemon/logs, docs/api.md), its newest lines then the live
 // ones (an NDJSON follow), oldest at the top as a log reads. The level filter is the
 // daemon's (?level=): a change starts a new follow with that filter, and it is kept in
 // the address (#/logs?level=warning). Pause holds new lines (bounded) until resume.
@@ -105,7 +105,7 @@ export function mount(root, client, route) {
     held.length = 0;
     renderNote("following");
     try {
-      const res = await client.stream(`api/logs?lines=${BACKLOG}&level=${level}&follow=true`, mine.signal);
+      const res = await client.stream(`api/daemon/logs?lines=${BACKLOG}&level=${level}&follow=true`, mine.signal);
       if (!res.ok) throw new Error(`${res.status} ${(await res.json().catch(() => ({}))).message ?? ""}`);
       const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";

@@ -1,6 +1,6 @@
 """REST: a module's log goes on across its restarts, its crashes and the daemon's restarts
 (vessel/_logbook.py), says why its process ended, and is deleted with the module; the
-daemon's own log is read the same way at /api/logs."""
+daemon's own log is read the same way at /api/daemon/logs."""
 
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ async def test_the_log_outlives_a_daemon_restart(
         assert log_files(tmp_path, "alpha") == [logs_dir(tmp_path) / "modules" / "alpha.log"]
         async with open_api(tmp_path) as (_, client):
             lines = await log_of(client, "alpha")
-            daemon = (await client.get("/api/logs", params={"level": "warning"})).json()
+            daemon = (await client.get("/api/daemon/logs", params={"level": "warning"})).json()
     first = index(lines, "from the first run", "host")
     ended = index(lines, "its process ended: killed by SIGKILL", "daemon", first)
     stopped = index(lines, "its process was stopped", "daemon", ended)  # the daemon's stop
@@ -178,14 +178,14 @@ async def test_the_log_outlives_a_daemon_restart(
 
 
 async def test_daemon_log_over_rest(tmp_path: Path, make_module_dir: MakeModuleDir) -> None:
-    """GET /api/logs: the daemon's records, ?level= keeps that level and above (a bad
+    """GET /api/daemon/logs: the daemon's records, ?level= keeps that level and above (a bad
     one is 400 naming the levels), ?follow=1 streams new ones as NDJSON; a module's own
     lines are in its log, not the daemon's; the token is needed as everywhere."""
     make_module_dir(tmp_path, "testkit", module_id="alpha")
     with trio.fail_after(60):
         async with open_api(tmp_path) as (gateway, client):
             params = {"follow": "1", "lines": "0", "level": "warning"}
-            async with client.stream("GET", "/api/logs", params=params) as stream:
+            async with client.stream("GET", "/api/daemon/logs", params=params) as stream:
                 assert stream.headers["content-type"].startswith("application/x-ndjson")
                 lines = stream.aiter_lines()
                 await say(client, "alpha", "a module's warning", level="warn")
@@ -197,22 +197,24 @@ async def test_daemon_log_over_rest(tmp_path: Path, make_module_dir: MakeModuleD
             assert seen[-1]["message"].startswith("module alpha crashed (pid ")
             assert set(seen[-1]) == {"timestamp", "level", "source", "message"}
 
-            everything = (await client.get("/api/logs", params={"lines": "1000"})).json()
+            everything = (await client.get("/api/daemon/logs", params={"lines": "1000"})).json()
             assert seen[-1] in everything["lines"]
-            errors = (await client.get("/api/logs", params={"level": "error"})).json()
+            errors = (await client.get("/api/daemon/logs", params={"level": "error"})).json()
             assert seen[-1] not in errors["lines"]
-            last = (await client.get("/api/logs", params={"lines": "1"})).json()["lines"]
+            last = (await client.get("/api/daemon/logs", params={"lines": "1"})).json()["lines"]
             assert last == everything["lines"][-1:]
 
             message = assert_error(
-                await client.get("/api/logs", params={"level": "loud"}), 400, "invalid_request"
+                await client.get("/api/daemon/logs", params={"level": "loud"}),
+                400,
+                "invalid_request",
             )
             assert "debug, info, warning, error, critical" in message
             assert_error(
-                await client.get("/api/logs", params={"lines": "x"}), 400, "invalid_request"
+                await client.get("/api/daemon/logs", params={"lines": "x"}), 400, "invalid_request"
             )
             async with httpx.AsyncClient(base_url=gateway.base_url) as anonymous:
-                assert (await anonymous.get("/api/logs")).status_code == 401
+                assert (await anonymous.get("/api/daemon/logs")).status_code == 401
 
             # The module's log filters the same way.
             module_warnings = await log_of(client, "alpha", level="warn")

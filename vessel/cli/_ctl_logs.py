@@ -18,7 +18,7 @@ from ._ctl_format import format_log_line
 
 #: What ``--level`` takes (the daemon also knows ``warn`` and ``fatal``).
 LEVELS = ("debug", "info", "warning", "error", "critical")
-DAEMON_LOG = "api/logs"
+DAEMON_LOG = "api/daemon/logs"
 
 
 def _params(args: argparse.Namespace) -> dict[str, str]:

@@ -269,9 +269,12 @@ async def logs(module_id: str) -> Response:
     return log_response(_manager().log_book(module_id), query)  # UnknownModule -> 404
 
 
-@rest.get("/api/logs")
+@rest.get("/api/daemon/logs")
 async def daemon_logs() -> Response:
-    """The daemon's own log (its records, not the modules' lines: those are theirs)."""
+    """The daemon's own log (its records, not the modules' lines: those are theirs).
+
+    Not ``/api/logs``: a client normalises ``/api/modules/../logs`` (a module id ``..``)
+    to that, and an id must never lead to another endpoint."""
     return log_response(_manager().logbook.daemon, log_query(request.args))
 
 

@@ -71,6 +71,9 @@ async def test_the_daemons_own_log(
         assert "testkit loaded" not in own  # the module's line is in the module's log
         warnings = await run_ok(daemon, "logs", "--daemon", "--level", "warning")
         assert "vessel running on" not in warnings
+        as_json = json.loads(await run_ok(daemon, "--json", "logs", "--daemon", "-n", "1000"))
+        started = [x for x in as_json["lines"] if x["message"].startswith("vessel running on")]
+        assert [(x["level"], x["source"]) for x in started] == [("info", "vessel")]
 
         follow = await spawn_ctl("logs", "--daemon", "-f", "-n", "0", env=daemon.env)
         try:

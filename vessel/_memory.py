@@ -20,7 +20,6 @@ correctness.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable
 from typing import Final
@@ -34,11 +33,11 @@ TRIM_INTERVAL: Final = 60.0
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
+    # The process's own symbols, the C library's among them: no library search (ctypes'
+    # find_library runs ldconfig in a subprocess, not something to do at import).
     try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError, TypeError):
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int

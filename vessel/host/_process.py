@@ -31,6 +31,7 @@ from .. import _ipc
 from .._capabilities import Capabilities
 from .._events import Event
 from .._log_rules import MAX_LINE, MAX_LINES_PER_SECOND, cut_bytes, cut_line
+from .._memory import keep_trimmed
 from ._box_report import BoxReport
 from ._confine import box_cpu, boxed
 from ._guest_thread import Delivery, GuestLoadError, GuestThread
@@ -404,6 +405,9 @@ def _event_record(event: Event) -> wc.Record:
 async def serve_module_process() -> None:
     """Run one module process until the daemon asks it to stop."""
     async with trio.open_nursery() as nursery:
+        # A module runs for months too: what its guest's calls freed goes back, as the
+        # daemon's does (vessel/_memory.py).
+        nursery.start_soon(keep_trimmed)
         process = ModuleProcess(nursery)
         async with open_parent_channel(
             name="module-process", on_request=process.on_request, on_notify=process.on_notify

@@ -385,19 +385,22 @@ async def test_origin_check(tmp_path: Path) -> None:
 async def test_shutdown_closes_clients_with_1001(tmp_path: Path) -> None:
     """When the daemon shuts down every client, authenticated or still authenticating, is
     closed with 1001; a client connecting after that is closed with 1001 at once."""
-    async with (
-        running_gateway(tmp_path) as gw,
-        ws_client(gw) as authenticated,
-        ws_client(gw, token=None) as authenticating,
-    ):
-        await ready(authenticated)
-        await subscribe(authenticated, "*", "*", "s")
-        gw.state.shutting_down.set()
-        assert await closed_with(authenticated) == (1001, "server shutting down")
-        assert await closed_with(authenticating) == (1001, "server shutting down")
-        async with ws_client(gw) as late:
-            assert await closed_with(late) == (1001, "server shutting down")
-        assert gw.daemon.bus.statistics().subscriptions == 0
+    async with running_gateway(tmp_path) as gw:
+        # The daemon's own subscriptions (the module history's) are not the clients'.
+        own = gw.daemon.bus.statistics().subscriptions
+        async with (
+            ws_client(gw) as authenticated,
+            ws_client(gw, token=None) as authenticating,
+        ):
+            await ready(authenticated)
+            await subscribe(authenticated, "*", "*", "s")
+            assert gw.daemon.bus.statistics().subscriptions > own
+            gw.state.shutting_down.set()
+            assert await closed_with(authenticated) == (1001, "server shutting down")
+            assert await closed_with(authenticating) == (1001, "server shutting down")
+            async with ws_client(gw) as late:
+                assert await closed_with(late) == (1001, "server shutting down")
+            assert gw.daemon.bus.statistics().subscriptions == own
 
 
 async def test_stopping_the_daemon_closes_clients_with_1001(tmp_path: Path) -> None:

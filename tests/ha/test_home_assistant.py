@@ -362,6 +362,10 @@ async def test_a_frozen_home_assistant_never_holds_the_module(
             status = d.bus.subscribe(f"{HA}.status", name="status")
             await next_event(status, status_is("connected"))
             await fake.wait_frame(lambda f: f.msg.get("type") == "get_states")
+            # The entities are in the module's cache once it has published them (the
+            # get_states frame reaching HA is not its answer reaching the module).
+            with d.bus.subscribe(f"{HA}.state.light.kitchen", name="kitchen") as kitchen_state:
+                await next_event(kitchen_state, lambda event: True)
             await wait_until(lambda: (d.manager.describe(HA)["health"] or {}).get("status") == "ok")
 
             proxy.freeze()

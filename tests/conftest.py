@@ -42,6 +42,7 @@ import ctypes
 import dataclasses
 import errno
 import faulthandler
+import gc
 import hashlib
 import json
 import os
@@ -374,8 +375,30 @@ def _bark(nodeid: str, seconds: float, fd: int) -> None:
         "threads follow, then the test is interrupted (SIGINT)\n".encode(),
     )
     faulthandler.dump_traceback(file=fd, all_threads=True)
+    _dump_trio_tasks(fd)
     # A real signal (not interrupt_main) so a blocking system call returns EINTR.
     signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+
+def _dump_trio_tasks(fd: int) -> None:
+    """Where each task of a hung trio run waits: a thread dump shows only the loop idle
+    in epoll, and a hang past a ``fail_after`` is a task blocked where a cancel cannot
+    reach it (a shielded scope, a thread not abandoned). The runner is found among the
+    live objects (its context is the test thread's); read while that loop is idle, which
+    it is when the watchdog barks."""
+    runners = [o for o in gc.get_objects() if type(o).__name__ == "Runner" and hasattr(o, "tasks")]
+    for runner in runners:
+        lines = ["trio tasks, each with where it waits (outermost first):"]
+        try:
+            for task in list(runner.tasks):
+                frames = [
+                    f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{lineno} {frame.f_code.co_name}"
+                    for frame, lineno in task.iter_await_frames()
+                ]
+                lines.append(f"  {task.name}\n    " + "\n    ".join(frames[-8:]))
+        except Exception as exc:  # a diagnostic: never the watchdog's own failure
+            lines.append(f"  (could not walk the tasks: {exc!r})")
+        os.write(fd, ("\n".join(lines) + "\n").encode())
 
 
 @pytest.fixture(autouse=True)

@@ -185,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
         "repeatable (env VESSEL_ALLOWED_HOSTS, comma-separated)",
     )
     p.add_argument(
+        "--metrics-open",
+        action="store_true",
+        default=os.environ.get("VESSEL_METRICS_OPEN", "") not in ("", "0"),
+        help="answer GET /metrics (Prometheus) without the token: for a scraper that "
+        "cannot send one; the figures name the installed modules (env "
+        "VESSEL_METRICS_OPEN=1; default: the token is needed, as for /api)",
+    )
+    p.add_argument(
         "--no-bundled",
         action="store_true",
         help="do not install the bundled example modules into a fresh data dir",
@@ -354,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         allowed_origins=frozenset(args.allow_origin),
         allowed_hosts=frozenset(args.allowed_host),
+        metrics_open=args.metrics_open,
     )
     try:
         trio.run(serve, config, gateway, forkserver, notifier)

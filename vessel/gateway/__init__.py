@@ -8,6 +8,7 @@ Layout (private modules; the names below are the public API):
 * ``_protocol`` WebSocket protocol v1 messages (msgspec tagged unions)
 * ``_ws``       the ``/ws`` endpoint: auth, per-client subscriptions, concurrent calls
 * ``_rest``     the REST API under ``/api`` and ``/healthz``
+* ``_metrics``  ``GET /metrics`` in the Prometheus text format
 * ``_serve``    serving the app with Hypercorn's trio worker inside the daemon's nursery
 """
 

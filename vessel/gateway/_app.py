@@ -47,6 +47,10 @@ class GatewayState:
     shutting_down: trio.Event = field(default_factory=trio.Event)
     #: WebSocket connections waiting for their ``auth`` message (``_ws.py``).
     unauthenticated: int = 0
+    #: WebSocket clients connected with the token (``_ws.py``; shown by ``/metrics``).
+    websocket_clients: int = 0
+    #: ``GET /metrics`` answers without the token (``vessel serve --metrics-open``).
+    metrics_open: bool = False
     #: Module uploads being received now (``POST /api/modules``).
     uploads: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(MAX_UPLOADS))
 
@@ -172,11 +176,13 @@ def create_app(state: GatewayState) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     app.extensions["vessel"] = state
 
+    from ._metrics import metrics
     from ._rest import rest
     from ._static import static
     from ._ws import ws
 
     app.register_blueprint(rest)
+    app.register_blueprint(metrics)
     app.register_blueprint(ws)
     app.register_blueprint(static)
 

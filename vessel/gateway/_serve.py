@@ -255,6 +255,8 @@ class GatewayConfig:
     allowed_origins: frozenset[str] = frozenset()
     #: Host names served besides IP literals, localhost and the machine's own name.
     allowed_hosts: frozenset[str] = frozenset()
+    #: ``GET /metrics`` without the token (``vessel serve --metrics-open``).
+    metrics_open: bool = False
 
 
 def is_loopback(host: str) -> bool:
@@ -281,6 +283,7 @@ async def serve_gateway(
         daemon=daemon,
         allowed_origins=config.allowed_origins,
         allowed_hosts=own_host_names() | {h.lower() for h in config.allowed_hosts},
+        metrics_open=config.metrics_open,
     )
     app = create_app(state)
     hyper = Config()

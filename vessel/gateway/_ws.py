@@ -250,9 +250,13 @@ class _Client:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._watch_shutdown)
                         if await self._authenticate():
-                            self._start(nursery)
-                            with self._reader_scope:
-                                await self._read(nursery)
+                            self.state.websocket_clients += 1
+                            try:
+                                self._start(nursery)
+                                with self._reader_scope:
+                                    await self._read(nursery)
+                            finally:
+                                self.state.websocket_clients -= 1
             finally:
                 self._release()
         if self.closing is not None:

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from tests.fixture_types import MakeModuleDir
 from vessel._daemon import DaemonConfig, open_daemon
+from vessel.cli.serve import build_parser
 from vessel.gateway import GatewayConfig, serve_gateway
 
 from .harness import FAST, Gateway, assert_error
@@ -148,6 +150,20 @@ async def test_metrics_need_the_token_and_match_the_api(
             rss = value(metrics["process_resident_memory_bytes"], "process_resident_memory_bytes")
             assert rss > 10 * 1024 * 1024  # the daemon's own process, not a module's
 
+            # The module's word on its health (a retained "health" event), as the API has it.
+            report = {"status": "degraded", "message": "reconnecting"}
+            params = {"module": "alpha", "name": "health", "retained": True, "data": report}
+            emitted = await client.post("/api/modules/alpha/call/emit", json=params)
+            assert emitted.status_code == 200, emitted.text
+            assert (await module_info(client, "alpha"))["health"]["status"] == "degraded"
+            metrics = parse(await client.get("/metrics"))
+            health = {
+                s.labels["status"]: s.value
+                for s in metrics["vessel_module_health"]
+                if s.labels["module"] == "alpha"
+            }
+            assert health == {"ok": 0, "degraded": 1, "error": 0}
+
             # A crash, and the supervisor's restart: one more on both sides.
             os.kill(info["pid"], signal.SIGKILL)
             while True:
@@ -159,6 +175,8 @@ async def test_metrics_need_the_token_and_match_the_api(
             restarts = metrics["vessel_module_restarts"]
             assert value(restarts, "vessel_module_restarts_total", module="alpha") == 1
             assert value(metrics["vessel_module_up"], "vessel_module_up", module="alpha") == 1
+            # A new process has said nothing of its health yet.
+            assert metrics["vessel_module_health"] == []
             later = metrics["vessel_bus_events_published"]
             assert value(later, "vessel_bus_events_published_total") > published
 
@@ -199,3 +217,13 @@ async def test_metrics_open_answers_without_the_token(
             metrics = parse(await anonymous.get("/metrics"))
             assert value(metrics["vessel_module_up"], "vessel_module_up", module="alpha") == 1
             assert_error(await anonymous.get("/api/modules"), 401, "unauthorized")
+
+
+def test_metrics_open_flag_and_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off by default; on with the flag or VESSEL_METRICS_OPEN=1 (0 or empty: off)."""
+    monkeypatch.delenv("VESSEL_METRICS_OPEN", raising=False)
+    assert build_parser().parse_args(["serve"]).metrics_open is False
+    assert build_parser().parse_args(["serve", "--metrics-open"]).metrics_open is True
+    for text, expected in (("1", True), ("0", False), ("", False)):
+        monkeypatch.setenv("VESSEL_METRICS_OPEN", text)
+        assert build_parser().parse_args(["serve"]).metrics_open is expected, text

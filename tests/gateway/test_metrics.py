@@ -16,6 +16,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from tests.cli._support import start_daemon, stop_daemon
 from tests.fixture_types import MakeModuleDir
 from vessel._daemon import DaemonConfig, open_daemon
 from vessel.cli.serve import build_parser
@@ -227,3 +228,24 @@ def test_metrics_open_flag_and_its_environment_variable(monkeypatch: pytest.Monk
     for text, expected in (("1", True), ("0", False), ("", False)):
         monkeypatch.setenv("VESSEL_METRICS_OPEN", text)
         assert build_parser().parse_args(["serve"]).metrics_open is expected, text
+
+
+async def test_vessel_serve_metrics_open(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """The real ``vessel serve --metrics-open``: /metrics answers a client without the
+    token, /api does not; the same daemon without the flag answers /metrics 401."""
+    with trio.fail_after(120):
+        for args, status in ((["--metrics-open"], 200), ([], 401)):
+            daemon = await start_daemon(nursery, tmp_path / "data", args)
+            try:
+                async with httpx.AsyncClient(base_url=daemon.url, timeout=30) as anonymous:
+                    response = await anonymous.get("/metrics")
+                    assert response.status_code == status, (args, response.text)
+                    if status == 200:
+                        metrics = parse(response)
+                        assert (
+                            value(metrics["vessel_modules_refused"], "vessel_modules_refused") == 0
+                        )
+                        assert metrics["vessel_module_up"] == []  # no module installed
+                    assert_error(await anonymous.get("/api/modules"), 401, "unauthorized")
+            finally:
+                await stop_daemon(daemon)

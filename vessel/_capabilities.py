@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 from ._errors import CapabilityDenied
-from ._manifest import Manifest
+from ._manifest import (
+    HostPattern,
+    Manifest,
+    parse_host_pattern,
+    setting_destination,
+    setting_reference,
+)
 
 
 def subscription_matches(pattern: str, key: str) -> bool:
@@ -115,11 +121,21 @@ class Capabilities:
     tcp: bool = False
     storage: bool = False
     timers: bool = False
+    #: ``permissions.network.hosts`` parsed: None when absent (any host).
+    hosts: tuple[HostPattern, ...] | None = None
+    #: The settings whose current value is an allowed destination (``{settings.key}``).
+    host_settings: tuple[str, ...] = ()
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> Capabilities:
         perms = manifest.permissions
+        entries = perms.network.hosts
+        refs = tuple(k for e in entries or () if (k := setting_reference(e)) is not None)
         return cls(
+            hosts=None
+            if entries is None
+            else tuple(parse_host_pattern(e) for e in entries if setting_reference(e) is None),
+            host_settings=refs,
             module_id=manifest.id,
             subscribe=tuple(perms.subscribe),
             calls=frozenset(perms.call),
@@ -165,6 +181,18 @@ class Capabilities:
         if not self.tcp:
             raise self._deny("tcp", "permissions.network.tcp")
 
+    def destinations(self, setting_values: Mapping[str, str | None]) -> Destinations | None:
+        """The allowed destinations now, given the current values of ``host_settings``;
+        None when the manifest names none (any host)."""
+        if self.hosts is None:
+            return None
+        from_settings = tuple(
+            p
+            for key in self.host_settings
+            if (p := setting_destination(setting_values.get(key))) is not None
+        )
+        return Destinations(self.module_id, self.hosts + from_settings)
+
     def check_storage(self) -> None:
         if not self.storage:
             raise self._deny("storage", "permissions.storage")
@@ -172,3 +200,24 @@ class Capabilities:
     def check_timers(self) -> None:
         if not self.timers:
             raise self._deny("timers", "permissions.timers")
+
+
+@dataclass(frozen=True)
+class Destinations:
+    """Where a module's http-fetch and websockets may go, settings resolved."""
+
+    module_id: str
+    patterns: tuple[HostPattern, ...]
+
+    def allows(self, scheme: str, host: str, port: int) -> bool:
+        return any(p.matches(scheme, host, port) for p in self.patterns)
+
+    def check(self, what: str, scheme: str, host: str, port: int) -> None:
+        """Raise CapabilityDenied naming ``what`` (``http-fetch to``) and the destination
+        (``http://localhost:8123``), the host as the URL wrote it."""
+        if not self.allows(scheme, host, port):
+            shown = f"[{host}]" if ":" in host else host
+            raise CapabilityDenied(
+                f"capability denied: {what} '{scheme}://{shown}:{port}' is not declared in "
+                f"permissions.network.hosts of module {self.module_id!r}"
+            )

@@ -29,6 +29,8 @@ MODULE_CALL = "module.call"
 STORAGE_GET = "storage.get"
 STORAGE_SET = "storage.set"
 STORAGE_DELETE = "storage.delete"
+#: The current value of a setting named by a ``{settings.key}`` hosts entry (StorageKey).
+SETTING_GET = "setting.get"
 #: Answered with nothing, on the lane: when the answer is back, the daemon has read every
 #: frame the guest thread sent before it (its last log lines, before the process exits).
 LANE_SYNC = "lane.sync"

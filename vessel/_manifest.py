@@ -10,8 +10,10 @@ in ``parse_manifest``.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -66,12 +68,150 @@ def is_valid_setting_key(key: str) -> bool:
     )
 
 
+#: Entries ``permissions.network.hosts`` may hold.
+MAX_HOSTS = 64
+#: ws and wss open the same kind of connection as http and https (an upgraded HTTP
+#: request), so a destination names an origin whichever of the two a host function uses.
+_SAME_ORIGIN = {"http": "http", "ws": "http", "https": "https", "wss": "https"}
+_DEFAULT_PORT = {"http": 80, "https": 443}
+_SETTING_REF_RE = re.compile(r"\{settings\.([^{}]*)\}")
+_HOST_ENTRY_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)", re.DOTALL)
+_AUTHORITY_RE = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]]*)(?::(?P<port>[^:]*))?")
+_LABEL_RE = re.compile(r"\*|[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+_HOSTS_EXAMPLE = '(for example "https://*.spotify.com", "ws://127.0.0.1:*" or "{settings.url}")'
+
+
+@dataclass(frozen=True)
+class HostPattern:
+    """One allowed destination: a scheme (http or https, ws and wss folded in), a host
+    (its labels, ``*`` for any one label, or one IP address) and a port (None: any)."""
+
+    scheme: str
+    host: tuple[str, ...]
+    port: int | None
+
+    def matches(self, scheme: str, host: str, port: int) -> bool:
+        """True for a destination (scheme, host, port) as ``origin_of`` gives it."""
+        if _SAME_ORIGIN.get(scheme) != self.scheme or self.port not in (None, port):
+            return False
+        labels = _host_labels(host)
+        return len(labels) == len(self.host) and all(
+            want in ("*", got) for want, got in zip(self.host, labels, strict=True)
+        )
+
+    def __str__(self) -> str:
+        host = ".".join(self.host)
+        host = f"[{host}]" if ":" in host else host
+        return f"{self.scheme}://{host}:{'*' if self.port is None else self.port}"
+
+
+def _host_labels(host: str) -> tuple[str, ...]:
+    """A host as compared: an IP address in its one canonical form, else lower-case DNS
+    labels without the root's trailing dot (``Example.COM.`` is ``example.com``)."""
+    try:
+        return (str(ipaddress.ip_address(host.strip("[]"))),)
+    except ValueError:
+        return tuple(host.lower().removesuffix(".").split("."))
+
+
+def origin_of(scheme: str, host: str, port: int | None) -> tuple[str, str, int]:
+    """The destination a URL names: scheme, host as written, port (the scheme's default
+    when the URL has none)."""
+    scheme = scheme.lower()
+    folded = _SAME_ORIGIN.get(scheme, scheme)
+    return scheme, host, port if port is not None else _DEFAULT_PORT.get(folded, 0)
+
+
+def setting_reference(entry: str) -> str | None:
+    """The setting key of a ``{settings.key}`` hosts entry, else None."""
+    match = _SETTING_REF_RE.fullmatch(entry)
+    return match[1] if match else None
+
+
+def parse_host_pattern(entry: str) -> HostPattern:
+    """Parse a ``scheme://host[:port]`` hosts entry; ValueError says what is wrong."""
+    match = _HOST_ENTRY_RE.fullmatch(entry)
+    if match is None:
+        raise ValueError(f"is not `scheme://host[:port]` or `{{settings.key}}` {_HOSTS_EXAMPLE}")
+    scheme = match["scheme"].lower()
+    if scheme not in _SAME_ORIGIN:
+        raise ValueError(f"has scheme {match['scheme']!r}: use http, https, ws or wss")
+    rest = match["rest"]
+    if any(c in rest for c in "/?#@"):
+        raise ValueError(
+            f"may only name scheme://host[:port], without a path, query or user {_HOSTS_EXAMPLE}"
+        )
+    authority = _AUTHORITY_RE.fullmatch(rest)
+    if authority is None or not authority["host"]:
+        raise ValueError(f"has no host {_HOSTS_EXAMPLE}")
+    host, port_text = authority["host"], authority["port"]
+    port: int | None
+    if port_text is None:
+        port = _DEFAULT_PORT[_SAME_ORIGIN[scheme]]
+    elif port_text == "*":
+        port = None
+    elif port_text.isdigit() and 1 <= int(port_text) <= 65535:
+        port = int(port_text)
+    else:
+        raise ValueError(f"has port {port_text!r}: use 1 to 65535, or * for any port")
+    if host.startswith("["):
+        try:
+            labels: tuple[str, ...] = (str(ipaddress.IPv6Address(host[1:-1])),)
+        except ValueError:
+            raise ValueError(f"has host {host!r}, which is not an IPv6 address") from None
+    else:
+        labels = _host_labels(host)
+        is_ip = len(labels) == 1 and ":" not in host and "." in labels[0] and labels[0][0].isdigit()
+        if not is_ip and not all(_LABEL_RE.fullmatch(label) for label in labels):
+            raise ValueError(
+                f"has host {host!r}: use a DNS name (letters, digits, '-', and * for one "
+                "whole label), an IPv4 address or an [IPv6] address"
+            )
+    return HostPattern(_SAME_ORIGIN[scheme], labels, port)
+
+
+def setting_destination(value: str | None) -> HostPattern | None:
+    """The exact origin (scheme, host, port) of a setting's URL value, or None when the
+    value is unset or not such a URL (then it allows nothing)."""
+    if not value:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _SAME_ORIGIN or not parts.hostname:
+        return None
+    _, host, port = origin_of(scheme, parts.hostname, port)
+    return HostPattern(_SAME_ORIGIN[scheme], _host_labels(host), port)
+
+
 class NetworkPermissions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Outbound network access, all through capability-checked host functions."""
 
     http: bool = False
     websocket: bool = False
     tcp: bool = False
+    #: The destinations http-fetch and websockets may reach; None (absent): any host.
+    hosts: list[Annotated[str, Meta(max_length=_MAX_PATTERN)]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.hosts is None:
+            return
+        if len(self.hosts) > MAX_HOSTS:
+            raise ValueError(f"`hosts`: at most {MAX_HOSTS} entries")
+        for i, entry in enumerate(self.hosts):
+            if entry.startswith("{"):
+                if setting_reference(entry) is None:
+                    raise ValueError(
+                        f"`hosts[{i}]` {entry!r} is not `{{settings.key}}` {_HOSTS_EXAMPLE}"
+                    )
+                continue
+            try:
+                parse_host_pattern(entry)
+            except ValueError as exc:
+                raise ValueError(f"`hosts[{i}]` {entry!r} {exc}") from None
 
 
 class Permissions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -167,6 +307,13 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 raise ValueError(
                     f"`settings`: setting {key!r} is required and has a default; drop one"
                 )
+        for i, entry in enumerate(self.permissions.network.hosts or ()):
+            ref = setting_reference(entry)
+            if ref is not None and ref not in self.settings:
+                raise ValueError(
+                    f"`permissions.network.hosts[{i}]` {entry!r} names setting {ref!r}, "
+                    "which `settings` does not declare"
+                )
 
 
 class _Peek(msgspec.Struct):
@@ -206,7 +353,7 @@ def _translate(exc: msgspec.ValidationError, root: str = "$") -> str:
     if m := re.fullmatch(r"Expected `(\w+)` (of length )?([<>]=?) (\d+)", msg):
         what = f"{_TYPE_NAMES.get(m[1], m[1])} of length " if m[2] else ""
         return f"`{path}` must be {what}{m[3]} {m[4]}"
-    if m := re.fullmatch(r"Expected `(\w+)`, got `(\w+)`", msg):
+    if m := re.fullmatch(r"Expected `(\w+)(?: \| null)?`, got `(\w+)`", msg):
         return f"`{path}` must be {_TYPE_NAMES.get(m[1], m[1])}, got {_TYPE_NAMES.get(m[2], m[2])}"
     if m := re.fullmatch(r"`([^`]+)` (.*)", msg, re.DOTALL):
         # Raised by a __post_init__: the field is relative to the struct at `path`.

@@ -349,6 +349,17 @@ class WasmModule:
             if value is None and (setting := self.manifest.settings.get(key)) is not None:
                 return setting.default  # a setting the admin has not set reads as its default
             return value
+        if method == _ipc.SETTING_GET:
+            # For the host's own destination check, not the guest: only a setting that a
+            # hosts entry names, read even without the storage capability.
+            key = _ipc.decode(body, _ipc.StorageKey).key
+            if key not in self._caps.host_settings:
+                raise CapabilityDenied(
+                    f"capability denied: setting {key!r} is not named in "
+                    f"permissions.network.hosts of module {self.id!r}"
+                )
+            value = self._storage.get(self.id, key)
+            return self.manifest.settings[key].default if value is None else value
         if method == _ipc.STORAGE_SET:
             self._caps.check_storage()
             item = _ipc.decode(body, _ipc.StorageSet)

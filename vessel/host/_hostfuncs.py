@@ -18,7 +18,7 @@ import msgspec
 from wasmtime import component as wc
 
 from .. import _ipc
-from .._capabilities import Capabilities
+from .._capabilities import Capabilities, Destinations
 from .._emit_rules import RateLimit, emit_problem, rate_exceeded
 from .._errors import CapabilityDenied
 from .._log_rules import level_of
@@ -125,6 +125,21 @@ class HostFunctions:
             return _remote_message(exc)
         return None
 
+    def _destinations(self) -> Destinations | None:
+        """Where the module may connect now: ``{settings.key}`` entries are read from the
+        daemon at each call, so a changed setting applies to the next connection."""
+        if self._caps.hosts is None:
+            return None
+        values: dict[str, str | None] = {}
+        for key in self._caps.host_settings:
+            try:
+                raw = self._rpc(_ipc.SETTING_GET, _ipc.StorageKey(key=key))
+                values[key] = _ipc.decode(raw, str | None)  # type: ignore[arg-type]
+            except Exception as exc:
+                # Unknown value: that entry allows nothing this time, and the log says why.
+                self._log("error", f"reading setting {key!r} for network.hosts failed: {exc}")
+        return self._caps.destinations(values)
+
     # -- event bus ---------------------------------------------------------------------
 
     def subscribe(self, pattern: str) -> str | None:
@@ -204,8 +219,10 @@ class HostFunctions:
         headers = [(str(k), str(v)) for k, v in req.headers]
         try:
             status, resp_headers, body = self._portal.run(
-                self._http.fetch, req.method, req.url, headers, req.body
+                self._http.fetch, req.method, req.url, headers, req.body, self._destinations()
             )
+        except CapabilityDenied as exc:
+            return self._denied(exc)
         except HostCallError as exc:
             return str(exc)
         response = wc.Record()
@@ -220,7 +237,9 @@ class HostFunctions:
         except CapabilityDenied as exc:
             return self._denied(exc)
         try:
-            handle: int = self._portal.run(self._websockets.connect, url)
+            handle: int = self._portal.run(self._websockets.connect, url, self._destinations())
+        except CapabilityDenied as exc:
+            return self._denied(exc)
         except HostCallError as exc:
             return str(exc)
         return handle
@@ -232,7 +251,11 @@ class HostFunctions:
         except CapabilityDenied as exc:
             return self._denied(exc)
         try:
-            handle: int = self._portal.run_sync(self._websockets.connect_nowait, url)
+            handle: int = self._portal.run_sync(
+                self._websockets.connect_nowait, url, self._destinations()
+            )
+        except CapabilityDenied as exc:
+            return self._denied(exc)
         except HostCallError as exc:
             return str(exc)
         return handle

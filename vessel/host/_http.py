@@ -33,12 +33,18 @@ import re
 import httpx
 import trio
 
+from .._capabilities import Destinations
+from .._manifest import origin_of
 from .._tls import client_context
 from ._hosterrors import HostCallError, describe_failure
 
 __all__ = ["ALLOWED_METHODS", "HttpService"]
 
 log = logging.getLogger("vessel.host")
+
+#: The request extension carrying a fetch's allowed destinations: httpx copies a
+#: request's extensions onto the redirect it builds, so every hop is checked.
+_ALLOW = "vessel.destinations"
 
 ALLOWED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -102,17 +108,24 @@ class HttpService:
                 max_redirects=self._max_redirects,
                 # Per-operation bounds; fetch adds the bound on the whole exchange.
                 timeout=httpx.Timeout(self._timeout),
+                event_hooks={"request": [_check_hop]},
             )
         return self._client
 
     async def fetch(
-        self, method: str, url: str, headers: list[tuple[str, str]], body: str | None
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: str | None,
+        allow: Destinations | None = None,
     ) -> tuple[int, list[tuple[str, str]], str]:
         """Perform one request; (status, headers, body text) for any HTTP status.
 
         An HTTP error status (404, 500) is a response, not a failure. ``HostCallError``
         is raised for a refused request, a transport failure, a timeout or a body over
-        ``max_response_bytes``.
+        ``max_response_bytes``. ``CapabilityDenied`` is raised when ``allow`` (None: any
+        host) does not cover the URL or a redirect's.
         """
         verb = method.upper()
         if verb not in ALLOWED_METHODS:
@@ -120,6 +133,8 @@ class HttpService:
                 f"http-fetch: method {method!r} is not allowed ({', '.join(ALLOWED_METHODS)})"
             )
         target = _check_url(url)
+        if allow is not None:
+            allow.check("http-fetch to", *origin_of(target.scheme, target.host, target.port))
         _check_headers(headers)
         if not self._running:
             raise HostCallError("http-fetch: http is stopped (the module is shutting down)")
@@ -128,7 +143,9 @@ class HttpService:
         content = body.encode("utf-8") if body is not None else None
         try:
             with trio.fail_after(self._timeout):
-                async with client.stream(verb, target, headers=headers, content=content) as resp:
+                async with client.stream(
+                    verb, target, headers=headers, content=content, extensions={_ALLOW: allow}
+                ) as resp:
                     data = await self._read_body(where, resp)
         except trio.TooSlowError:
             raise HostCallError(f"{where}: timed out after {self._timeout:g} s") from None
@@ -166,6 +183,15 @@ class HttpService:
         if over:
             raise HostCallError(too_big)
         return bytes(data)
+
+
+async def _check_hop(request: httpx.Request) -> None:
+    """Every request of a fetch, redirects included, goes where the module may go; the
+    CapabilityDenied raised here ends the fetch."""
+    allow = request.extensions.get(_ALLOW)
+    if isinstance(allow, Destinations):
+        url = request.url
+        allow.check("http-fetch redirect to", *origin_of(url.scheme, url.host, url.port))
 
 
 def _check_url(url: str) -> httpx.URL:

@@ -79,6 +79,8 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from .._capabilities import Destinations
+from .._manifest import origin_of
 from .._tls import client_context
 from ._hosterrors import HostCallError, describe_failure
 
@@ -194,24 +196,30 @@ class WebSocketService:
                 with trio.CancelScope(shield=True):
                     await self._close_connections(list(self._connections.values()), _GOING_AWAY)
 
-    async def connect(self, url: str) -> int:
-        """Open a connection to ``url`` (``ws://`` or ``wss://``); its handle once open."""
-        nursery, conn = self._register("websocket-connect", url)
+    async def connect(self, url: str, allow: Destinations | None = None) -> int:
+        """Open a connection to ``url`` (``ws://`` or ``wss://``); its handle once open.
+        ``allow`` (None: any host) must cover it, else CapabilityDenied."""
+        nursery, conn = self._register("websocket-connect", url, allow)
         await nursery.start(self._serve_connection, conn)
         return conn.handle
 
-    def connect_nowait(self, url: str) -> int:
+    def connect_nowait(self, url: str, allow: Destinations | None = None) -> int:
         """Start opening a connection to ``url`` and return its handle at once. Raises
         HostCallError only for what is known at once (a bad url, the limit, shutdown);
         a connection that cannot be opened is reported through ``on_closed``."""
-        nursery, conn = self._register("websocket-open", url)
+        nursery, conn = self._register("websocket-open", url, allow)
         conn.background = True
         conn.queued = []
         nursery.start_soon(self._serve_in_background, conn)
         return conn.handle
 
-    def _register(self, function: str, url: str) -> tuple[trio.Nursery, _Connection]:
+    def _register(
+        self, function: str, url: str, allow: Destinations | None
+    ) -> tuple[trio.Nursery, _Connection]:
         target = _parse_url(url)
+        if allow is not None:
+            scheme = "wss" if target.tls else "ws"
+            allow.check(f"{function} to", *origin_of(scheme, target.host, target.port))
         nursery = self._nursery
         if nursery is None:
             raise HostCallError(

@@ -19,8 +19,10 @@ from prometheus_client.samples import Sample
 from tests.cli._support import start_daemon, stop_daemon
 from tests.fixture_types import MakeModuleDir
 from vessel._daemon import DaemonConfig, open_daemon
+from vessel._manifest import HOST_API_VERSION
 from vessel.cli.serve import build_parser
 from vessel.gateway import GatewayConfig, serve_gateway
+from vessel.gateway._metrics import VERSION
 
 from .harness import FAST, Gateway, assert_error
 from .ws_client import ready, ws_client
@@ -105,6 +107,8 @@ async def test_metrics_need_the_token_and_match_the_api(
                 assert kinds[counter] == "counter", counter
             for gauge in (
                 "vessel_module_state",
+                "vessel_module_info",
+                "vessel_info",
                 "vessel_module_up",
                 "vessel_module_enabled",
                 "vessel_module_memory_private_bytes",
@@ -120,6 +124,11 @@ async def test_metrics_need_the_token_and_match_the_api(
             ):
                 assert kinds[gauge] == "gauge", gauge
 
+            [module] = metrics["vessel_module_info"]
+            assert module.labels == {"module": "alpha", "version": info["version"]}
+            assert module.value == 1
+            [daemon] = metrics["vessel_info"]
+            assert daemon.labels == {"version": VERSION, "host_api_version": str(HOST_API_VERSION)}
             states = {
                 s.labels["state"]: s.value
                 for s in metrics["vessel_module_state"]

@@ -18,6 +18,7 @@ modules installed, which is for the admin to publish or not.
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from quart import Blueprint, Response, request
 from .._bus import BusStatistics
 from .._errors import UnknownModule
 from .._manager import ModuleState
+from .._manifest import HOST_API_VERSION
 from ._app import GatewayState, gateway_state
 from ._auth import bearer_token, token_matches
 from ._errors import error_response
@@ -42,6 +44,17 @@ metrics = Blueprint("metrics", __name__)
 #: (1 for the current one): an alert on ``{state="failed"} == 1`` needs the 0 before it.
 STATES = tuple(state.value for state in ModuleState)
 HEALTH_STATUSES = ("ok", "degraded", "error")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("vessel")
+    except importlib.metadata.PackageNotFoundError:  # a checkout run without installing
+        return "unknown"
+
+
+#: The daemon's version, read once: it does not change while it runs.
+VERSION = _version()
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,11 @@ class VesselCollector(Collector):
 
     def _modules(self) -> Iterator[Metric]:
         labels = ["module"]
+        info_family = GaugeMetricFamily(
+            "vessel_module_info",
+            "Always 1; the labels say which version of the module is installed",
+            labels=["module", "version"],
+        )
         state = GaugeMetricFamily(
             "vessel_module_state",
             "1 for the module's current state, 0 for the others",
@@ -132,6 +150,7 @@ class VesselCollector(Collector):
         )
         for info in self.snapshot.modules:
             module = [str(info["id"])]
+            info_family.add_metric([*module, str(info["version"])], 1.0)
             for name in STATES:
                 state.add_metric([*module, name], 1.0 if info["state"] == name else 0.0)
             up.add_metric(module, 1.0 if info["pid"] is not None else 0.0)
@@ -146,10 +165,17 @@ class VesselCollector(Collector):
                     reported = info["health"]["status"] == status
                     health.add_metric([*module, status], 1.0 if reported else 0.0)
             dropped.add_metric(module, float(info["log_lines_dropped"]))
-        yield from (state, up, enabled, restarts, memory, uptime, health, dropped)
+        yield from (info_family, state, up, enabled, restarts, memory, uptime, health, dropped)
 
     def _daemon(self) -> Iterator[Metric]:
         s = self.snapshot
+        daemon = GaugeMetricFamily(
+            "vessel_info",
+            "Always 1; the labels say which Vessel runs and the host API it offers modules",
+            labels=["version", "host_api_version"],
+        )
+        daemon.add_metric([VERSION, str(HOST_API_VERSION)], 1.0)
+        yield daemon
         yield GaugeMetricFamily(
             "vessel_modules_refused",
             "Module folders the daemon refused to load (GET /api/modules says why)",

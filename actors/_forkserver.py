@@ -805,7 +805,10 @@ async def open_forkserver(
     )
     with collapse_single_exception():
         async with trio.open_nursery() as nursery:
-            await nursery.start(server._serve_background)
+            # Shielded while it starts, as open_process_actor's: a cancelled start would
+            # leave this shielded task outside the nursery, waited for for good.
+            with trio.CancelScope(shield=True):
+                await nursery.start(server._serve_background)
             try:
                 if launched is None:
                     server._start()

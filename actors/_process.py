@@ -524,7 +524,14 @@ async def open_process_actor(
     with collapse_single_exception():
         async with trio.open_nursery() as nursery:
             try:
-                await nursery.start(actor._serve_background)
+                # Shielded while it starts (it starts its tasks and returns at once): a
+                # task started into a nursery whose start() is cancelled is not moved
+                # into ``nursery`` (trio leaves it to end on its own), and this one,
+                # shielded, would never end: the start would wait for it for good (a
+                # daemon stopped while a module restarted hung so). Once started, a
+                # pending cancel lands at the next checkpoint and stop() runs below.
+                with trio.CancelScope(shield=True):
+                    await nursery.start(actor._serve_background)
                 yield actor
             finally:
                 await actor.stop()

@@ -100,6 +100,9 @@ class Book:
         #: Lines that never reached the disk (a slow or failing one), not yet said so.
         self._unwritten = 0
         self._followers: set[trio.MemorySendChannel[LogLine]] = set()
+        #: Lines appended since the book was opened (those read from its files not
+        #: counted): a position a reader can come back to (``lines_since``).
+        self.appended = 0
 
     def __repr__(self) -> str:
         return f"<Book {self.path.name} {len(self._recent)} lines, {len(self._pending)} pending>"
@@ -107,6 +110,7 @@ class Book:
     def append(self, line: LogLine) -> None:
         """Keep a line, send it to the followers, and have it written (never waits)."""
         self._recent.append(line)
+        self.appended += 1
         self._pending.append(line)
         if len(self._pending) > PENDING:
             self._pending.popleft()
@@ -120,6 +124,14 @@ class Book:
     def lines(self) -> list[LogLine]:
         """The newest lines (at most RECENT), oldest first."""
         return list(self._recent)
+
+    def split_at(self, position: int) -> tuple[list[LogLine], list[LogLine]]:
+        """The newest lines split at ``position`` (a value ``appended`` had): those
+        appended before it and those appended since, each oldest first (lines pushed out
+        of the newest RECENT since then are gone from both)."""
+        recent = list(self._recent)
+        since = min(self.appended - position, len(recent))
+        return recent[: len(recent) - since], recent[len(recent) - since :]
 
     @property
     def followers(self) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import msgspec
 import trio
 import trio.lowlevel
 
@@ -19,6 +20,7 @@ from vessel._logbook import (
     open_logbook,
     read_history,
 )
+from vessel.gateway._rest_logs import LogQuery, follow_stream
 
 
 def line(n: int, message: str = "", level: str = "info", source: str = "host") -> LogLine:
@@ -191,3 +193,41 @@ async def test_a_logbook_without_its_writer_loses_nothing_on_close(tmp_path: Pat
     logbook.module("alpha").append(line(1))
     logbook.close()
     assert read_history(logbook.module_path("alpha")) == [line(1)]
+
+
+async def test_a_follow_begins_when_it_is_answered_not_when_its_body_is_first_read(
+    tmp_path: Path,
+) -> None:
+    """A follow's stream is answered (its headers sent) before the server first pulls at
+    its body; a line appended in between (which the client, holding its headers, may
+    have caused) comes first in the stream, after the backlog counted back from the
+    answer, and nothing is repeated."""
+    book = Book(tmp_path / "x.log", lambda: None)
+    for n in range(5):
+        book.append(line(n, level="warning" if n % 2 else "info"))
+    query = LogQuery(lines=2, least=0, follow=True)
+    stop = trio.Event()
+    stream = follow_stream(book, query, stop, since=book.appended)
+    book.append(line(5, "between the answer and the first read"))
+    with trio.fail_after(5):
+        first = [msgspec.json.decode(await anext(stream)) for _ in range(3)]
+    assert [x["timestamp"] for x in first] == [line(n).timestamp for n in (3, 4, 5)]
+    book.append(line(6, "live"))
+    with trio.fail_after(5):
+        assert msgspec.json.decode(await anext(stream))["message"] == "live"
+    stop.set()
+    with trio.fail_after(5):
+        assert [chunk async for chunk in stream] == []
+    assert book.followers == 0
+
+
+async def test_a_follow_keeps_its_level_for_the_lines_it_caught_up_on(tmp_path: Path) -> None:
+    """?level= applies to the lines appended before the first read too."""
+    book = Book(tmp_path / "x.log", lambda: None)
+    stream = follow_stream(book, LogQuery(lines=0, least=30, follow=True), trio.Event(), since=0)
+    book.append(line(1, "quiet"))
+    book.append(line(2, "loud", level="warning"))
+    with trio.fail_after(5):
+        assert msgspec.json.decode(await anext(stream))["message"] == "loud"
+    await stream.aclose()
+    assert book.followers == 0

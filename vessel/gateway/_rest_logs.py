@@ -5,7 +5,7 @@ go on across a module's restarts and the daemon's."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -76,7 +76,10 @@ def log_response(book: Book, query: LogQuery) -> Response:
     if not query.follow:
         body = {"lines": [line_dict(line) for line in recent_lines(book, query)]}
         return Response(msgspec.json.encode(body), mimetype="application/json")
-    stream = follow_stream(book, query, gateway_state().shutting_down)
+    # The follow starts now, when the request is answered, not when the server first
+    # pulls at the body (after the headers are out): a line logged in between, which a
+    # client that has its headers may well have caused, is not lost.
+    stream = follow_stream(book, query, gateway_state().shutting_down, since=book.appended)
     response = Response(stream, mimetype=NDJSON)
     response.timeout = None  # a follow lasts as long as the client wants it
     response.headers["Cache-Control"] = "no-store"
@@ -110,15 +113,22 @@ async def _next_line(lines: trio.MemoryReceiveChannel[LogLine], stop: trio.Event
     return got[0] if got and not stop.is_set() else None
 
 
-async def follow_stream(book: Book, query: LogQuery, stop: trio.Event) -> AsyncIterator[bytes]:
+async def follow_stream(
+    book: Book, query: LogQuery, stop: trio.Event, *, since: int | None = None
+) -> AsyncGenerator[bytes, None]:
     """The last ``query.lines`` lines, then live lines until ``stop`` (daemon shutdown).
 
+    ``since``: where the follow began (``book.appended`` when the request was answered):
+    the lines appended from there until this stream first runs come before the live ones,
+    and the backlog is counted back from there.
     A client that goes away cancels the stream (Quart cancels the request) or closes the
     generator; either way the ``follow`` block exits and the follower is released.
     """
     with book.follow() as lines:
         # No await between registering and the snapshot: no line lost or repeated.
-        for old in recent_lines(book, query):
+        before, missed = book.split_at(book.appended if since is None else since)
+        backlog = [line for line in before if query.keeps(line)][-query.lines :]
+        for old in (backlog if query.lines else []) + [x for x in missed if query.keeps(x)]:
             yield _ndjson(old)
         while (new := await _next_line(lines, stop)) is not None:
             if query.keeps(new):

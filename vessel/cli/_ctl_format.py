@@ -189,6 +189,8 @@ def format_module_info(info: Mapping[str, Any]) -> str:
         ("missing settings", ", ".join(info.get("missing_settings") or []) or EMPTY),
         ("hash", _cell(info.get("hash"))),
     ]
+    if "permissions" in info:
+        fields.append(("network", format_network(info["permissions"])))
     if "raised_limits" in info:  # a daemon older than the field does not say
         fields.append(("raised limits", format_raised_limits(info["raised_limits"]) or EMPTY))
     for section in ("permissions", "limits"):
@@ -196,6 +198,22 @@ def format_module_info(info: Mapping[str, Any]) -> str:
             fields.append((section, json.dumps(info[section], sort_keys=True)))
     width = max(len(name) for name, _ in fields)
     return "\n".join(f"{name + ':':<{width + 1}} {value}" for name, value in fields)
+
+
+def format_network(permissions: Mapping[str, Any] | None) -> str:
+    """Where the module may connect, in words: ``websocket to {settings.url}``; ``http to
+    any host`` with a warning when its manifest names no destinations; ``none``."""
+    network = (permissions or {}).get("network") or {}
+    kinds = " and ".join(kind for kind in ("http", "websocket") if network.get(kind))
+    if not kinds:
+        return "none"
+    hosts = network.get("hosts")
+    if hosts is None:
+        return (
+            f"{kinds} to any host (warning: its manifest lists no permissions.network.hosts, "
+            "so it may connect anywhere)"
+        )
+    return f"{kinds} to {', '.join(hosts)}" if hosts else f"{kinds} to no host"
 
 
 def format_raised_limits(raised: Mapping[str, Any] | None) -> str:

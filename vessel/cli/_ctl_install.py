@@ -22,7 +22,7 @@ from .._manifest import MANIFEST_FILE, WASM_FILE
 from ._ctl_build import build_source, check_source, is_python_source
 from ._ctl_client import INSTALL_TIMEOUT, ApiError, Client, CtlError, Settings, module_path
 from ._ctl_commands import describe_state, module_info, note, out, wait_settled
-from ._ctl_format import format_bytes, format_raised_limits, pretty_json
+from ._ctl_format import format_bytes, format_network, format_raised_limits, pretty_json
 
 #: How often ``install`` asks how its install goes, and says so at most.
 FOLLOW_INTERVAL = 1.0
@@ -166,6 +166,9 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
         out(pretty_json(info))
     else:
         out(f"installed {info.get('id')} {info.get('version')}: {describe_state(info)}")
+        network = format_network(info.get("permissions"))
+        if network != "none":  # where it may connect: the admin's to know, like limits
+            out(f"network: {network}")
         if raised := format_raised_limits(info.get("raised_limits")):
             # What the module gave itself beyond what every module gets: the admin's to know.
             out(f"limits above the defaults: {raised}")

@@ -385,6 +385,7 @@ function moduleCard(client, first, changed, { page = false } = {}) {
   const reason = h("p.reason", { hidden: true });
   const health = h("p.health", { hidden: true }); // the module's own word (docs/modules.md)
   const needs = h("p.alert.needs", { hidden: true });
+  const network = h("p.network", { hidden: true }); // where it may connect (page only)
   const alertText = h("span");
   const dismiss = h("button.small", { type: "button" }, "Dismiss");
   const alertLine = h("p.alert.problem", { hidden: true }, alertText, dismiss);
@@ -413,6 +414,7 @@ function moduleCard(client, first, changed, { page = false } = {}) {
     reason,
     health,
     needs,
+    network,
     alertLine,
     h(
       "div.actions",
@@ -527,6 +529,7 @@ function moduleCard(client, first, changed, { page = false } = {}) {
     const missing = info.missing_settings ?? [];
     needs.hidden = !missing.length;
     needs.textContent = missing.length ? `Needs configuration: ${missing.join(", ")}` : "";
+    showNetwork(network, page ? info.permissions : undefined);
     enableButton.textContent = info.enabled ? "Disable" : "Enable";
     restartButton.disabled = !info.enabled;
     restartButton.title = info.enabled ? "" : "A disabled module is not restarted: enable it";
@@ -548,6 +551,24 @@ function moduleCard(client, first, changed, { page = false } = {}) {
       for (const section of sections) section.close();
     },
   };
+}
+
+/** The module's network reach in words (as `vessel-ctl info` says it), a warning when its
+ * manifest names no destinations (docs/manifest.md, network.hosts). */
+function showNetwork(el, permissions) {
+  el.hidden = !permissions;
+  if (!permissions) return;
+  const net = permissions.network ?? {};
+  const kinds = ["http", "websocket"].filter((k) => net[k]).join(" and ");
+  const anyHost = Boolean(kinds) && net.hosts == null;
+  el.classList.toggle("alert", anyHost);
+  el.dataset.network = !kinds ? "none" : anyHost ? "any-host" : "hosts";
+  if (!kinds) el.textContent = "Network: none";
+  else if (anyHost)
+    el.textContent =
+      `Network: ${kinds} to any host. Its manifest lists no permissions.network.hosts, ` +
+      "so it may connect anywhere.";
+  else el.textContent = `Network: ${kinds} to ${net.hosts.length ? net.hosts.join(", ") : "no host"}`;
 }
 
 function logPanel(client, id) {

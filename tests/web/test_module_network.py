@@ -1,0 +1,54 @@
+"""A module's page says where it may connect, in headless Chromium against a real
+``vessel serve``: the hosts its manifest lists, "none", or "any host" as a warning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from playwright.sync_api import BrowserContext, expect
+
+from tests.fixture_types import MakeModuleDir
+
+from .harness import open_page, running_daemon, sign_in
+
+
+def test_the_module_page_shows_the_network_destinations_or_warns_of_any_host(
+    browser: BrowserContext, tmp_path: Path, make_module_dir: MakeModuleDir
+) -> None:
+    data = tmp_path / "data"
+    make_module_dir(
+        data, "testkit", module_id="roamer", permissions={"network": {"websocket": True}}
+    )
+    make_module_dir(
+        data,
+        "testkit",
+        module_id="pinned",
+        permissions={"network": {"http": True, "hosts": ["https://*.example.com"]}},
+    )
+    make_module_dir(data, "testkit", module_id="offline", permissions={})
+    with running_daemon(data) as daemon:
+        page, script_errors = open_page(browser, daemon)
+        sign_in(page, daemon.token)
+        expected = {
+            "roamer": (
+                "any-host",
+                "Network: websocket to any host. Its manifest lists no "
+                "permissions.network.hosts, so it may connect anywhere.",
+            ),
+            "pinned": ("hosts", "Network: http to https://*.example.com"),
+            "offline": ("none", "Network: none"),
+        }
+        for module_id, (kind, text) in expected.items():
+            page.goto(f"{daemon.url}/#/modules/{module_id}")
+            network = page.locator(f"[data-module={module_id}] p.network")
+            expect(network).to_have_text(text)
+            expect(network).to_have_attribute("data-network", kind)
+            if kind == "any-host":
+                expect(network).to_have_class("network alert")
+            else:
+                expect(network).to_have_class("network")
+        # Only on the page: the list's cards do not say it.
+        page.goto(f"{daemon.url}/#/modules")
+        expect(page.locator("[data-module=roamer]")).to_be_visible()
+        expect(page.locator("[data-module=roamer] p.network")).to_be_hidden()
+        assert script_errors == []

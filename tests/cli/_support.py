@@ -103,18 +103,26 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-async def start_daemon(nursery: trio.Nursery, data_dir: Path, args: Sequence[str] = ()) -> Daemon:
-    """``vessel serve --data-dir data_dir --port 0 --no-bundled [args]``, up and listening."""
-    env = base_env(VESSEL_LOG_LEVEL="INFO")
+async def spawn_serve(
+    data_dir: Path, args: Sequence[str] = (), **env: str
+) -> tuple[trio.Process, LineReader]:
+    """``vessel serve --data-dir data_dir --port 0 --no-bundled [args]`` just started (not
+    waited for), logging at INFO plus ``env``, with a reader of its stderr; the caller
+    ends it (``stop_daemon_process``)."""
     process = await trio.lowlevel.open_process(
         [*SERVE, "--data-dir", str(data_dir), "--port", "0", "--no-bundled", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env=env,
+        env=base_env(VESSEL_LOG_LEVEL="INFO", **env),
     )
     assert process.stderr is not None
-    stderr = LineReader(process.stderr)
+    return process, LineReader(process.stderr)
+
+
+async def start_daemon(nursery: trio.Nursery, data_dir: Path, args: Sequence[str] = ()) -> Daemon:
+    """``vessel serve --data-dir data_dir --port 0 --no-bundled [args]``, up and listening."""
+    process, stderr = await spawn_serve(data_dir, args)
     try:
         line = await stderr.wait_for(lambda s: RUNNING.search(s) is not None, timeout=START_TIMEOUT)
         # The gateway answers at once; the modules start (and compile) after it.

@@ -12,14 +12,13 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import trio
 
-from tests.cli._support import SERVE, LineReader, base_env, stop_daemon_process
+from tests.cli._support import spawn_serve, stop_daemon_process
 from tests.procs import cmdline, descendants_of
 from vessel._systemd import Notifier, watchdog_interval
 
@@ -129,16 +128,9 @@ async def test_vessel_serve_tells_systemd_ready_watchdog_and_stopping(tmp_path: 
     children (the fork server) do not see ``$NOTIFY_SOCKET``: only the daemon speaks."""
     path = str(tmp_path / "notify")
     with _datagram_socket(path) as sock:
-        env = base_env(NOTIFY_SOCKET=path, WATCHDOG_USEC="2000000", VESSEL_LOG_LEVEL="INFO")
-        process = await trio.lowlevel.open_process(
-            [*SERVE, "--data-dir", str(tmp_path / "data"), "--port", "0", "--no-bundled"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
+        process, stderr = await spawn_serve(
+            tmp_path / "data", NOTIFY_SOCKET=path, WATCHDOG_USEC="2000000"
         )
-        assert process.stderr is not None
-        stderr = LineReader(process.stderr)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(stderr.drain)
@@ -187,15 +179,7 @@ async def test_the_watchdogs_sigabrt_shows_where_the_daemon_was(tmp_path: Path) 
     """When the watchdog fires, systemd sends SIGABRT: the daemon dies writing every
     thread's Python stack to stderr (the journal), the trio loop's among them, so the
     operator sees where it was stuck; its module processes go with it."""
-    process = await trio.lowlevel.open_process(
-        [*SERVE, "--data-dir", str(tmp_path / "data"), "--port", "0", "--no-bundled"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=base_env(VESSEL_LOG_LEVEL="INFO"),
-    )
-    assert process.stderr is not None
-    stderr = LineReader(process.stderr)
+    process, stderr = await spawn_serve(tmp_path / "data")
     try:
         await stderr.wait_for(lambda s: "vessel running on" in s, timeout=TIMEOUT)
         process.send_signal(signal.SIGABRT)

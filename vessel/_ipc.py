@@ -20,6 +20,8 @@ GUEST_START = "guest.start"
 #: On the lane (the module process's second channel, read by the guest's own thread).
 GUEST_COMMAND = "guest.command"
 GUEST_STATS = "guest.stats"
+#: The module process's egress audit: a list of ``vessel.host._egress.EgressEntry``.
+GUEST_EGRESS = "guest.egress"
 # daemon -> module process (notifications)
 GUEST_EVENT = "guest.event"
 # module process -> daemon (requests; the guest's host calls come over the lane)

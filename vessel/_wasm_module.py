@@ -326,6 +326,17 @@ class WasmModule:
             return None
         return _ipc.decode(raw, _ipc.GuestStats)
 
+    async def egress(self) -> list[dict[str, Any]] | None:
+        """The egress audit of the running process (None: not running, or no answer)."""
+        proc = self.proc
+        if proc is None or self.started_at is None:
+            return None
+        try:
+            raw = await proc.request(_ipc.GUEST_EGRESS, None, timeout=2.0)
+        except (ChannelBroken, RemoteError, trio.TooSlowError):
+            return None
+        return _ipc.decode(raw, list[dict[str, Any]])
+
     # -- requests from the module process ----------------------------------------------
 
     async def _on_request(self, method: str, body: msgspec.Raw) -> Any:

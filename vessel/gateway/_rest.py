@@ -356,6 +356,14 @@ async def storage_get(module_id: str, key: str) -> Response:
     return _json({"key": key, "value": value})
 
 
+@rest.get("/api/modules/<module_id>/egress")
+async def egress(module_id: str) -> Response:
+    # Where the module's http-fetch and websockets went since its process started
+    # (vessel.host._egress): asked of the process, which is where the traffic is.
+    entries = await _manager().get(module_id).egress()
+    return _json({"running": entries is not None, "destinations": entries or []})
+
+
 @rest.get("/api/modules/<module_id>/history")
 async def history(module_id: str) -> Response:
     manager = _manager()

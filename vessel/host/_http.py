@@ -34,8 +34,10 @@ import httpx
 import trio
 
 from .._capabilities import Destinations
+from .._errors import CapabilityDenied
 from .._manifest import origin_of
 from .._tls import client_context
+from ._egress import EgressLedger, destination
 from ._hosterrors import HostCallError, describe_failure
 
 __all__ = ["ALLOWED_METHODS", "HttpService"]
@@ -68,7 +70,9 @@ class HttpService:
         max_response_bytes: int = 8 << 20,
         max_redirects: int = 5,
         trusted_ca: str = "",
+        egress: EgressLedger | None = None,
     ) -> None:
+        self._egress = egress or EgressLedger()
         self._timeout = timeout
         self._trusted_ca = trusted_ca
         self._max_response_bytes = max_response_bytes
@@ -108,7 +112,7 @@ class HttpService:
                 max_redirects=self._max_redirects,
                 # Per-operation bounds; fetch adds the bound on the whole exchange.
                 timeout=httpx.Timeout(self._timeout),
-                event_hooks={"request": [_check_hop]},
+                event_hooks={"request": [self._check_hop]},
             )
         return self._client
 
@@ -133,8 +137,13 @@ class HttpService:
                 f"http-fetch: method {method!r} is not allowed ({', '.join(ALLOWED_METHODS)})"
             )
         target = _check_url(url)
+        first = destination(target.scheme, target.host, target.port)
         if allow is not None:
-            allow.check("http-fetch to", *origin_of(target.scheme, target.host, target.port))
+            try:
+                allow.check("http-fetch to", *origin_of(target.scheme, target.host, target.port))
+            except CapabilityDenied:
+                self._egress.denied(first)
+                raise
         _check_headers(headers)
         if not self._running:
             raise HostCallError("http-fetch: http is stopped (the module is shutting down)")
@@ -146,7 +155,12 @@ class HttpService:
                 async with client.stream(
                     verb, target, headers=headers, content=content, extensions={_ALLOW: allow}
                 ) as resp:
+                    self._egress.used(first, sent=len(content or b""))
                     data = await self._read_body(where, resp)
+                    last = resp.url
+                    self._egress.used(
+                        destination(last.scheme, last.host, last.port), received=len(data)
+                    )
         except trio.TooSlowError:
             raise HostCallError(f"{where}: timed out after {self._timeout:g} s") from None
         except httpx.TooManyRedirects:
@@ -156,6 +170,20 @@ class HttpService:
         except httpx.HTTPError as exc:
             raise HostCallError(f"{where}: {describe_failure(exc)}") from None
         return resp.status_code, resp.headers.multi_items(), data.decode(_charset(resp), "replace")
+
+    async def _check_hop(self, request: httpx.Request) -> None:
+        """Every request of a fetch, redirects included, goes where the module may go (the
+        CapabilityDenied raised here ends the fetch), and is counted where it goes."""
+        url = request.url
+        dest = destination(url.scheme, url.host, url.port)
+        allow = request.extensions.get(_ALLOW)
+        if isinstance(allow, Destinations):
+            try:
+                allow.check("http-fetch redirect to", *origin_of(url.scheme, url.host, url.port))
+            except CapabilityDenied:
+                self._egress.denied(dest)
+                raise
+        self._egress.used(dest, requests=1)
 
     async def _read_body(self, where: str, resp: httpx.Response) -> bytes:
         limit = self._max_response_bytes
@@ -183,15 +211,6 @@ class HttpService:
         if over:
             raise HostCallError(too_big)
         return bytes(data)
-
-
-async def _check_hop(request: httpx.Request) -> None:
-    """Every request of a fetch, redirects included, goes where the module may go; the
-    CapabilityDenied raised here ends the fetch."""
-    allow = request.extensions.get(_ALLOW)
-    if isinstance(allow, Destinations):
-        url = request.url
-        allow.check("http-fetch redirect to", *origin_of(url.scheme, url.host, url.port))
 
 
 def _check_url(url: str) -> httpx.URL:

@@ -34,6 +34,7 @@ from .._log_rules import MAX_LINE, MAX_LINES_PER_SECOND, cut_bytes, cut_line
 from .._memory import keep_trimmed
 from ._box_report import BoxReport
 from ._confine import box_cpu, boxed
+from ._egress import EgressLedger
 from ._guest_thread import Delivery, GuestLoadError, GuestThread
 from ._hostfuncs import HostFunctions
 from ._http import HttpService
@@ -152,6 +153,8 @@ class ModuleProcess:
         self._stopping = False
         self._timers: TimerService | None = None
         self._websockets: WebSocketService | None = None
+        #: Where the module's http-fetch and websockets went (GET /api/modules/<id>/egress).
+        self._egress = EgressLedger()
         self.dropped_events = 0
 
     def attach(self, link: ParentLink) -> None:
@@ -171,6 +174,8 @@ class ModuleProcess:
         await self._attached.wait()
         if method == _ipc.GUEST_STATS:
             return self._stats()
+        if method == _ipc.GUEST_EGRESS:
+            return self._egress.entries()
         if method == _ipc.GUEST_START:
             return await self._start(_ipc.decode(body, _ipc.StartParams))
         raise ValueError(f"unknown request {method!r}")
@@ -193,8 +198,9 @@ class ModuleProcess:
             self._ws_closed,
             max_connections=limits.max_websockets,
             trusted_ca=params.trusted_ca,
+            egress=self._egress,
         )
-        http = HttpService(trusted_ca=params.trusted_ca)
+        http = HttpService(trusted_ca=params.trusted_ca, egress=self._egress)
         box = BoxReport(self._link.lanes[1], self._token)
         await self._nursery.start(box.run)
         await self._nursery.start(self._timers.run)

@@ -80,8 +80,10 @@ from trio_websocket import (
 )
 
 from .._capabilities import Destinations
+from .._errors import CapabilityDenied
 from .._manifest import origin_of
 from .._tls import client_context
+from ._egress import EgressLedger, destination
 from ._hosterrors import HostCallError, describe_failure
 
 __all__ = ["WebSocketService"]
@@ -107,6 +109,11 @@ class _Target:
     tls: bool
     resource: str
     host_header: str
+
+    @property
+    def destination(self) -> str:
+        """The egress audit's name for it (``ws://host:port``)."""
+        return destination("wss" if self.tls else "ws", self.host, self.port)
 
 
 @dataclass(eq=False)
@@ -158,8 +165,10 @@ class WebSocketService:
         send_timeout: float = 10.0,
         close_timeout: float = 5.0,
         trusted_ca: str = "",
+        egress: EgressLedger | None = None,
     ) -> None:
         self._trusted_ca = trusted_ca
+        self._egress = egress or EgressLedger()
         self._on_message = on_message
         self._on_closed = on_closed
         self._max_connections = max_connections
@@ -219,7 +228,11 @@ class WebSocketService:
         target = _parse_url(url)
         if allow is not None:
             scheme = "wss" if target.tls else "ws"
-            allow.check(f"{function} to", *origin_of(scheme, target.host, target.port))
+            try:
+                allow.check(f"{function} to", *origin_of(scheme, target.host, target.port))
+            except CapabilityDenied:
+                self._egress.denied(target.destination)
+                raise
         nursery = self._nursery
         if nursery is None:
             raise HostCallError(
@@ -280,6 +293,7 @@ class WebSocketService:
         with trio.move_on_after(self._send_timeout) as scope:
             try:
                 await conn.ws.send_message(message)
+                self._egress.used(conn.target.destination, sent=len(message.encode("utf-8")))
             except ConnectionClosed as exc:
                 reason = conn.failure or _describe_close(exc.reason, self._max_message_size)
                 raise HostCallError(
@@ -428,6 +442,7 @@ class WebSocketService:
                         library.cancel_scope.cancel()
                         return
                     conn.ws = ws
+                    self._egress.used(target.destination, connections=1)
                     # From here the task belongs to the service nursery, and only the
                     # service's own bounded close may end it (see module doc).
                     conn.scope.deadline = math.inf
@@ -482,6 +497,7 @@ class WebSocketService:
                     continue
             if conn.closed_by_host:
                 return
+            self._egress.used(conn.target.destination, received=len(message.encode("utf-8")))
             self._on_message(conn.handle, message)
 
     def _report_closed(self, conn: _Connection, reason: str) -> None:

@@ -130,6 +130,14 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_info(settings: Settings, args: argparse.Namespace) -> int:
     with Client(settings) as client:
         info = module_info(client, args.id)
+        try:
+            egress = client.json("GET", module_path(args.id, "egress"))
+        except ApiError as exc:
+            if exc.status != 404:  # 404: a daemon older than the egress audit
+                raise
+        else:
+            if egress.get("running"):
+                info["egress"] = egress.get("destinations", [])
     out(pretty_json(info) if settings.json else format_module_info(info))
     return 0
 

@@ -196,8 +196,13 @@ def format_module_info(info: Mapping[str, Any]) -> str:
     for section in ("permissions", "limits"):
         if section in info:
             fields.append((section, json.dumps(info[section], sort_keys=True)))
+    if "egress" in info:  # since the process started; the daemon's API says more
+        egress = format_egress(info["egress"])
+        fields.append(("egress", egress[0] if egress else "nothing sent since it started"))
+        fields.extend(("", line) for line in egress[1:])
     width = max(len(name) for name, _ in fields)
-    return "\n".join(f"{name + ':':<{width + 1}} {value}" for name, value in fields)
+    # A field of several lines (egress) continues under its first value.
+    return "\n".join(f"{name + ':' if name else '':<{width + 1}} {value}" for name, value in fields)
 
 
 def format_network(permissions: Mapping[str, Any] | None) -> str:
@@ -214,6 +219,34 @@ def format_network(permissions: Mapping[str, Any] | None) -> str:
             "so it may connect anywhere)"
         )
     return f"{kinds} to {', '.join(hosts)}" if hosts else f"{kinds} to no host"
+
+
+def format_egress(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``vessel-ctl info``'s egress lines, one per destination: ``ws://ha.local:8123:
+    1 connection, 5.0 KiB sent, 859.6 KiB received, last used 2025-01-31 14:03:07.250``,
+    with the denied attempts when there were any."""
+    lines = []
+    for e in entries:
+        parts = []
+        if e.get("requests"):
+            parts.append(_plural(e["requests"], "request"))
+        if e.get("connections"):
+            parts.append(_plural(e["connections"], "connection"))
+        if e.get("last_used") is not None:
+            parts.append(f"{format_bytes(e.get('bytes_sent', 0))} sent")
+            parts.append(f"{format_bytes(e.get('bytes_received', 0))} received")
+            parts.append(f"last used {format_timestamp(e['last_used'])}")
+        if e.get("denied"):
+            parts.append(
+                f"{_plural(e['denied'], 'attempt')} denied, the last "
+                f"{format_timestamp(e['last_denied'])}"
+            )
+        lines.append(f"{e.get('destination')}: {', '.join(parts)}")
+    return lines
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def format_raised_limits(raised: Mapping[str, Any] | None) -> str:

@@ -9,7 +9,7 @@
 
 import { acknowledge, describeProblem, onChange, problem } from "./alerts.js";
 import { fill, formatBytes, formatClock, formatDuration, h, withCode } from "./dom.js";
-import { callPanel, historyPanel, path, storagePanel, uninstallBox } from "./panels.js";
+import { callPanel, egressPanel, historyPanel, path, storagePanel, uninstallBox } from "./panels.js";
 
 export const title = "Modules";
 
@@ -497,7 +497,7 @@ function moduleCard(client, first, changed, { page = false } = {}) {
   configButton.addEventListener("click", () => toggle("config"));
   if (page) {
     toggle("config");
-    for (const make of [historyPanel, callPanel, storagePanel]) sections.push(make(client, first.id));
+    for (const make of [historyPanel, callPanel, storagePanel, egressPanel]) sections.push(make(client, first.id));
     el.append(...sections.map((section) => section.el));
     toggle("logs");
   }

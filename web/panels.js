@@ -245,6 +245,50 @@ export function storagePanel(client, id) {
   return { el, close: () => el.remove() };
 }
 
+/** The egress audit (GET .../egress): where the module's http-fetch and websockets went
+ * since its process started, and what network.hosts denied, per destination. */
+export function egressPanel(client, id) {
+  const list = h("ul.keys.egress");
+  const summary = h("span.muted");
+  const details = h(
+    "details.egress",
+    {},
+    h("summary", {}, h("h4", {}, "Network use"), " ", summary),
+    h("div", {}, h("p.muted", {}, "Where the module connected since it last started, and what it was denied (its manifest's network.hosts)."), list),
+  );
+  const el = h("section.panel.egress-panel", {}, details);
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
+  async function load() {
+    try {
+      const { running, destinations } = await client.api("GET", path(id, "egress"));
+      const denied = destinations.reduce((sum, d) => sum + d.denied, 0);
+      summary.textContent = !running
+        ? "not running"
+        : `${plural(destinations.length, "destination")}${denied ? ` · ${denied} denied` : ""}`;
+      fill(list, destinations.length ? destinations.map(row) : h("li.muted", {}, "Nothing sent since it started."));
+    } catch (err) {
+      summary.textContent = `cannot read it: ${err.message}`;
+    }
+  }
+
+  function row(d) {
+    const parts = [];
+    if (d.requests) parts.push(plural(d.requests, "request"));
+    if (d.connections) parts.push(plural(d.connections, "connection"));
+    if (d.last_used != null) parts.push(`${formatBytes(d.bytes_sent)} sent`, `${formatBytes(d.bytes_received)} received`);
+    if (d.denied) parts.push(`${plural(d.denied, "attempt")} denied`);
+    const item = h("li", { dataset: { destination: d.destination } }, h("code", {}, d.destination), h("span.muted", {}, parts.join(", ")));
+    if (d.denied) item.classList.add("denied");
+    return item;
+  }
+  details.addEventListener("toggle", () => {
+    if (details.open) load();
+  });
+  load();
+  return { el, close: () => el.remove() };
+}
+
 /** The uninstall confirmation: it names the module and says what goes. */
 export function uninstallBox(client, info, done) {
   const keep = h("input", { type: "checkbox", name: "keep_storage" });

@@ -9,6 +9,7 @@ in ``parse_manifest``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import logging
@@ -116,8 +117,12 @@ def _host_labels(host: str) -> tuple[str, ...]:
 
 def origin_of(scheme: str, host: str, port: int | None) -> tuple[str, str, int]:
     """The destination a URL names: scheme, host as written, port (the scheme's default
-    when the URL has none)."""
+    when the URL has none). An internationalised name is compared in its ASCII (punycode)
+    form, the one the connection resolves; one that has none cannot match any entry."""
     scheme = scheme.lower()
+    if not host.isascii():
+        with contextlib.suppress(UnicodeError):
+            host = host.encode("idna").decode("ascii")
     folded = _SAME_ORIGIN.get(scheme, scheme)
     return scheme, host, port if port is not None else _DEFAULT_PORT.get(folded, 0)
 

@@ -10,7 +10,7 @@ import pytest
 
 from vessel._capabilities import Capabilities
 from vessel._errors import CapabilityDenied, ManifestError
-from vessel._manifest import Manifest, parse_manifest
+from vessel._manifest import Manifest, origin_of, parse_manifest
 
 SOURCE = "manifest.json of 'x'"
 EXAMPLE = '(for example "https://*.spotify.com", "ws://127.0.0.1:*" or "{settings.url}")'
@@ -168,3 +168,13 @@ def test_a_denial_names_the_destination_and_the_field() -> None:
         "capability denied: http-fetch to 'http://b.example:80' is not declared in "
         "permissions.network.hosts of module 'x'"
     )
+
+
+def test_an_internationalised_host_is_compared_in_punycode() -> None:
+    """Entries are ASCII; a URL's internationalised name is compared in the ASCII form the
+    connection resolves, so the punycode entry covers it and no look-alike does."""
+    dest = Capabilities.from_manifest(_parse(["https://xn--bcher-kva.example"])).destinations({})
+    assert dest is not None
+    assert dest.allows(*origin_of("wss", "bücher.example", None))
+    assert dest.allows(*origin_of("https", "xn--bcher-kva.example", 443))
+    assert not dest.allows(*origin_of("https", "bucher.example", 443))

@@ -72,7 +72,12 @@ def test_the_module_page_shows_its_network_use_per_destination(
         permissions={"network": {"http": True, "hosts": [f"http://127.0.0.1:{port}"]}},
     )
     with running_daemon(data, port=port) as daemon, daemon.api() as api:
-        went = {"method": "GET", "url": f"{daemon.url}/", "headers": [], "body": None}
+        went: dict[str, object] = {
+            "method": "GET",
+            "url": f"{daemon.url}/",
+            "headers": [],
+            "body": None,
+        }
         answer = api.post("/api/modules/pinned/call/http", json=went)
         assert answer.status_code == 200, answer.text
         denied = {**went, "url": f"http://localhost:{port}/"}

@@ -137,10 +137,10 @@ class HttpService:
                 f"http-fetch: method {method!r} is not allowed ({', '.join(ALLOWED_METHODS)})"
             )
         target = _check_url(url)
-        first = destination(target.scheme, target.host, target.port)
+        first = destination(target.scheme, _host(target), target.port)
         if allow is not None:
             try:
-                allow.check("http-fetch to", *origin_of(target.scheme, target.host, target.port))
+                allow.check("http-fetch to", *origin_of(target.scheme, _host(target), target.port))
             except CapabilityDenied:
                 self._egress.denied(first)
                 raise
@@ -159,7 +159,7 @@ class HttpService:
                     data = await self._read_body(where, resp)
                     last = resp.url
                     self._egress.used(
-                        destination(last.scheme, last.host, last.port), received=len(data)
+                        destination(last.scheme, _host(last), last.port), received=len(data)
                     )
         except trio.TooSlowError:
             raise HostCallError(f"{where}: timed out after {self._timeout:g} s") from None
@@ -175,11 +175,11 @@ class HttpService:
         """Every request of a fetch, redirects included, goes where the module may go (the
         CapabilityDenied raised here ends the fetch), and is counted where it goes."""
         url = request.url
-        dest = destination(url.scheme, url.host, url.port)
+        dest = destination(url.scheme, _host(url), url.port)
         allow = request.extensions.get(_ALLOW)
         if isinstance(allow, Destinations):
             try:
-                allow.check("http-fetch redirect to", *origin_of(url.scheme, url.host, url.port))
+                allow.check("http-fetch redirect to", *origin_of(url.scheme, _host(url), url.port))
             except CapabilityDenied:
                 self._egress.denied(dest)
                 raise
@@ -211,6 +211,12 @@ class HttpService:
         if over:
             raise HostCallError(too_big)
         return bytes(data)
+
+
+def _host(url: httpx.URL) -> str:
+    """The host httpx connects to, in ASCII: an internationalised name in punycode (the
+    form network.hosts entries are written in); ``url.host`` would give it decoded."""
+    return url.raw_host.decode("ascii", "replace")
 
 
 def _check_url(url: str) -> httpx.URL:

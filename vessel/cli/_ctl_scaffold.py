@@ -76,7 +76,7 @@ def hello(params: dict[str, Any]) -> Any:
 #   app.set_timeout/set_interval(ms, f)  "timers": true
 #   @app.on_event("other.*")             "subscribe": ["other.*"]
 #   app.call("other", "cmd")             "call": ["other.cmd@1"]
-#   app.websocket_connect(url, ...)      "network": {"websocket": true}
+#   app.websocket_connect(url, ...)      "network": {"websocket": true, "hosts": ["wss://x.example"]}
 #   app.emit("name", data)               no permission needed
 
 # The export componentize-py looks for: keep this line last.
@@ -131,9 +131,13 @@ modules' events or commands, or the network, add a `permissions` object to
   "timers": true,
   "subscribe": ["vessel.module.*"],
   "call": ["other-module.some_command@1"],
-  "network": {"websocket": true}
+  "network": {"websocket": true, "hosts": ["wss://api.example.com"]}
 }
 ```
+
+`network.hosts` names where the module may connect (`scheme://host[:port]`, `*` for one
+DNS label or any port, `"{settings.url}"` for the address an admin sets); without it the
+module may connect anywhere, and `vessel-ctl info` warns about it.
 
 Ask for exactly what the code uses. Which SDK call needs which permission is in Vessel's
 docs/modules.md ("Which permission each feature needs"); every manifest field is in

@@ -144,6 +144,7 @@ async def test_detail_has_permissions_limits_and_hash(
                 "http": False,
                 "websocket": False,
                 "tcp": False,
+                "hosts": None,  # none listed: any host (issue 25)
             }
             assert detail["limits"]["memory_mb"] == 96
             assert detail["raised_limits"] == {}  # 96 is below the default: nothing raised

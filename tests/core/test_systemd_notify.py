@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import signal
 import socket
 import time
@@ -112,9 +113,10 @@ async def test_a_wedged_trio_loop_sends_no_watchdog_ping(tmp_path: Path) -> None
                 for _ in range(3):
                     assert await receive() == b"WATCHDOG=1"
             drain()  # what was sent before the wedge
-            # The wedge, on purpose: fifty ping intervals without a yield to trio.
-            time.sleep(1.0)  # noqa: ASYNC251
-            assert drain() == 0, "a ping was sent while the trio loop was blocked"
+            # The wedge, on purpose: the trio loop blocked in a synchronous wait, fifty ping
+            # intervals long, for a ping that must not come while it is blocked.
+            readable, _, _ = select.select([sock], [], [], 1.0)
+            assert not readable, "a ping was sent while the trio loop was blocked"
             with trio.fail_after(TIMEOUT):
                 assert await receive() == b"WATCHDOG=1"
             nursery.cancel_scope.cancel()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio_websocket
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
@@ -85,3 +86,20 @@ async def serve_http(nursery: trio.Nursery, *, tls_pem: Path | None = None) -> s
         config.certfile = config.keyfile = str(tls_pem)
     binds: list[str] = await nursery.start(serve, http_app, config)
     return binds[0]
+
+
+async def serve_ws_echo(nursery: trio.Nursery) -> int:
+    """A WebSocket server on 127.0.0.1 (a free port) in ``nursery`` that answers each
+    message ``m`` with ``echo:m``; its port."""
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            while True:
+                await ws.send_message(f"echo:{await ws.get_message()!s}")
+        except trio_websocket.ConnectionClosed:
+            pass
+
+    server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
+    port: int = server.port
+    return port

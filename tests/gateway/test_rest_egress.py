@@ -8,27 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio_websocket
 
 from tests.fixture_types import MakeModuleDir
 from tests.runtime.harness import call, call_error
 
-from ..servers import serve_http
+from ..servers import serve_http, serve_ws_echo
 from .harness import assert_error, open_api
-
-
-async def _ws_echo(nursery: trio.Nursery) -> int:
-    async def handler(request: trio_websocket.WebSocketRequest) -> None:
-        ws = await request.accept()
-        try:
-            while True:
-                await ws.send_message(f"echo:{await ws.get_message()!s}")
-        except trio_websocket.ConnectionClosed:
-            pass
-
-    server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
-    port: int = server.port
-    return port
 
 
 async def test_egress_counts_requests_connections_bytes_and_denials_per_destination(
@@ -36,7 +21,7 @@ async def test_egress_counts_requests_connections_bytes_and_denials_per_destinat
 ) -> None:
     base = await serve_http(nursery)
     http_port = int(base.rsplit(":", 1)[1])
-    ws_port = await _ws_echo(nursery)
+    ws_port = await serve_ws_echo(nursery)
     make_module_dir(
         tmp_path,
         "testkit",

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio_websocket
 
 from tests.fixture_types import MakeModuleDir
 
-from ..servers import serve_http
+from ..servers import serve_http, serve_ws_echo
 from .harness import call, call_error, running_daemon
 
 DENIED = "capability denied: "
@@ -32,20 +31,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
-    return port
-
-
-async def _ws_server(nursery: trio.Nursery) -> int:
-    async def handler(request: trio_websocket.WebSocketRequest) -> None:
-        ws = await request.accept()
-        try:
-            while True:
-                await ws.send_message(f"echo:{await ws.get_message()!s}")
-        except trio_websocket.ConnectionClosed:
-            pass
-
-    server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
-    port: int = server.port
     return port
 
 
@@ -135,7 +120,7 @@ async def test_wildcard_port_and_websocket_connect(
     tmp_path: Path, make_module_dir: MakeModuleDir, nursery: trio.Nursery
 ) -> None:
     """``ws://127.0.0.1:*`` allows any port on 127.0.0.1 and nothing on localhost."""
-    port = await _ws_server(nursery)
+    port = await serve_ws_echo(nursery)
     make_module_dir(
         tmp_path,
         "testkit",
@@ -159,8 +144,8 @@ async def test_a_setting_entry_follows_the_settings_current_value(
     """``{settings.url}`` allows the scheme, host and port of the setting's current value,
     ws and http being one origin: its default first, then what the admin sets, at once.
     The module reads the setting without the storage capability."""
-    port = await _ws_server(nursery)
-    other = await _ws_server(nursery)
+    port = await serve_ws_echo(nursery)
+    other = await serve_ws_echo(nursery)
     make_module_dir(
         tmp_path,
         "testkit",
